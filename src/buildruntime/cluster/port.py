@@ -1,0 +1,143 @@
+"""The port to the Kubernetes API server: the few calls the informer and the runtime need.
+
+Everything crosses this boundary as plain dicts, in the JSON shape the API server speaks,
+so the hot path (watch events into the cache) never builds heavy model objects. Two
+implementations exist: :mod:`buildruntime.cluster.kube` (the official client against a
+real API server) and :class:`buildruntime.testing.FakeCluster` (in memory).
+
+Streams (watches and log streams) are async context managers: leaving the ``async with``
+block closes the underlying connection at once, whether the block ended normally, by an
+exception or by cancellation, so a cancelled build leaves nothing open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+
+JSON = dict[str, Any]
+"""A Kubernetes object or list as decoded JSON."""
+
+Resource = Literal["pods", "events"]
+
+
+class ApiError(Exception):
+    """The API server answered with an error status.
+
+    ``status`` is the HTTP code, ``reason`` the Status object's reason (``NotFound``,
+    ``Forbidden``, ``Invalid``...) and ``message`` its human message, verbatim.
+    """
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFoundError(ApiError):
+    """404: the object does not exist (or no longer does)."""
+
+    def __init__(self, message: str, reason: str = "NotFound") -> None:
+        super().__init__(404, reason, message)
+
+
+class ConflictError(ApiError):
+    """409: the object already exists, or a precondition did not hold."""
+
+    def __init__(self, message: str, reason: str = "AlreadyExists") -> None:
+        super().__init__(409, reason, message)
+
+
+class ExpiredError(ApiError):
+    """410 Gone: the resourceVersion asked for has been compacted away.
+
+    A watch gets this either as an HTTP 410 or as an ERROR event carrying a Status with
+    code 410; both implementations raise this one exception for both, so the reflector
+    has a single signal meaning "relist".
+    """
+
+    def __init__(self, message: str = "too old resource version") -> None:
+        super().__init__(410, "Expired", message)
+
+
+class UnavailableError(Exception):
+    """The API server could not be reached or the connection broke (refused, reset,
+    timed out, 5xx, 429). Transient: callers retry with backoff."""
+
+
+class Cluster(Protocol):
+    """What buildruntime needs from an API server. Namespaced pods and events only."""
+
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+    ) -> JSON:
+        """A ``PodList``/``EventList``: ``{"metadata": {"resourceVersion": ...}, "items": [...]}``.
+
+        ``resource_version="0"`` may be served from the API server's watch cache;
+        ``None`` asks for a consistent (quorum) read.
+        """
+        ...
+
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+        """A watch from ``resource_version``: yields ``{"type": ..., "object": {...}}``.
+
+        Types are ADDED, MODIFIED, DELETED and BOOKMARK. The iterator ends when the
+        server ends the watch normally; it raises :class:`ExpiredError` for a 410 (HTTP
+        or ERROR event), :class:`UnavailableError` when the connection breaks, and
+        :class:`ApiError` for any other error status.
+        """
+        ...
+
+    async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
+        """Create a pod; returns the created object. Raises :class:`ApiError` (an
+        admission webhook's denial arrives as 400/403/422 with its message)."""
+        ...
+
+    async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
+        """Apply a strategic merge patch to a pod; returns the patched object."""
+        ...
+
+    async def delete_pod(
+        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
+    ) -> None:
+        """Delete a pod. Raises :class:`NotFoundError` when it does not exist."""
+        ...
+
+    def stream_logs(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        *,
+        follow: bool = True,
+        timestamps: bool = True,
+        since_time: str | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """A container's log as raw byte chunks (not split into lines).
+
+        With ``timestamps`` each line starts with an RFC 3339 timestamp and a space.
+        With ``follow`` the stream stays open while the container runs and ends when it
+        terminates. ``since_time`` (RFC 3339) has one-second granularity on a real API
+        server. Raises :class:`ApiError` with status 400 while the container is still
+        waiting to start (retryable), :class:`NotFoundError` once the pod is gone, and
+        :class:`UnavailableError` when the connection breaks.
+        """
+        ...
