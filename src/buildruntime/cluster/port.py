@@ -14,12 +14,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 JSON = dict[str, Any]
 """A Kubernetes object or list as decoded JSON."""
 
 Resource = Literal["pods", "events"]
+
+
+class Request(NamedTuple):
+    """One request sent to the API server, for accounting: ``verb`` is one of list,
+    watch, get, create, patch, delete, log; ``resource`` is pods or events (log is on
+    pods). Both cluster implementations keep a list of these in ``.requests``."""
+
+    verb: str
+    resource: str
 
 
 class ApiError(Exception):
