@@ -14,7 +14,8 @@ DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 # The reference grammar of distribution/reference, reduced to what matters here:
 # [domain[:port]/]path[:tag][@digest], path components lowercase.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_HOST_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REFERENCE = re.compile(
@@ -40,7 +41,9 @@ def image_problem(reference: str) -> str | None:
 
 
 def normalize_image(reference: str) -> str:
-    """The fully qualified form a kubelet reports: ``busybox`` → ``docker.io/library/busybox:latest``.
+    """The fully qualified form a kubelet reports.
+
+    ``busybox`` becomes ``docker.io/library/busybox:latest``.
 
     A reference that does not parse is returned unchanged.
     """

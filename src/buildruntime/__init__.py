@@ -1,0 +1,1 @@
+"""buildruntime: run CI builds on Kubernetes from an informer cache."""

@@ -1,0 +1,196 @@
+"""From what Kubernetes reports (container state, pod status, Warning events) to one
+``Failure``, one ``StepResult`` and one clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from buildruntime.errors import ContainerCreateError, ImagePullError, PodGoneError
+from buildruntime.informer.snapshots import ContainerSnapshot, EventSnapshot, PodSnapshot
+from buildruntime.results import Failure, StepResult
+
+PULL_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+"""Waiting reasons meaning the step image will not run until something outside changes."""
+
+CREATE_REASONS = frozenset(
+    {
+        "CreateContainerError",
+        "CreateContainerConfigError",
+        "RunContainerError",
+        "PreCreateHookError",
+    }
+)
+"""Waiting reasons meaning the kubelet could not create the container."""
+
+_TERMINATED_FAILURES = {
+    "OOMKilled": Failure.OOM_KILLED,
+    "ContainerCannotRun": Failure.CONTAINER_CREATE,
+    "StartError": Failure.CONTAINER_CREATE,
+    "DeadlineExceeded": Failure.DEADLINE_EXCEEDED,
+    "Evicted": Failure.EVICTED,
+}
+
+_POD_FAILURES = {
+    "Evicted": Failure.EVICTED,
+    "NodeLost": Failure.NODE_LOST,
+    "DeadlineExceeded": Failure.DEADLINE_EXCEEDED,
+}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 timestamp from the API server as an aware datetime."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def terminated_failure(container: ContainerSnapshot) -> Failure | None:
+    """The failure a terminated container stands for, or None for success."""
+    by_reason = _TERMINATED_FAILURES.get(container.reason or "")
+    if by_reason is not None:
+        return by_reason
+    if container.exit_code == 0:
+        return None
+    return Failure.APP_ERROR if container.exit_code is not None else Failure.UNKNOWN
+
+
+def waiting_failure(container: ContainerSnapshot) -> Failure | None:
+    """The failure a waiting container's reason stands for, or None while it may still start."""
+    if container.reason in PULL_REASONS:
+        return Failure.IMAGE_PULL
+    if container.reason in CREATE_REASONS and container.reason != "CreateContainerConfigError":
+        return Failure.CONTAINER_CREATE
+    return None
+
+
+def pod_failure(pod: PodSnapshot | None) -> Failure | None:
+    """The failure a pod-level state stands for: evicted, node lost, deleted, gone."""
+    if pod is None:
+        return Failure.POD_DELETED
+    by_reason = _POD_FAILURES.get(pod.reason or "")
+    if by_reason is not None:
+        return by_reason
+    if pod.deleting:
+        return Failure.POD_DELETED
+    return None
+
+
+def step_result(
+    step: str, container: ContainerSnapshot | None, pod: PodSnapshot | None
+) -> StepResult:
+    """The step's result from its step-image container status (None: not started yet)."""
+    if container is None:
+        failure = pod_failure(pod)
+        return StepResult(
+            step=step,
+            state="waiting",
+            reason=pod.reason if pod is not None and failure else None,
+            message=pod.message if pod is not None and failure else None,
+            failure=failure,
+        )
+    if container.phase == "terminated":
+        failure = terminated_failure(container)
+        pod_level = pod_failure(pod)
+        if failure is not None and pod_level is not None and container.exit_code in (137, 143):
+            # Killed because the pod went away, not because the step failed on its own.
+            failure = pod_level
+        return StepResult(
+            step=step,
+            state="terminated",
+            exit_code=container.exit_code,
+            reason=container.reason,
+            message=container.message,
+            started_at=parse_time(container.started_at),
+            finished_at=parse_time(container.finished_at),
+            failure=failure,
+        )
+    if container.phase == "running":
+        return StepResult(step=step, state="running", started_at=parse_time(container.started_at))
+    return StepResult(
+        step=step,
+        state="waiting",
+        reason=container.reason,
+        message=container.message,
+        failure=waiting_failure(container) or pod_failure(pod),
+    )
+
+
+def _latest_warning(events: Iterable[EventSnapshot], *prefixes: str) -> EventSnapshot | None:
+    found: EventSnapshot | None = None
+    for event in events:
+        newer = found is None or (event.last_seen or "") >= (found.last_seen or "")
+        if event.type == "Warning" and event.message.startswith(prefixes) and newer:
+            found = event
+    return found
+
+
+def image_pull_error(
+    build_id: str,
+    step: str,
+    image: str,
+    container: ContainerSnapshot,
+    events: Iterable[EventSnapshot],
+) -> ImagePullError:
+    """The error for a step whose image cannot be pulled, with the kubelet's own words.
+
+    The Warning event ("Failed to pull image ...: rpc error: ...") says why; the status
+    message is the fallback when the event has not been seen yet.
+    """
+    event = _latest_warning(
+        events, "Failed to pull image", "Container image", "Failed to apply default image tag"
+    )
+    message = event.message if event is not None else (container.message or container.reason or "")
+    return ImagePullError(
+        f"cannot pull image {image!r}",
+        build_id=build_id,
+        step=step,
+        reason=container.reason,
+        message=message,
+    )
+
+
+def container_create_error(
+    build_id: str,
+    step: str,
+    image: str,
+    container: ContainerSnapshot,
+    events: Iterable[EventSnapshot],
+) -> ContainerCreateError:
+    """The error for a step whose container the kubelet could not create or start."""
+    event = _latest_warning(events, "Error:", "Failed", "failed")
+    message = container.message or (event.message if event else None) or container.reason or ""
+    return ContainerCreateError(
+        f"cannot start a container from image {image!r}",
+        build_id=build_id,
+        step=step,
+        reason=container.reason,
+        message=message,
+    )
+
+
+def pod_gone_error(build_id: str, step: str | None, pod: PodSnapshot | None) -> PodGoneError:
+    """The error for a build whose pod was deleted, evicted or lost."""
+    if pod is not None and pod.reason in _POD_FAILURES:
+        what = {"Evicted": "evicted", "NodeLost": "lost with its node"}.get(
+            pod.reason or "", "stopped"
+        )
+        return PodGoneError(
+            f"the build's pod was {what}",
+            build_id=build_id,
+            step=step,
+            reason=pod.reason,
+            message=pod.message or pod.disruption_message,
+        )
+    return PodGoneError(
+        "the build's pod was deleted before the step finished",
+        build_id=build_id,
+        step=step,
+        reason="Deleted",
+        message=pod.disruption_message if pod is not None else None,
+    )

@@ -1,0 +1,288 @@
+"""The fan-out: one build's cache deltas split into per-step streams and domain events.
+
+Each step (container) gets a stream of :class:`StepView` items, one per change of its
+container status, and a buffer of the Kubernetes Events about it (routed by
+``involvedObject.fieldPath``); the build gets a stream of :class:`BuildEvent`. Late
+followers of a step stream see the current state first, then every change after it.
+
+Which container status is the step's own matters: after ``run_container`` patches the
+image, the status first still shows the pause placeholder, then the placeholder's
+termination, then the step image. A status counts as the step's only once the pod spec
+names the step image and the status is not the placeholder's (by normalised image, or a
+restart count above zero when the step image is the placeholder image itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from buildruntime import diagnosis
+from buildruntime.events import BuildEvent, EventKind
+from buildruntime.images import same_image
+from buildruntime.informer.snapshots import ContainerSnapshot, EventSnapshot, PodSnapshot
+from buildruntime.informer.store import Delta
+from buildruntime.informer.topic import Topic
+from buildruntime.results import Failure
+
+STEPS_ANNOTATION = "buildruntime.io/steps"
+PAUSE_ANNOTATION = "buildruntime.io/pause-image"
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """A step's container as the cache sees it after one change."""
+
+    step: str
+    container: ContainerSnapshot | None
+    """The container status (placeholder or step image), None before the kubelet reports one."""
+    is_step: bool
+    """Whether ``container`` is the step image's instance (not the placeholder's)."""
+    patched: bool
+    """Whether the pod spec names the step image yet."""
+    pod_gone: bool
+    """The pod was deleted (or is being deleted, or vanished)."""
+
+    @property
+    def step_container(self) -> ContainerSnapshot | None:
+        """The step image's container status, or None while only the placeholder exists."""
+        return self.container if self.is_step else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PodFanout:
+    """Splits one pod's deltas into per-step streams, event buffers and domain events."""
+
+    def __init__(
+        self,
+        build_id: str,
+        steps: list[str],
+        placeholder: str,
+        *,
+        pod_uid: str | None = None,
+        publish: list[Topic[BuildEvent]] | None = None,
+    ) -> None:
+        self.build_id = build_id
+        self.steps = list(steps)
+        self.placeholder = placeholder
+        self.pod_uid = pod_uid
+        self.pod: PodSnapshot | None = None
+        self.seen_pod = False
+        self.gone = False
+        self.states: dict[str, Topic[StepView]] = {s: Topic(retain=1_000) for s in steps}
+        self.step_events: dict[str, Topic[EventSnapshot]] = {s: Topic(retain=1_000) for s in steps}
+        self.pod_events: Topic[EventSnapshot] = Topic(retain=1_000)
+        self.build_events: Topic[BuildEvent] = Topic(retain=10_000)
+        self._also_publish = publish or []
+        self._emitted: set[tuple[str | None, str]] = set()
+        self._warned: set[tuple[str | None, str, str]] = set()
+        self._scheduled = False
+
+    @classmethod
+    def for_pod(
+        cls, pod: PodSnapshot, *, publish: list[Topic[BuildEvent]] | None = None
+    ) -> PodFanout | None:
+        """A fan-out for a pod the runtime made, from its own annotations (for the monitor)."""
+        steps = pod.annotation(STEPS_ANNOTATION)
+        placeholder = pod.annotation(PAUSE_ANNOTATION)
+        build_id = pod.label("buildruntime.io/build-id")
+        if not steps or not placeholder or not build_id:
+            return None
+        return cls(build_id, steps.split(","), placeholder, pod_uid=pod.uid, publish=publish)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def on_pod(self, delta: Delta[PodSnapshot]) -> None:
+        """Apply a pod delta from the store."""
+        new = delta.new
+        if new is not None and self.pod_uid is not None and new.uid != self.pod_uid:
+            # Another pod under the same name (an earlier build's, or a recreation):
+            # not ours; if ours was replaced, the old one is gone.
+            if self.pod is not None and not self.gone:
+                self._mark_gone(None)
+            return
+        if new is None:
+            if delta.old is not None and (self.pod_uid is None or delta.old.uid == self.pod_uid):
+                self._mark_gone(None)
+            return
+        self.pod = new
+        self.seen_pod = True
+        if self.pod_uid is None:
+            self.pod_uid = new.uid
+        if new.scheduled and not self._scheduled:
+            self._scheduled = True
+            self._emit(
+                None, "scheduled", reason="Scheduled", message=f"assigned to {new.node_name}"
+            )
+        for step in self.steps:
+            self._update_step(step, new)
+        if new.deleting or diagnosis.pod_failure(new) is not None:
+            self._mark_gone(new)
+
+    def on_event(self, delta: Delta[EventSnapshot]) -> None:
+        """Apply an event delta from the store: buffer it, and derive domain events."""
+        event = delta.new
+        if event is None:
+            return
+        if self.pod_uid is not None and event.pod_uid and event.pod_uid != self.pod_uid:
+            return  # about an earlier pod of the same name
+        step = event.container if event.container in self.states else None
+        if event.container is not None and step is None:
+            return  # an injected sidecar or init container: not a step
+        (self.step_events[step] if step else self.pod_events).publish(event)
+        if delta.old is not None:
+            return  # a repeat (count rising) of an event already reported
+        if step is not None and event.reason in ("Pulling", "Pulled"):
+            image = self._spec_image(step)
+            if (
+                image is not None
+                and not same_image(image, self.placeholder)
+                and _names_image(event.message, image)
+            ):
+                kind: EventKind = "pulling" if event.reason == "Pulling" else "pulled"
+                self._emit(
+                    step, kind, reason=event.reason, message=event.message, at=event.last_seen
+                )
+        if event.type == "Warning":
+            key = (step, event.reason, event.message)
+            if key not in self._warned:
+                self._warned.add(key)
+                self._emit(
+                    step,
+                    "warning",
+                    reason=event.reason,
+                    message=event.message,
+                    count=event.count,
+                    at=event.last_seen,
+                )
+
+    def close(self) -> None:
+        """End every stream (the build was removed)."""
+        for state in self.states.values():
+            state.close()
+        for events in self.step_events.values():
+            events.close()
+        self.pod_events.close()
+        self.build_events.close()
+
+    # -- derivation ---------------------------------------------------------------------
+
+    def _spec_image(self, step: str) -> str | None:
+        return self.pod.spec_image(step) if self.pod is not None else None
+
+    def _update_step(self, step: str, pod: PodSnapshot) -> None:
+        spec_image = pod.spec_image(step)
+        patched = spec_image is not None and spec_image != self.placeholder
+        container = pod.container(step)
+        is_step = (
+            patched
+            and container is not None
+            and (container.restart_count >= 1 or not same_image(container.image, self.placeholder))
+        )
+        view = StepView(step, container, is_step, patched, self.gone)
+        topic = self.states[step]
+        if topic.latest == view:
+            return
+        topic.publish(view)
+        if is_step and container is not None:
+            self._step_domain_events(step, container, pod)
+
+    def _step_domain_events(
+        self, step: str, container: ContainerSnapshot, pod: PodSnapshot
+    ) -> None:
+        if container.phase == "running":
+            self._emit(step, "started", reason="Started", at=container.started_at)
+        elif container.phase == "terminated":
+            result = diagnosis.step_result(step, container, pod)
+            if result.failure is None:
+                self._emit(
+                    step,
+                    "completed",
+                    reason=container.reason,
+                    exit_code=container.exit_code,
+                    at=container.finished_at,
+                )
+            else:
+                self._emit(
+                    step,
+                    "failed",
+                    reason=container.reason,
+                    message=container.message,
+                    exit_code=container.exit_code,
+                    failure=result.failure,
+                    at=container.finished_at,
+                )
+        else:
+            failure = diagnosis.waiting_failure(container)
+            if failure is not None:
+                self._emit(
+                    step,
+                    "failed",
+                    reason=container.reason,
+                    message=container.message,
+                    failure=failure,
+                )
+
+    def _mark_gone(self, pod: PodSnapshot | None) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        if pod is None:
+            self.pod = None
+        self._emit(
+            None,
+            "deleted",
+            reason=(pod.reason if pod else None) or "Deleted",
+            message=pod.message if pod else None,
+        )
+        for step, topic in self.states.items():
+            latest = topic.latest
+            if latest is None:
+                topic.publish(StepView(step, None, False, False, True))
+            elif not latest.pod_gone:
+                topic.publish(
+                    StepView(step, latest.container, latest.is_step, latest.patched, True)
+                )
+
+    def _emit(
+        self,
+        step: str | None,
+        kind: EventKind,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+        exit_code: int | None = None,
+        failure: Failure | None = None,
+        count: int = 1,
+        at: str | None = None,
+    ) -> None:
+        # One domain event of each kind per step: a relist or a duplicated watch event
+        # must not report a step as started twice, nor ErrImagePull and then
+        # ImagePullBackOff as two failures.
+        if kind != "warning":
+            key = (step, kind)
+            if key in self._emitted:
+                return
+            self._emitted.add(key)
+        event = BuildEvent(
+            build_id=self.build_id,
+            step=step,
+            kind=kind,
+            at=diagnosis.parse_time(at) or _now(),
+            reason=reason,
+            message=message,
+            exit_code=exit_code,
+            failure=failure,
+            count=count,
+        )
+        self.build_events.publish(event)
+        for topic in self._also_publish:
+            topic.publish(event)
+
+
+def _names_image(message: str, image: str) -> bool:
+    """Whether a Pulling/Pulled message is about ``image`` (messages quote the spec image)."""
+    return f'"{image}"' in message or image in message

@@ -1,0 +1,218 @@
+"""The reflector: keeps a Store in step with the API server by list, then watch.
+
+Modelled on client-go's ``Reflector.ListAndWatch``, in three layers, each handling one
+piece of Kubernetes behaviour:
+
+- :meth:`Reflector.run` (forever): retries every transient failure with exponential
+  backoff and full jitter (tenacity), starting again from a fresh backoff after a long
+  healthy stretch, until the build is removed (the task is cancelled).
+- :meth:`Reflector._list_and_watch` (one cycle): lists, then watches from the list's
+  resourceVersion, re-watching from the newest version seen whenever a watch ends
+  normally (servers end watches on purpose after ``timeoutSeconds``). It returns to
+  relist on a 410 Gone and when ``resync_period`` has passed.
+- :meth:`Reflector._watch_once` (one request): follows one watch, applying each event
+  and remembering the resourceVersion of every event, bookmarks included.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from buildruntime.cluster.port import (
+    ApiError,
+    Cluster,
+    ExpiredError,
+    Resource,
+    UnavailableError,
+)
+
+log = logging.getLogger("buildruntime.informer")
+
+# Failures worth retrying. ApiError covers 403s that an RBAC fix resolves and 5xx
+# answers the port did not already classify; a 410 is handled before it gets here.
+_TRANSIENT = (UnavailableError, ApiError)
+
+
+@dataclass(frozen=True)
+class ReflectorSettings:
+    """Timing of list and watch. Defaults follow client-go."""
+
+    resync_period: float = 300.0
+    """Relist this often even when the watch is healthy, to catch anything missed."""
+    watch_timeout: tuple[int, int] = (300, 600)
+    """The server ends each watch after a random number of seconds in this range."""
+    backoff_initial: float = 0.8
+    backoff_max: float = 30.0
+    backoff_reset: float = 120.0
+    """A failure after this long without one starts the backoff from the beginning."""
+    min_watch_duration: float = 1.0
+    """A watch that ends normally this soon with no events counts as a failure."""
+
+
+class _Healthy(Exception):
+    """Raised internally to restart the backoff after a long healthy stretch."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Reflector:
+    """List and watch one resource for one selector, feeding ``apply``/``replace``.
+
+    ``replace(items)`` receives a full list; ``apply(type, object)`` one watch event.
+    Both are synchronous, so an event is in the cache before the next one is read.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        resource: Resource,
+        namespace: str,
+        *,
+        replace: Callable[[list[dict[str, Any]]], None],
+        apply: Callable[[str, dict[str, Any]], None],
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        settings: ReflectorSettings | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._resource: Resource = resource
+        self._namespace = namespace
+        self._replace = replace
+        self._apply = apply
+        self._label_selector = label_selector
+        self._field_selector = field_selector
+        self._settings = settings or ReflectorSettings()
+        self._resource_version: str | None = None
+        self._relist_from: str | None = "0"  # "0": the first list may come from the watch cache
+        self.synced = anyio.Event()
+        self.last_error: BaseException | None = None
+        self.relists = 0
+        self.rewatches = 0
+
+    @property
+    def resource_version(self) -> str | None:
+        """The newest resourceVersion seen (bookmarks included)."""
+        return self._resource_version
+
+    async def run(self) -> None:
+        """List and watch until cancelled, backing off on every transient failure."""
+        s = self._settings
+        while True:
+            retrying = AsyncRetrying(
+                sleep=anyio.sleep,
+                wait=wait_random_exponential(multiplier=s.backoff_initial, max=s.backoff_max),
+                retry=retry_if_exception_type(_TRANSIENT),
+                before_sleep=self._log_retry,
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._cycle_until_failure()
+            except _Healthy as healthy:
+                log.info(
+                    "%s watch failed after a healthy stretch: %s", self._resource, healthy.cause
+                )
+
+    def _log_retry(self, state: Any) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        self.last_error = error
+        log.warning(
+            "%s watch in %s failed (%s); retrying in %.1fs",
+            self._resource,
+            self._namespace,
+            error,
+            state.upcoming_sleep,
+        )
+
+    async def _cycle_until_failure(self) -> None:
+        started = anyio.current_time()
+        try:
+            while True:
+                await self._list_and_watch()
+        except _TRANSIENT as error:
+            if anyio.current_time() - started >= self._settings.backoff_reset:
+                raise _Healthy(error) from error
+            raise
+
+    async def _list_and_watch(self) -> None:
+        """One list, then watches from its resourceVersion until a relist is due."""
+        try:
+            listing = await self._list()
+        except ExpiredError:
+            # The version asked for is compacted already: a consistent read never is.
+            self._relist_from = None
+            listing = await self._list()
+        self._replace(list(listing.get("items") or ()))
+        self._resource_version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
+        # Later relists ask for at least what was seen, like client-go's relistResourceVersion.
+        self._relist_from = self._resource_version
+        self.relists += 1
+        self.last_error = None
+        self.synced.set()
+        resync_at = anyio.current_time() + self._settings.resync_period
+        while True:
+            remaining = resync_at - anyio.current_time()
+            if remaining <= 0:
+                return
+            try:
+                with anyio.move_on_after(remaining):
+                    await self._watch_once()
+            except ExpiredError:
+                # 410 Gone: the version we hold was compacted; only a fresh
+                # (consistent) list can tell what changed since.
+                log.info("%s watch expired in %s; relisting", self._resource, self._namespace)
+                self._relist_from = None
+                return
+            self.rewatches += 1
+
+    async def _list(self) -> dict[str, Any]:
+        return await self._cluster.list(
+            self._resource,
+            self._namespace,
+            label_selector=self._label_selector,
+            field_selector=self._field_selector,
+            resource_version=self._relist_from,
+        )
+
+    async def _watch_once(self) -> None:
+        """Follow one watch request from the newest resourceVersion seen."""
+        assert self._resource_version is not None
+        low, high = self._settings.watch_timeout
+        opened = anyio.current_time()
+        seen_any = False
+        async with self._cluster.watch(
+            self._resource,
+            self._namespace,
+            resource_version=self._resource_version,
+            label_selector=self._label_selector,
+            field_selector=self._field_selector,
+            timeout_seconds=random.randint(low, high),
+            allow_bookmarks=True,
+        ) as events:
+            async for event in events:
+                seen_any = True
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                version = (obj.get("metadata") or {}).get("resourceVersion")
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self._apply(kind, obj)
+                elif kind != "BOOKMARK":
+                    log.warning("ignoring %s watch event of type %r", self._resource, kind)
+                    continue
+                if version:
+                    self._resource_version = version
+        if not seen_any and anyio.current_time() - opened < self._settings.min_watch_duration:
+            # An immediately closed, empty watch is a failure in disguise (a proxy
+            # resetting us, an overloaded server): back off rather than spin.
+            raise UnavailableError(f"{self._resource} watch closed at once with no events")

@@ -1,0 +1,313 @@
+"""Build and step specs: validation on construction, and the pod they render to.
+
+The rendered pod has one container per step. Each starts on the pause placeholder with
+the step's final args already in place, because a running pod's spec is immutable except
+for its images: ``run_container`` later swaps only the image, and the kubelet restarts the
+container with the step image and those args.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from buildruntime.cluster.port import JSON
+from buildruntime.errors import SpecError
+from buildruntime.images import image_problem
+from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
+DEFAULT_ENTRYPOINT: tuple[str, ...] = ("/bin/sh", "-c")
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_QUANTITY = re.compile(
+    r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+)
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_RESOURCE_KEYS = ("requests", "limits")
+_RESERVED_LABELS = (MANAGED_BY, BUILD_ID)
+
+
+def dns1123_label_problem(value: object) -> str | None:
+    """Why ``value`` is not a DNS-1123 label (Kubernetes' rule for names), or None."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not value:
+        return "must not be empty"
+    if len(value) > 63:
+        return f"{value!r} is longer than 63 characters"
+    if not _DNS1123_LABEL.match(value):
+        return (
+            f"{value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _require(value: object, field_name: str, kind: type, *, build_id: str | None = None) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SpecError(
+            field_name, f"must be a {kind.__name__}, not {type(value).__name__}", build_id=build_id
+        )
+
+
+def _check_str_map(value: object, field_name: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise SpecError(field_name, f"must be a mapping of str to str, not {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise SpecError(
+                f"{field_name}[{key!r}]",
+                f"keys and values must be strings, got {type(key).__name__} -> "
+                f"{type(item).__name__}",
+            )
+    return dict(value)
+
+
+def _check_labels(value: object, field_name: str, *, values_too: bool) -> dict[str, str]:
+    labels = _check_str_map(value, field_name)
+    for key, item in labels.items():
+        prefix, _, name = key.rpartition("/")
+        if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+            raise SpecError(f"{field_name}[{key!r}]", "is not a valid label or annotation key")
+        if prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)):
+            raise SpecError(f"{field_name}[{key!r}]", "has an invalid DNS subdomain prefix")
+        if values_too and (len(item) > 63 or not _LABEL_VALUE.match(item)):
+            raise SpecError(
+                f"{field_name}[{key!r}]",
+                f"value {item!r} is not a valid label value (<= 63 of [A-Za-z0-9-_.], "
+                "alphanumeric at both ends)",
+            )
+    return labels
+
+
+def _check_resources(value: object, field_name: str) -> dict[str, dict[str, str]]:
+    if not isinstance(value, Mapping):
+        raise SpecError(field_name, "must be a mapping with 'requests' and/or 'limits'")
+    out: dict[str, dict[str, str]] = {}
+    for key, amounts in value.items():
+        if key not in _RESOURCE_KEYS:
+            raise SpecError(f"{field_name}.{key}", "unknown key: expected 'requests' or 'limits'")
+        if not isinstance(amounts, Mapping):
+            raise SpecError(f"{field_name}.{key}", "must be a mapping of resource name to quantity")
+        checked: dict[str, str] = {}
+        for name, quantity in amounts.items():
+            text = str(quantity) if isinstance(quantity, int | float) else quantity
+            if not isinstance(name, str) or not isinstance(text, str) or isinstance(quantity, bool):
+                raise SpecError(f"{field_name}.{key}.{name}", "must be a quantity such as '64Mi'")
+            if not _QUANTITY.match(text):
+                raise SpecError(
+                    f"{field_name}.{key}.{name}",
+                    f"{text!r} is not a quantity (e.g. '500m', '64Mi')",
+                )
+            checked[name] = text
+        out[key] = checked
+    return out
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One pipeline step: one container of the build's pod."""
+
+    name: str
+    image: str
+    commands: Sequence[str] = ()
+    entrypoint: Sequence[str] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    pull_policy: PullPolicy = "IfNotPresent"
+    timeout: float | None = None
+    resources: Mapping[str, Mapping[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        problem = dns1123_label_problem(self.name)
+        if problem:
+            raise SpecError("name", problem)
+        where = f"steps[{self.name}]"
+        if not isinstance(self.image, str):
+            raise SpecError(f"{where}.image", f"must be a string, not {type(self.image).__name__}")
+        problem = image_problem(self.image)
+        if problem:
+            raise SpecError(f"{where}.image", problem)
+        if isinstance(self.commands, str) or not isinstance(self.commands, Sequence):
+            raise SpecError(f"{where}.commands", "must be a list of shell lines")
+        for i, line in enumerate(self.commands):
+            if not isinstance(line, str):
+                raise SpecError(f"{where}.commands[{i}]", "must be a string")
+        object.__setattr__(self, "commands", tuple(self.commands))
+        if self.entrypoint is not None:
+            if isinstance(self.entrypoint, str) or not isinstance(self.entrypoint, Sequence):
+                raise SpecError(f"{where}.entrypoint", "must be a list of strings")
+            if not self.entrypoint or not all(isinstance(a, str) and a for a in self.entrypoint):
+                raise SpecError(
+                    f"{where}.entrypoint", "must be a non-empty list of non-empty strings"
+                )
+            object.__setattr__(self, "entrypoint", tuple(self.entrypoint))
+        env = _check_str_map(self.env, f"{where}.env")
+        for key in env:
+            if not _ENV_NAME.match(key):
+                raise SpecError(
+                    f"{where}.env[{key!r}]",
+                    "is not a valid environment variable name ([-._a-zA-Z][-._a-zA-Z0-9]*)",
+                )
+        object.__setattr__(self, "env", env)
+        if self.working_dir is not None and (
+            not isinstance(self.working_dir, str) or not self.working_dir.startswith("/")
+        ):
+            raise SpecError(f"{where}.working_dir", "must be an absolute path")
+        if self.pull_policy not in PULL_POLICIES:
+            raise SpecError(
+                f"{where}.pull_policy",
+                f"{self.pull_policy!r} is not one of {', '.join(PULL_POLICIES)}",
+            )
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
+                raise SpecError(f"{where}.timeout", "must be a number of seconds")
+            if not self.timeout > 0 or self.timeout != self.timeout:
+                raise SpecError(f"{where}.timeout", "must be greater than 0")
+        if self.resources is not None:
+            object.__setattr__(
+                self, "resources", _check_resources(self.resources, f"{where}.resources")
+            )
+
+    @property
+    def args(self) -> list[str]:
+        """The container's args: the entrypoint, then the script.
+
+        The default entrypoint is ``/bin/sh -c`` with ``set -e`` first, so the step stops
+        at its first failing command, like ``/bin/sh -e``; each command is echoed nowhere
+        (the logs hold only what the commands print).
+        """
+        entrypoint = (
+            list(self.entrypoint) if self.entrypoint is not None else list(DEFAULT_ENTRYPOINT)
+        )
+        script = (
+            "\n".join(["set -e", *self.commands])
+            if self.entrypoint is None
+            else "\n".join(self.commands)
+        )
+        return [*entrypoint, script]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """A build: one pod, its steps in order."""
+
+    build_id: str
+    steps: Sequence[StepSpec]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    service_account: str | None = None
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    pause_image: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = dns1123_label_problem(self.build_id)
+        if problem:
+            raise SpecError("build_id", problem)
+        bid = self.build_id
+        if isinstance(self.steps, str | bytes) or not isinstance(self.steps, Sequence):
+            raise SpecError("steps", "must be a list of StepSpec", build_id=bid)
+        if not self.steps:
+            raise SpecError("steps", "must hold at least one step", build_id=bid)
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, StepSpec):
+                raise SpecError(
+                    f"steps[{i}]", f"must be a StepSpec, not {type(step).__name__}", build_id=bid
+                )
+            if step.name in seen:
+                raise SpecError(
+                    f"steps[{i}].name", f"duplicate step name {step.name!r}", build_id=bid
+                )
+            seen.add(step.name)
+        object.__setattr__(self, "steps", tuple(self.steps))
+        labels = _check_labels(self.labels, "labels", values_too=True)
+        for reserved in _RESERVED_LABELS:
+            if reserved in labels:
+                raise SpecError(
+                    f"labels[{reserved!r}]", "is set by the runtime itself", build_id=bid
+                )
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(
+            self, "annotations", _check_labels(self.annotations, "annotations", values_too=False)
+        )
+        object.__setattr__(
+            self,
+            "node_selector",
+            _check_labels(self.node_selector, "node_selector", values_too=True),
+        )
+        if self.service_account is not None:
+            problem = dns1123_label_problem(self.service_account)
+            if problem and not (
+                isinstance(self.service_account, str)
+                and re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", self.service_account)
+            ):
+                raise SpecError("service_account", problem, build_id=bid)
+        if self.pause_image is not None:
+            if not isinstance(self.pause_image, str):
+                raise SpecError("pause_image", "must be a string", build_id=bid)
+            problem = image_problem(self.pause_image)
+            if problem:
+                raise SpecError("pause_image", problem, build_id=bid)
+
+    def step(self, name: str) -> StepSpec:
+        """The step called ``name``; KeyError when there is none."""
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    @property
+    def pod_name(self) -> str:
+        """The pod's name: the build id itself, which is already unique per namespace."""
+        return self.build_id
+
+
+def render_pod(spec: BuildSpec, *, namespace: str, pause_image: str) -> JSON:
+    """The pod manifest for ``spec``: every step a container on the pause placeholder."""
+    placeholder = spec.pause_image or pause_image
+    containers: list[JSON] = []
+    for step in spec.steps:
+        container: dict[str, Any] = {
+            "name": step.name,
+            "image": placeholder,
+            "args": step.args,
+            "imagePullPolicy": step.pull_policy,
+            "env": [{"name": k, "value": v} for k, v in step.env.items()],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+        if step.working_dir:
+            container["workingDir"] = step.working_dir
+        if step.resources:
+            container["resources"] = {k: dict(v) for k, v in step.resources.items()}
+        containers.append(container)
+    labels = {**spec.labels, MANAGED_BY: MANAGED_BY_VALUE, BUILD_ID: spec.build_id}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": containers,
+        # Steps run one at a time; a short grace period keeps removal quick.
+        "terminationGracePeriodSeconds": 5,
+        "automountServiceAccountToken": spec.service_account is not None,
+    }
+    if spec.service_account:
+        pod_spec["serviceAccountName"] = spec.service_account
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": spec.pod_name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": dict(spec.annotations),
+        },
+        "spec": pod_spec,
+    }
