@@ -1,1 +1,38 @@
-"""buildruntime: run CI builds on Kubernetes from an informer cache."""
+"""buildruntime: run CI builds on Kubernetes, one pod per build, one container per step,
+with every step API served from an informer cache."""
+
+from buildruntime.build import Build
+from buildruntime.errors import (
+    AdmissionError,
+    BuildRuntimeError,
+    ClusterUnavailableError,
+    ContainerCreateError,
+    ImagePullError,
+    PodGoneError,
+    SchedulingError,
+    SpecError,
+    StepTimeoutError,
+)
+from buildruntime.events import BuildEvent
+from buildruntime.results import Failure, StepResult
+from buildruntime.runtime import Runtime
+from buildruntime.spec import BuildSpec, StepSpec
+
+__all__ = [
+    "AdmissionError",
+    "Build",
+    "BuildEvent",
+    "BuildRuntimeError",
+    "BuildSpec",
+    "ClusterUnavailableError",
+    "ContainerCreateError",
+    "Failure",
+    "ImagePullError",
+    "PodGoneError",
+    "Runtime",
+    "SchedulingError",
+    "SpecError",
+    "StepResult",
+    "StepSpec",
+    "StepTimeoutError",
+]

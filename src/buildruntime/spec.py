@@ -18,6 +18,11 @@ from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
 
+STEPS_ANNOTATION = "buildruntime.io/steps"
+"""Lists the pod's step containers, so a monitor can tell them from injected sidecars."""
+PAUSE_ANNOTATION = "buildruntime.io/pause-image"
+"""The placeholder image the steps start on, so a monitor can tell placeholder from step."""
+
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
 DEFAULT_ENTRYPOINT: tuple[str, ...] = ("/bin/sh", "-c")
@@ -307,7 +312,11 @@ def render_pod(spec: BuildSpec, *, namespace: str, pause_image: str) -> JSON:
             "name": spec.pod_name,
             "namespace": namespace,
             "labels": labels,
-            "annotations": dict(spec.annotations),
+            "annotations": {
+                **spec.annotations,
+                STEPS_ANNOTATION: ",".join(step.name for step in spec.steps),
+                PAUSE_ANNOTATION: placeholder,
+            },
         },
         "spec": pod_spec,
     }

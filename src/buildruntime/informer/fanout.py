@@ -23,10 +23,9 @@ from buildruntime.images import same_image
 from buildruntime.informer.snapshots import ContainerSnapshot, EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta
 from buildruntime.informer.topic import Topic
+from buildruntime.labels import BUILD_ID
 from buildruntime.results import Failure
-
-STEPS_ANNOTATION = "buildruntime.io/steps"
-PAUSE_ANNOTATION = "buildruntime.io/pause-image"
+from buildruntime.spec import PAUSE_ANNOTATION, STEPS_ANNOTATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +75,8 @@ class PodFanout:
         self.step_events: dict[str, Topic[EventSnapshot]] = {s: Topic(retain=1_000) for s in steps}
         self.pod_events: Topic[EventSnapshot] = Topic(retain=1_000)
         self.build_events: Topic[BuildEvent] = Topic(retain=10_000)
+        self.pods: Topic[PodSnapshot | None] = Topic(retain=100)
+        """The build-level stream: every snapshot of the pod, None once it is deleted."""
         self._also_publish = publish or []
         self._emitted: set[tuple[str | None, str]] = set()
         self._warned: set[tuple[str | None, str, str]] = set()
@@ -88,7 +89,7 @@ class PodFanout:
         """A fan-out for a pod the runtime made, from its own annotations (for the monitor)."""
         steps = pod.annotation(STEPS_ANNOTATION)
         placeholder = pod.annotation(PAUSE_ANNOTATION)
-        build_id = pod.label("buildruntime.io/build-id")
+        build_id = pod.label(BUILD_ID)
         if not steps or not placeholder or not build_id:
             return None
         return cls(build_id, steps.split(","), placeholder, pod_uid=pod.uid, publish=publish)
@@ -107,8 +108,11 @@ class PodFanout:
         if new is None:
             if delta.old is not None and (self.pod_uid is None or delta.old.uid == self.pod_uid):
                 self._mark_gone(None)
+                self.pod = None
+                self.pods.publish(None)
             return
         self.pod = new
+        self.pods.publish(new)
         self.seen_pod = True
         if self.pod_uid is None:
             self.pod_uid = new.uid
@@ -167,6 +171,7 @@ class PodFanout:
             events.close()
         self.pod_events.close()
         self.build_events.close()
+        self.pods.close()
 
     # -- derivation ---------------------------------------------------------------------
 

@@ -1,0 +1,224 @@
+"""One build's moving parts: its informer (two reflectors, the store, the fan-out) and its
+log captures, all living in one task group that removing the build cancels."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from buildruntime.cluster.port import JSON, Cluster
+from buildruntime.events import BuildEvent
+from buildruntime.informer.fanout import PodFanout, StepView
+from buildruntime.informer.reflector import Reflector, ReflectorSettings
+from buildruntime.informer.store import Store
+from buildruntime.informer.topic import Topic
+from buildruntime.labels import build_selector
+from buildruntime.logs import LogBuffer, LogCapture
+from buildruntime.results import StepResult
+from buildruntime.spec import BuildSpec
+
+
+@dataclass
+class StepRecord:
+    """What the runtime itself decided about a step (beyond what the cache shows)."""
+
+    patched: bool = False
+    result: StepResult | None = None
+    """A result the runtime settled on: a timeout, an image that cannot be pulled."""
+    capture: LogCapture | None = None
+
+
+@dataclass(eq=False)
+class Build:
+    """The handle of one build, returned by ``Runtime.setup_build``."""
+
+    spec: BuildSpec
+    namespace: str
+    pod_manifest: JSON
+    _state: BuildState = field(repr=False)
+
+    @property
+    def build_id(self) -> str:
+        return self.spec.build_id
+
+    @property
+    def pod_name(self) -> str:
+        return self.spec.pod_name
+
+    def events(self) -> AsyncIterator[BuildEvent]:
+        """The build's domain events from its first, in the order the cache saw them,
+        until the build is removed."""
+        return self._state.fanout.build_events.follow()
+
+
+class BuildState:
+    """The informer and log captures of one build."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        spec: BuildSpec,
+        namespace: str,
+        placeholder: str,
+        *,
+        reflector_settings: ReflectorSettings,
+        log_memory_limit: int,
+        runtime_events: Topic[BuildEvent],
+    ) -> None:
+        self.cluster = cluster
+        self.spec = spec
+        self.namespace = namespace
+        self.placeholder = placeholder
+        self.store = Store()
+        step_names = [s.name for s in spec.steps]
+        self.fanout = PodFanout(spec.build_id, step_names, placeholder, publish=[runtime_events])
+        self.steps = {name: StepRecord() for name in step_names}
+        self.buffers = {name: LogBuffer(log_memory_limit) for name in step_names}
+        self._settings = reflector_settings
+        self.pod_reflector = Reflector(
+            cluster,
+            "pods",
+            namespace,
+            label_selector=build_selector(spec.build_id),
+            replace=self._replace_pods,
+            apply=self._apply_pod,
+            settings=reflector_settings,
+        )
+        self.event_reflector: Reflector | None = None
+        self._task_group: TaskGroup | None = None
+        self._cancel = anyio.CancelScope()
+        self.started = False
+        self.removed = False
+        self.finished = anyio.Event()
+
+    # -- store → fan-out --------------------------------------------------------------
+
+    def _replace_pods(self, items: list[dict[str, Any]]) -> None:
+        for delta in self.store.replace_pods(items):
+            self.fanout.on_pod(delta)
+
+    def _apply_pod(self, kind: str, obj: dict[str, Any]) -> None:
+        delta = self.store.apply_pod(kind, obj)
+        if delta is not None:
+            self.fanout.on_pod(delta)
+
+    def _replace_events(self, items: list[dict[str, Any]]) -> None:
+        for delta in self.store.replace_events(items):
+            self.fanout.on_event(delta)
+
+    def _apply_event(self, kind: str, obj: dict[str, Any]) -> None:
+        delta = self.store.apply_event(kind, obj)
+        if delta is not None:
+            self.fanout.on_event(delta)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the pod reflector and the capture starters until cancelled."""
+        try:
+            with self._cancel:
+                async with anyio.create_task_group() as tg:
+                    self._task_group = tg
+                    self.started = True
+                    tg.start_soon(self.pod_reflector.run)
+                    for name in self.steps:
+                        tg.start_soon(self._capture_when_started, name)
+                    task_status.started()
+                    await anyio.sleep_forever()
+        finally:
+            self._task_group = None
+            for buffer in self.buffers.values():
+                buffer.finish()
+            self.fanout.close()
+            self.finished.set()
+
+    def start_events_watch(self, pod_uid: str) -> None:
+        """Watch the events of exactly this pod (by uid, so a previous pod of the same
+        name never leaks in)."""
+        assert self._task_group is not None
+        selector = ",".join(
+            [
+                "involvedObject.kind=Pod",
+                f"involvedObject.namespace={self.namespace}",
+                f"involvedObject.name={self.spec.pod_name}",
+                f"involvedObject.uid={pod_uid}",
+            ]
+        )
+        self.event_reflector = Reflector(
+            self.cluster,
+            "events",
+            self.namespace,
+            field_selector=selector,
+            replace=self._replace_events,
+            apply=self._apply_event,
+            settings=self._settings,
+        )
+        self._task_group.start_soon(self.event_reflector.run)
+
+    def stop(self) -> None:
+        """Cancel every task of the build (watches, captures)."""
+        self._cancel.cancel()
+
+    # -- waiting on the cache ---------------------------------------------------------
+
+    async def wait_step(self, step: str, ready: Callable[[StepView], bool]) -> StepView:
+        """The first view of ``step`` (the current one first) for which ``ready`` holds.
+
+        Raises :class:`anyio.EndOfStream` if the build's streams close first.
+        """
+        async for view in self.fanout.states[step].follow(from_latest=True):
+            if ready(view):
+                return view
+        raise anyio.EndOfStream
+
+    async def step_ended(self, step: str, within: float) -> bool:
+        """Whether, within ``within`` seconds, the step's container is seen terminated or the
+        pod gone."""
+        with anyio.move_on_after(within):
+            try:
+                await self.wait_step(step, _ended)
+            except anyio.EndOfStream:
+                return True
+            return True
+        return False
+
+    async def _capture_when_started(self, step: str) -> None:
+        """Start the step's log capture the moment its step-image container runs or has
+        run; finish the buffer if the step can no longer start."""
+        buffer = self.buffers[step]
+        try:
+            view = await self.wait_step(step, _started_or_hopeless)
+        except anyio.EndOfStream:
+            buffer.finish()
+            return
+        container = view.step_container
+        if container is None or container.phase == "waiting":
+            buffer.finish(lost_reason="the step never started")
+            return
+        capture = LogCapture(
+            self.cluster,
+            self.namespace,
+            self.spec.pod_name,
+            step,
+            buffer,
+            step_ended=lambda timeout: self.step_ended(step, timeout),
+            pod_gone=lambda: self.fanout.gone,
+        )
+        self.steps[step].capture = capture
+        await capture.run()
+
+
+def _ended(view: StepView) -> bool:
+    container = view.step_container
+    return view.pod_gone or (container is not None and container.phase == "terminated")
+
+
+def _started_or_hopeless(view: StepView) -> bool:
+    container = view.step_container
+    if container is not None and container.phase in ("running", "terminated"):
+        return True
+    return view.pod_gone

@@ -1,0 +1,560 @@
+"""The Runtime: the step APIs a CI executor calls, per build, in order.
+
+``setup_build`` renders the pod; ``assemble_build`` starts the build's pod and events
+watches, creates the pod and waits until it is scheduled; from then on the step APIs
+read the informer cache, and the only requests they cause are one patch per step (the
+image swap) and one log stream per step (started in the background when the step
+starts). ``remove_build`` deletes the pod once every capture has drained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from buildruntime import diagnosis
+from buildruntime.build import Build, BuildState
+from buildruntime.cluster.port import (
+    ApiError,
+    Cluster,
+    ConflictError,
+    NotFoundError,
+    UnavailableError,
+)
+from buildruntime.errors import (
+    AdmissionError,
+    BuildRuntimeError,
+    ClusterUnavailableError,
+    ContainerCreateError,
+    ImagePullError,
+    SchedulingError,
+    SpecError,
+    StepTimeoutError,
+)
+from buildruntime.events import BuildEvent
+from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
+from buildruntime.informer.fanout import StepView
+from buildruntime.informer.reflector import ReflectorSettings
+from buildruntime.informer.topic import Topic
+from buildruntime.logs import DEFAULT_MEMORY_LIMIT
+from buildruntime.results import Failure, StepResult
+from buildruntime.spec import BuildSpec, StepSpec, render_pod
+
+log = logging.getLogger("buildruntime")
+
+T = TypeVar("T")
+
+CREATE_CONFIG_GRACE = 10.0
+"""How long a CreateContainerConfigError may last before it counts as a failure: it is
+often transient (a Secret or ConfigMap created a moment later)."""
+
+
+class Runtime:
+    """Runs builds as pods: one per build, one container per step.
+
+    Use it as an async context manager; builds still present on exit are removed.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str = "default",
+        *,
+        pause_image: str = DEFAULT_PAUSE_IMAGE,
+        schedule_timeout: float = 120.0,
+        delete_timeout: float = 60.0,
+        resync_period: float = 300.0,
+        api_timeout: float = 60.0,
+        log_memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        reflector: ReflectorSettings | None = None,
+        owns_cluster: bool = False,
+    ) -> None:
+        problem = image_problem(pause_image)
+        if problem:
+            raise SpecError("pause_image", problem)
+        for name, value in (
+            ("schedule_timeout", schedule_timeout),
+            ("delete_timeout", delete_timeout),
+            ("resync_period", resync_period),
+            ("api_timeout", api_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise SpecError(name, f"must be a positive number of seconds, not {value!r}")
+        self.cluster = cluster
+        self.namespace = namespace
+        self.pause_image = pause_image
+        self.schedule_timeout = float(schedule_timeout)
+        self.delete_timeout = float(delete_timeout)
+        self.api_timeout = float(api_timeout)
+        self._log_memory_limit = log_memory_limit
+        base = reflector or ReflectorSettings()
+        self._reflector_settings = ReflectorSettings(
+            resync_period=float(resync_period),
+            watch_timeout=base.watch_timeout,
+            backoff_initial=base.backoff_initial,
+            backoff_max=base.backoff_max,
+            backoff_reset=base.backoff_reset,
+            min_watch_duration=base.min_watch_duration,
+        )
+        self._owns_cluster = owns_cluster
+        self._builds: dict[str, BuildState] = {}
+        self._events: Topic[BuildEvent] = Topic(retain=10_000)
+        self._exit_stack: AsyncExitStack | None = None
+        self._task_group: TaskGroup | None = None
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        path: str | None = None,
+        context: str | None = None,
+        namespace: str = "default",
+        **settings: Any,
+    ) -> Runtime:
+        """A runtime for the cluster a kubeconfig names (``KUBECONFIG`` or
+        ``~/.kube/config`` when ``path`` is None)."""
+        from buildruntime.cluster.kube import KubeCluster
+
+        cluster = KubeCluster.from_kubeconfig(path, context)
+        return cls(cluster, namespace, owns_cluster=True, **settings)
+
+    @classmethod
+    def in_cluster(cls, namespace: str = "default", **settings: Any) -> Runtime:
+        """A runtime for the cluster this process runs in (its service account)."""
+        from buildruntime.cluster.kube import KubeCluster
+
+        return cls(KubeCluster.in_cluster(), namespace, owns_cluster=True, **settings)
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            if self._owns_cluster:
+                closer = getattr(self.cluster, "aclose", None)
+                if closer is not None:
+                    stack.push_async_callback(closer)
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._shutdown)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._exit_stack is not None
+        stack, self._exit_stack = self._exit_stack, None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _shutdown(self) -> None:
+        """Remove what is left (bounded), then stop every build's tasks."""
+        with anyio.CancelScope(shield=True):
+            for state in list(self._builds.values()):
+                if state.started and not state.removed:
+                    with (
+                        contextlib.suppress(BuildRuntimeError),
+                        anyio.move_on_after(self.delete_timeout),
+                    ):
+                        await self._remove(state)
+                state.stop()
+            self._events.close()
+        self._task_group = None
+
+    # -- the step APIs ----------------------------------------------------------------
+
+    async def setup_build(self, spec: BuildSpec) -> Build:
+        """Validate ``spec`` and render its pod. Sends nothing."""
+        if not isinstance(spec, BuildSpec):
+            raise SpecError("spec", f"must be a BuildSpec, not {type(spec).__name__}")
+        existing = self._builds.get(spec.build_id)
+        if existing is not None and not existing.removed:
+            raise SpecError(
+                "build_id",
+                f"{spec.build_id!r} is already set up in this runtime",
+                build_id=spec.build_id,
+            )
+        manifest = render_pod(spec, namespace=self.namespace, pause_image=self.pause_image)
+        state = BuildState(
+            self.cluster,
+            spec,
+            self.namespace,
+            spec.pause_image or self.pause_image,
+            reflector_settings=self._reflector_settings,
+            log_memory_limit=self._log_memory_limit,
+            runtime_events=self._events,
+        )
+        self._builds[spec.build_id] = state
+        return Build(spec=spec, namespace=self.namespace, pod_manifest=manifest, _state=state)
+
+    async def assemble_build(self, build: Build) -> None:
+        """Start the build's watches, create its pod, and wait until it is scheduled.
+
+        Raises :class:`AdmissionError` when the API server refuses the pod,
+        :class:`SchedulingError` when it is not scheduled within ``schedule_timeout``,
+        :class:`ClusterUnavailableError` when the API server cannot be reached.
+        """
+        state = self._state(build)
+        if state.started:
+            raise SpecError(
+                "build", f"build {build.build_id} was already assembled", build_id=build.build_id
+            )
+        task_group = self._require_entered()
+        await task_group.start(state.run)
+        try:
+            await self._assemble(state, build)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._abandon(state)
+            raise
+
+    async def _assemble(self, state: BuildState, build: Build) -> None:
+        spec = state.spec
+        with anyio.move_on_after(self.api_timeout):
+            await state.pod_reflector.synced.wait()
+        if not state.pod_reflector.synced.is_set():
+            raise ClusterUnavailableError(
+                "cannot list pods",
+                build_id=spec.build_id,
+                message=str(state.pod_reflector.last_error or "no answer from the API server"),
+            )
+        attempts = 0
+
+        async def create() -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return await self.cluster.create_pod(self.namespace, build.pod_manifest)
+            except ConflictError as error:
+                cached = state.fanout.pod
+                if attempts > 1 and cached is not None:
+                    # An earlier attempt got through before its connection broke.
+                    return {"metadata": {"uid": cached.uid}}
+                raise AdmissionError(
+                    f"a pod named {spec.pod_name} already exists",
+                    build_id=spec.build_id,
+                    reason=error.reason,
+                    message=error.message,
+                ) from error
+            except ApiError as error:
+                if error.status in (400, 403, 422):
+                    raise AdmissionError(
+                        "the API server refused the build's pod",
+                        build_id=spec.build_id,
+                        reason=error.reason,
+                        message=error.message,
+                    ) from error
+                raise
+
+        created = await self._call(spec.build_id, None, "create the pod", create)
+        uid = (created.get("metadata") or {}).get("uid", "")
+        state.fanout.pod_uid = uid
+        state.start_events_watch(uid)
+        await self._wait_scheduled(state)
+        assert state.event_reflector is not None
+        with anyio.move_on_after(self.api_timeout):
+            await state.event_reflector.synced.wait()
+
+    async def _wait_scheduled(self, state: BuildState) -> None:
+        fanout = state.fanout
+        with anyio.move_on_after(self.schedule_timeout):
+            async for pod in state.fanout.pods.follow():
+                if pod is not None and pod.scheduled:
+                    return
+                if fanout.gone:
+                    raise diagnosis.pod_gone_error(state.spec.build_id, None, fanout.pod)
+            # Streams closed: the build was stopped while assembling.
+            raise anyio.get_cancelled_exc_class()
+        message = fanout.pod.unschedulable_message if fanout.pod is not None else None
+        for event in fanout.pod_events.items_from(0)[0]:
+            if event.reason == "FailedScheduling":
+                message = event.message
+        raise SchedulingError(
+            f"the build's pod was not scheduled within {self.schedule_timeout:g}s",
+            build_id=state.spec.build_id,
+            reason="Unschedulable" if message else "Timeout",
+            message=message,
+        )
+
+    async def run_container(self, build: Build, step: str) -> None:
+        """Swap the step's placeholder for the step image; return once it runs or has
+        already finished.
+
+        Raises :class:`ImagePullError`, :class:`ContainerCreateError` and
+        :class:`PodGoneError` (the pod was deleted).
+        """
+        state = self._state(build)
+        spec = self._step(state, step)
+        self._require_assembled(state, build)
+        record = state.steps[step]
+        if not record.patched:
+            if state.fanout.gone:
+                raise diagnosis.pod_gone_error(build.build_id, step, state.fanout.pod)
+            patch = {"spec": {"containers": [{"name": step, "image": spec.image}]}}
+
+            async def send() -> dict[str, Any]:
+                try:
+                    return await self.cluster.patch_pod(self.namespace, build.pod_name, patch)
+                except NotFoundError as error:
+                    raise diagnosis.pod_gone_error(build.build_id, step, None) from error
+
+            await self._call(build.build_id, step, f"start step {step}", send)
+            record.patched = True
+        try:
+            await self._wait_started(state, spec)
+        except (ImagePullError, ContainerCreateError) as error:
+            failure = (
+                Failure.IMAGE_PULL
+                if isinstance(error, ImagePullError)
+                else Failure.CONTAINER_CREATE
+            )
+            record.result = StepResult(
+                step=step,
+                state="waiting",
+                reason=error.reason,
+                message=error.message,
+                failure=failure,
+            )
+            state.buffers[step].finish(lost_reason=str(error))
+            raise
+
+    async def _wait_started(self, state: BuildState, spec: StepSpec) -> None:
+        config_error_since: float | None = None
+        deadline_check = anyio.current_time
+        async for view in state.fanout.states[spec.name].follow(from_latest=True):
+            container = view.step_container
+            if container is not None:
+                if container.phase in ("running", "terminated"):
+                    return
+                reason = container.reason or ""
+                events = state.fanout.step_events[spec.name].items_from(0)[0]
+                if reason in diagnosis.PULL_REASONS:
+                    raise diagnosis.image_pull_error(
+                        state.spec.build_id, spec.name, spec.image, container, events
+                    )
+                if reason in diagnosis.CREATE_REASONS:
+                    if reason != "CreateContainerConfigError":
+                        raise diagnosis.container_create_error(
+                            state.spec.build_id, spec.name, spec.image, container, events
+                        )
+                    config_error_since = config_error_since or deadline_check()
+                    if deadline_check() - config_error_since > CREATE_CONFIG_GRACE:
+                        raise diagnosis.container_create_error(
+                            state.spec.build_id, spec.name, spec.image, container, events
+                        )
+            if view.pod_gone:
+                raise diagnosis.pod_gone_error(state.spec.build_id, spec.name, state.fanout.pod)
+        raise diagnosis.pod_gone_error(state.spec.build_id, spec.name, state.fanout.pod)
+
+    def tail_container(self, build: Build, step: str) -> AsyncIterator[bytes]:
+        """The step's log lines (bytes, newline stripped) from the first to the last.
+
+        Capture runs in the background from the moment the step starts, so calling this
+        late, or twice, still yields every line from the first, once each, in order. The
+        iterator ends when the container has terminated and every line was delivered.
+        """
+        state = self._state(build)
+        self._step(state, step)
+        return state.buffers[step].follow()
+
+    async def wait_container(self, build: Build, step: str) -> StepResult:
+        """Wait until the step's container terminated and return its result.
+
+        Raises :class:`StepTimeoutError` after the step's ``timeout`` and
+        :class:`PodGoneError` when the pod goes away before the step finished.
+        """
+        state = self._state(build)
+        spec = self._step(state, step)
+        self._require_assembled(state, build)
+        record = state.steps[step]
+        if record.result is not None and record.result.failure is not None:
+            return record.result
+        if spec.timeout is None:
+            return await self._wait_terminated(state, step)
+        started = await self._started_at(state, step)
+        remaining = spec.timeout - (anyio.current_time() - started)
+        with anyio.move_on_after(max(remaining, 0)):
+            return await self._wait_terminated(state, step)
+        record.result = StepResult(
+            step=step, state="running", reason="Timeout", failure=Failure.TIMEOUT
+        )
+        raise StepTimeoutError(
+            f"the step ran longer than its timeout of {spec.timeout:g}s",
+            build_id=build.build_id,
+            step=step,
+            reason="Timeout",
+        )
+
+    async def _started_at(self, state: BuildState, step: str) -> float:
+        """The event-loop time at which the step started, as near as the cache knows."""
+        view = state.fanout.states[step].latest
+        now = anyio.current_time()
+        container = view.step_container if view is not None else None
+        if container is None or container.started_at is None:
+            return now
+        started = diagnosis.parse_time(container.started_at)
+        if started is None:
+            return now
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        return now - max(elapsed, 0.0)
+
+    async def _wait_terminated(self, state: BuildState, step: str) -> StepResult:
+        try:
+            view = await state.wait_step(step, _terminated_or_gone)
+        except anyio.EndOfStream:
+            raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod) from None
+        container = view.step_container
+        if container is not None and container.phase == "terminated":
+            return diagnosis.step_result(step, container, state.fanout.pod)
+        raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod)
+
+    async def inspect_container(self, build: Build, step: str) -> StepResult:
+        """The step's current state, from the cache. Sends nothing."""
+        state = self._state(build)
+        self._step(state, step)
+        record = state.steps[step]
+        view = state.fanout.states[step].latest
+        container = view.step_container if view is not None else None
+        if record.result is not None and (container is None or container.phase != "terminated"):
+            return record.result
+        pod = state.fanout.pod if not state.fanout.gone else None
+        if container is None and not state.fanout.gone:
+            return StepResult(step=step, state="waiting")
+        return diagnosis.step_result(step, container, pod)
+
+    async def remove_build(self, build: Build) -> None:
+        """Let every capture drain, delete the pod, and wait until the deletion is seen
+        (bounded by ``delete_timeout``). Idempotent; a pod already gone counts as done."""
+        state = self._state(build)
+        if state.removed:
+            return
+        if not state.started:
+            state.removed = True
+            state.fanout.close()
+            return
+        await self._remove(state)
+
+    async def _remove(self, state: BuildState) -> None:
+        with anyio.move_on_after(self.delete_timeout):
+            # Captures of steps that ended read to their end before the pod goes.
+            for name, buffer in state.buffers.items():
+                view = state.fanout.states[name].latest
+                container = view.step_container if view is not None else None
+                if container is not None and container.phase == "terminated":
+                    await buffer.wait_complete()
+            if not state.fanout.gone or state.fanout.pod is not None:
+
+                async def delete() -> None:
+                    try:
+                        await self.cluster.delete_pod(self.namespace, state.spec.pod_name)
+                    except NotFoundError:
+                        return
+
+                if state.fanout.seen_pod or state.fanout.pod_uid:
+                    await self._call(state.spec.build_id, None, "delete the pod", delete)
+                    async for pod in state.fanout.pods.follow(from_latest=True):
+                        if pod is None:
+                            break
+        state.removed = True
+        state.stop()
+        with anyio.CancelScope(shield=True):
+            await state.finished.wait()
+
+    async def _abandon(self, state: BuildState) -> None:
+        """After a failed assemble: delete what may have been created, stop the tasks."""
+        if state.fanout.pod_uid:
+            with anyio.move_on_after(self.delete_timeout), contextlib.suppress(Exception):
+                await self.cluster.delete_pod(self.namespace, state.spec.pod_name)
+        state.stop()
+        await state.finished.wait()
+        state.removed = True
+
+    def events(self) -> AsyncIterator[BuildEvent]:
+        """Domain events of every build of this runtime, from now on."""
+        return self._events.follow(start=self._events.next_seq)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _require_entered(self) -> TaskGroup:
+        if self._task_group is None:
+            raise RuntimeError(
+                "use the Runtime as an async context manager: async with Runtime(...)"
+            )
+        return self._task_group
+
+    def _state(self, build: Build) -> BuildState:
+        if not isinstance(build, Build):
+            raise SpecError(
+                "build", f"must be a Build from setup_build, not {type(build).__name__}"
+            )
+        state = self._builds.get(build.build_id)
+        if state is None or state is not build._state:
+            raise SpecError("build", f"build {build.build_id} does not belong to this runtime")
+        return state
+
+    def _step(self, state: BuildState, step: str) -> StepSpec:
+        try:
+            return state.spec.step(step)
+        except KeyError:
+            names = ", ".join(s.name for s in state.spec.steps)
+            raise SpecError(
+                "step", f"build {state.spec.build_id} has no step {step!r} (steps: {names})"
+            ) from None
+
+    def _require_assembled(self, state: BuildState, build: Build) -> None:
+        if not state.started:
+            raise SpecError(
+                "build", f"build {build.build_id} is not assembled yet: call assemble_build first"
+            )
+        if state.removed:
+            raise SpecError("build", f"build {build.build_id} was removed")
+
+    async def _call(
+        self, build_id: str, step: str | None, what: str, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Send one request, retrying while the API server is unreachable (up to
+        ``api_timeout``), then giving up with :class:`ClusterUnavailableError`."""
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            wait=wait_random_exponential(multiplier=0.5, max=5.0),
+            stop=stop_after_delay(self.api_timeout),
+            retry=retry_if_exception_type(UnavailableError),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await call()
+        except UnavailableError as error:
+            raise ClusterUnavailableError(
+                f"cannot {what}: the API server is unreachable",
+                build_id=build_id,
+                step=step,
+                reason="Unavailable",
+                message=str(error),
+            ) from error
+        raise AssertionError("unreachable")
+
+
+def _terminated_or_gone(view: StepView) -> bool:
+    container = view.step_container
+    return view.pod_gone or (container is not None and container.phase == "terminated")
