@@ -1,0 +1,26 @@
+# Pinned versions and locations shared by up, down and build-k8s.
+K8S_VERSION=v1.33.13
+K8S_MINOR=33
+K8S_STAGING_VERSION=v0.33.13
+ETCD_VERSION=v3.5.21
+K8S_COMPONENTS="kube-apiserver kube-scheduler kube-controller-manager kubelet kubectl"
+
+CACHE_ROOT="${BUILDRUNTIME_CLUSTER_CACHE:-/var/cache/buildruntime-cluster}"
+STATE_ROOT="${BUILDRUNTIME_CLUSTER_STATE:-/var/lib/buildruntime-cluster}"
+RUN_ROOT="${BUILDRUNTIME_CLUSTER_RUN:-/run/buildruntime-cluster}"
+
+BUILD_ROOT="$CACHE_ROOT/k8s-$K8S_VERSION"
+K8S_BIN="$BUILD_ROOT/bin"
+ETCD_BUILD="$CACHE_ROOT/etcd-$ETCD_VERSION/mod"
+ETCD_BIN="$CACHE_ROOT/etcd-$ETCD_VERSION/bin"
+NODE_NAME=buildruntime-node
+
+PAUSE_IMAGE=localhost/pause:3.10
+BUSYBOX_IMAGES="localhost/busybox:latest docker.io/library/busybox:latest localhost/busybox:1.35 docker.io/library/busybox:1.35"
+IMAGES_REV=1
+IMAGES_DIR="$CACHE_ROOT/images-$IMAGES_REV"
+REGISTRY_ADDR=127.0.0.1:5055
+
+# kube-controller-manager runs only what pods, ServiceAccounts, namespaces, RBAC
+# aggregation and ResourceQuota need.
+KCM_CONTROLLERS=serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,resourcequota-controller
