@@ -11,6 +11,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from buildruntime.cluster.port import JSON, Cluster
+from buildruntime.errors import SpecError
 from buildruntime.events import BuildEvent
 from buildruntime.informer.fanout import PodFanout, StepView
 from buildruntime.informer.reflector import Reflector, ReflectorSettings
@@ -53,6 +54,15 @@ class Build:
         """The build's domain events from its first, in the order the cache saw them,
         until the build is removed."""
         return self._state.fanout.build_events.follow()
+
+    def step_states(self, step: str) -> AsyncIterator[StepView]:
+        """The step container's state stream: the current state first, then every change
+        the cache sees (placeholder and step image alike; ``is_step`` tells them apart),
+        until the build is removed."""
+        topic = self._state.fanout.states.get(step)
+        if topic is None:
+            raise SpecError("step", f"build {self.build_id} has no step {step!r}")
+        return topic.follow(from_latest=True)
 
 
 class BuildState:

@@ -1,0 +1,162 @@
+"""Specs: validation names the field, rendering gives the pod an executor relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buildruntime import BuildSpec, Runtime, SpecError, StepSpec
+from buildruntime.images import normalize_image
+from buildruntime.testing import FakeCluster
+
+
+def test_rendered_pod_runs_every_step_on_the_placeholder_with_its_final_args() -> None:
+    spec = BuildSpec(
+        build_id="repo-42-1",
+        steps=[
+            StepSpec(
+                name="test",
+                image="golang:1.23",
+                commands=["go vet ./...", "go test ./..."],
+                env={"CGO_ENABLED": "0"},
+                working_dir="/src",
+                pull_policy="Always",
+                resources={"limits": {"memory": "64Mi"}},
+            ),
+            StepSpec(name="custom", image="alpine:3.20", commands=["echo hi"], entrypoint=["/bin/ash", "-c"]),
+        ],
+        labels={"team": "ci"},
+        service_account="builder",
+        node_selector={"pool": "ci"},
+    )
+    from buildruntime.spec import render_pod
+
+    pod = render_pod(spec, namespace="ci", pause_image="registry.k8s.io/pause:3.10")
+    assert pod["metadata"]["name"] == "repo-42-1"
+    assert pod["metadata"]["namespace"] == "ci"
+    assert pod["metadata"]["labels"] == {
+        "team": "ci",
+        "app.kubernetes.io/managed-by": "buildruntime",
+        "buildruntime.io/build-id": "repo-42-1",
+    }
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["serviceAccountName"] == "builder"
+    assert pod["spec"]["nodeSelector"] == {"pool": "ci"}
+    test, custom = pod["spec"]["containers"]
+    assert test == {
+        "name": "test",
+        "image": "registry.k8s.io/pause:3.10",
+        "args": ["/bin/sh", "-c", "set -e\ngo vet ./...\ngo test ./..."],
+        "imagePullPolicy": "Always",
+        "env": [{"name": "CGO_ENABLED", "value": "0"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "workingDir": "/src",
+        "resources": {"limits": {"memory": "64Mi"}},
+    }
+    assert "command" not in test
+    assert custom["args"] == ["/bin/ash", "-c", "echo hi"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "Bad_Name"}, "name"),
+        ({"name": "x" * 64}, "name"),
+        ({"image": "UPPER/case"}, "steps[ok].image"),
+        ({"image": ""}, "steps[ok].image"),
+        ({"image": "has space"}, "steps[ok].image"),
+        ({"commands": "echo not a list"}, "steps[ok].commands"),
+        ({"commands": ["ok", 3]}, "steps[ok].commands[1]"),
+        ({"env": {"1BAD": "x"}}, "steps[ok].env['1BAD']"),
+        ({"env": {"A": 1}}, "steps[ok].env['A']"),
+        ({"pull_policy": "Sometimes"}, "steps[ok].pull_policy"),
+        ({"timeout": -1}, "steps[ok].timeout"),
+        ({"timeout": "soon"}, "steps[ok].timeout"),
+        ({"working_dir": "relative"}, "steps[ok].working_dir"),
+        ({"resources": {"limits": {"memory": "lots"}}}, "steps[ok].resources.limits.memory"),
+        ({"resources": {"limitz": {}}}, "steps[ok].resources.limitz"),
+        ({"entrypoint": []}, "steps[ok].entrypoint"),
+    ],
+)
+def test_step_spec_errors_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    base: dict[str, Any] = {"name": "ok", "image": "busybox", "commands": ["true"]}
+    with pytest.raises(SpecError) as caught:
+        StepSpec(**{**base, **kwargs})
+    assert caught.value.field == field
+    assert field in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"build_id": "Repo_42"}, "build_id"),
+        ({"steps": []}, "steps"),
+        ({"steps": [StepSpec(name="a", image="busybox"), StepSpec(name="a", image="busybox")]}, "steps[1].name"),
+        ({"steps": ["not a step"]}, "steps[0]"),
+        ({"labels": {"bad key!": "x"}}, "labels['bad key!']"),
+        ({"labels": {"ok": "bad value!"}}, "labels['ok']"),
+        ({"labels": {"buildruntime.io/build-id": "x"}}, "labels['buildruntime.io/build-id']"),
+        ({"pause_image": "NOT valid"}, "pause_image"),
+    ],
+)
+def test_build_spec_errors_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    base: dict[str, Any] = {"build_id": "b-1", "steps": [StepSpec(name="a", image="busybox")]}
+    with pytest.raises(SpecError) as caught:
+        BuildSpec(**{**base, **kwargs})
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("reference", "normal"),
+    [
+        ("busybox", "docker.io/library/busybox:latest"),
+        ("alpine:3.20", "docker.io/library/alpine:3.20"),
+        ("myorg/app", "docker.io/myorg/app:latest"),
+        ("localhost/pause:3.10", "localhost/pause:3.10"),
+        ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10"),
+        ("localhost:5000/a/b", "localhost:5000/a/b:latest"),
+    ],
+)
+def test_image_normalisation_matches_what_the_kubelet_reports(reference: str, normal: str) -> None:
+    assert normalize_image(reference) == normal
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=_json | st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
+    image=_json | st.sampled_from(["busybox", "alpine:3.20", "x/y:z"]),
+    commands=_json,
+    env=_json,
+    pull_policy=_json | st.sampled_from(["Always", "Never"]),
+    timeout=_json,
+    resources=_json,
+)
+def test_any_step_input_gives_a_spec_or_a_spec_error(**fields: Any) -> None:
+    try:
+        StepSpec(**fields)
+    except SpecError as error:
+        assert error.field
+        assert str(error)
+
+
+@pytest.mark.anyio
+async def test_invalid_build_never_creates_a_pod(cluster: FakeCluster) -> None:
+    async with Runtime(cluster, namespace="ci") as rt:
+        with pytest.raises(SpecError):
+            await rt.setup_build(
+                BuildSpec(build_id="x", steps=[StepSpec(name="a", image="bad image")])  # type: ignore[list-item]
+            )
+        with pytest.raises(SpecError) as caught:
+            await rt.setup_build("not a spec")  # type: ignore[arg-type]
+        assert caught.value.field == "spec"
+    assert not [r for r in cluster.requests if r.verb == "create"]
