@@ -1,0 +1,168 @@
+"""The behaviours of tests/ against a real API server, kubelet and container runtime.
+
+Every test here runs unchanged on FakeCluster too (BUILDRUNTIME_TARGET=fake), which is
+what keeps the fake honest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import anyio
+import pytest
+
+from buildruntime import (
+    BuildSpec,
+    Failure,
+    ImagePullError,
+    PodGoneError,
+    StepResult,
+    StepSpec,
+)
+
+from .conftest import BUSYBOX, Target
+
+pytestmark = pytest.mark.anyio
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _step(name: str, *commands: str, **kwargs: object) -> StepSpec:
+    return StepSpec(name=name, image=BUSYBOX, commands=list(commands), **kwargs)  # type: ignore[arg-type]
+
+
+async def _run(target: Target, spec: BuildSpec) -> dict[str, tuple[list[bytes], StepResult]]:
+    out: dict[str, tuple[list[bytes], StepResult]] = {}
+    async with target.runtime() as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        try:
+            for step in spec.steps:
+                await rt.run_container(build, step.name)
+                lines = [line async for line in rt.tail_container(build, step.name)]
+                out[step.name] = (lines, await rt.wait_container(build, step.name))
+        finally:
+            await rt.remove_build(build)
+    return out
+
+
+async def test_multi_step_pipeline_exact_logs_and_exit_codes(target: Target) -> None:
+    spec = BuildSpec(
+        build_id=_id("pipe"),
+        steps=[
+            _step("hello", "echo hello", "echo world"),
+            _step("fails", "echo about to fail >&2", "exit 3"),
+            _step("count", "seq 1 5"),
+        ],
+    )
+    results = await _run(target, spec)
+    assert {name: (lines, r.exit_code, r.reason, r.failure) for name, (lines, r) in results.items()} == {
+        "hello": ([b"hello", b"world"], 0, "Completed", None),
+        "fails": ([b"about to fail"], 3, "Error", Failure.APP_ERROR),
+        "count": ([b"1", b"2", b"3", b"4", b"5"], 0, "Completed", None),
+    }
+
+
+async def test_zero_second_container_logs(target: Target) -> None:
+    spec = BuildSpec(build_id=_id("zero"), steps=[_step("blink", "echo a; echo b; printf c")])
+    results = await _run(target, spec)
+    assert results["blink"][0] == [b"a", b"b", b"c"]
+    assert results["blink"][1].exit_code == 0
+
+
+async def test_missing_image(target: Target) -> None:
+    spec = BuildSpec(
+        build_id=_id("missing"),
+        steps=[StepSpec(name="pull", image="localhost/does-not-exist:1.0", commands=["true"])],
+    )
+    async with target.runtime() as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        with anyio.fail_after(60), pytest.raises(ImagePullError) as caught:
+            await rt.run_container(build, "pull")
+        assert caught.value.reason in ("ErrImagePull", "ImagePullBackOff")
+        assert "does-not-exist" in str(caught.value)
+        assert (await rt.inspect_container(build, "pull")).failure == Failure.IMAGE_PULL
+        await rt.remove_build(build)
+
+
+async def test_oom_kill(target: Target) -> None:
+    spec = BuildSpec(
+        build_id=_id("oom"),
+        steps=[
+            _step(
+                "hog",
+                "echo allocating",
+                # The shell holds 64 MB in a variable: over the 16 MiB limit.
+                "x=$(head -c 67108864 /dev/zero | tr '\\000' a)",
+                "sleep 5",
+                resources={"limits": {"memory": "16Mi"}, "requests": {"memory": "16Mi"}},
+            )
+        ],
+    )
+    results = await _run(target, spec)
+    lines, result = results["hog"]
+    assert lines == [b"allocating"]
+    assert (result.failure, result.reason, result.exit_code) == (Failure.OOM_KILLED, "OOMKilled", 137)
+
+
+async def test_pod_deleted_from_outside(target: Target) -> None:
+    spec = BuildSpec(build_id=_id("gone"), steps=[_step("long", "echo one", "echo two", "sleep 60")])
+    async with target.runtime(delete_timeout=30) as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        await rt.run_container(build, "long")
+        lines = []
+        with anyio.fail_after(60):
+            async for line in rt.tail_container(build, "long"):
+                lines.append(line)
+                if len(lines) == 2:
+                    await target.delete_pod_from_outside(build.pod_name)
+            with pytest.raises(PodGoneError):
+                await rt.wait_container(build, "long")
+        assert lines == [b"one", b"two"]
+        await rt.remove_build(build)
+
+
+async def test_log_stream_resumed_after_cuts(target: Target) -> None:
+    count = 60
+    spec = BuildSpec(
+        build_id=_id("cut"),
+        steps=[_step("ticker", f"for i in $(seq 1 {count}); do echo line-$i; sleep 0.05; done")],
+    )
+    async with target.runtime() as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        await rt.run_container(build, "ticker")
+        lines: list[bytes] = []
+        with anyio.fail_after(90):
+            async for line in rt.tail_container(build, "ticker"):
+                lines.append(line)
+                if len(lines) in (10, 25, 40):
+                    target.cut_connections()
+            result = await rt.wait_container(build, "ticker")
+        await rt.remove_build(build)
+    assert lines == [f"line-{i}".encode() for i in range(1, count + 1)]
+    assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+async def test_request_budget_per_build(target: Target, steps: int) -> None:
+    spec = BuildSpec(build_id=_id("budget"), steps=[_step(f"s{i}", f"echo {i}") for i in range(steps)])
+    before = len(target.requests)
+    results = await _run(target, spec)
+    assert [r[0] for r in results.values()] == [[str(i).encode()] for i in range(steps)]
+    sent = Counter((r.verb, r.resource) for r in target.requests[before:])
+    assert sent == {
+        ("create", "pods"): 1,
+        ("list", "pods"): 1,
+        ("watch", "pods"): 1,
+        ("list", "events"): 1,
+        ("watch", "events"): 1,
+        ("patch", "pods"): steps,
+        ("log", "pods"): steps,
+        ("delete", "pods"): 1,
+    }
