@@ -165,3 +165,47 @@ def _server_of(kubeconfig: str) -> str:
     configuration = client.Configuration()
     config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     return str(configuration.host)
+
+
+def role_allows(verb: str, resource: str) -> bool:
+    """Whether deploy/rbac.yaml's Role allows one request of the runtime's accounting
+    (``log`` is a get on pods/log)."""
+    import pathlib
+
+    import yaml
+
+    docs = yaml.safe_load_all(
+        (pathlib.Path(__file__).parent.parent / "deploy/rbac.yaml").read_text()
+    )
+    role = next(d for d in docs if d and d.get("kind") == "Role")
+    wanted_verb, wanted_resource = ("get", "pods/log") if verb == "log" else (verb, resource)
+    return any(
+        wanted_resource in rule["resources"] and wanted_verb in rule["verbs"]
+        for rule in role["rules"]
+    )
+
+
+async def service_account_cluster(kubeconfig: str, namespace: str) -> Any:
+    """A KubeCluster authenticated as deploy/rbac.yaml's service account, with exactly
+    that Role bound, created in ``namespace``."""
+    import pathlib
+
+    import yaml
+    from kubernetes import client, config, utils
+
+    from buildruntime.cluster.kube import KubeCluster
+
+    admin = config.new_client_from_config(config_file=kubeconfig)
+    text = (pathlib.Path(__file__).parent.parent / "deploy/rbac.yaml").read_text()
+    for doc in yaml.safe_load_all(text.replace("NAMESPACE", namespace)):
+        utils.create_from_dict(admin, doc, namespace=namespace)
+    token = client.CoreV1Api(admin).create_namespaced_service_account_token(
+        "buildruntime-worker", namespace, {"spec": {"expirationSeconds": 3600}}
+    )
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    configuration.cert_file = None
+    configuration.key_file = None
+    configuration.api_key = {"authorization": f"Bearer {token.status.token}"}
+    admin.close()
+    return KubeCluster(client.ApiClient(configuration))

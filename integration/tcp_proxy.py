@@ -96,7 +96,9 @@ class TcpProxy:
         except BlockingIOError:
             return
         if time.monotonic() < self._refuse_until:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            client.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             client.close()
             return
         try:
@@ -141,7 +143,9 @@ class TcpProxy:
                 self._selector.unregister(s)
             with contextlib.suppress(OSError):
                 # RST rather than FIN: a cut, not a clean close.
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 s.close()
 
     def _reset_all(self) -> None:

@@ -59,7 +59,9 @@ async def test_multi_step_pipeline_exact_logs_and_exit_codes(target: Target) -> 
         ],
     )
     results = await _run(target, spec)
-    assert {name: (lines, r.exit_code, r.reason, r.failure) for name, (lines, r) in results.items()} == {
+    assert {
+        name: (lines, r.exit_code, r.reason, r.failure) for name, (lines, r) in results.items()
+    } == {
         "hello": ([b"hello", b"world"], 0, "Completed", None),
         "fails": ([b"about to fail"], 3, "Error", Failure.APP_ERROR),
         "count": ([b"1", b"2", b"3", b"4", b"5"], 0, "Completed", None),
@@ -106,11 +108,17 @@ async def test_oom_kill(target: Target) -> None:
     results = await _run(target, spec)
     lines, result = results["hog"]
     assert lines == [b"allocating"]
-    assert (result.failure, result.reason, result.exit_code) == (Failure.OOM_KILLED, "OOMKilled", 137)
+    assert (result.failure, result.reason, result.exit_code) == (
+        Failure.OOM_KILLED,
+        "OOMKilled",
+        137,
+    )
 
 
 async def test_pod_deleted_from_outside(target: Target) -> None:
-    spec = BuildSpec(build_id=_id("gone"), steps=[_step("long", "echo one", "echo two", "sleep 60")])
+    spec = BuildSpec(
+        build_id=_id("gone"), steps=[_step("long", "echo one", "echo two", "sleep 60")]
+    )
     async with target.runtime(delete_timeout=30) as rt:
         build = await rt.setup_build(spec)
         await rt.assemble_build(build)
@@ -151,7 +159,9 @@ async def test_log_stream_resumed_after_cuts(target: Target) -> None:
 
 @pytest.mark.parametrize("steps", [1, 10])
 async def test_request_budget_per_build(target: Target, steps: int) -> None:
-    spec = BuildSpec(build_id=_id("budget"), steps=[_step(f"s{i}", f"echo {i}") for i in range(steps)])
+    spec = BuildSpec(
+        build_id=_id("budget"), steps=[_step(f"s{i}", f"echo {i}") for i in range(steps)]
+    )
     before = len(target.requests)
     results = await _run(target, spec)
     assert [r[0] for r in results.values()] == [[str(i).encode()] for i in range(steps)]
