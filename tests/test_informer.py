@@ -55,7 +55,10 @@ async def _run_build_under(
     cluster: FakeCluster, build_id: str, fault: Callable[[], Awaitable[None]]
 ) -> dict[str, list[ContainerSnapshot]]:
     seen: dict[str, list[ContainerSnapshot]] = {name: [] for name in STEPS}
-    async with Runtime(cluster, namespace="ci", reflector=FAST_RECOVERY) as rt, anyio.create_task_group() as tg:
+    async with (
+        Runtime(cluster, namespace="ci", reflector=FAST_RECOVERY) as rt,
+        anyio.create_task_group() as tg,
+    ):
         build = await rt.setup_build(_spec(build_id))
         for name in STEPS:
             tg.start_soon(_record, build, name, seen)
@@ -125,7 +128,9 @@ async def test_events_of_a_previous_pod_with_the_same_name_never_reach_the_new_o
     cluster: FakeCluster,
 ) -> None:
     async with Runtime(cluster, namespace="ci", reflector=FAST_RECOVERY) as rt:
-        old = await rt.setup_build(BuildSpec(build_id="same-1", steps=[step("s", "true", image="nope:1")]))
+        old = await rt.setup_build(
+            BuildSpec(build_id="same-1", steps=[step("s", "true", image="nope:1")])
+        )
         await rt.assemble_build(old)
         with pytest.raises(Exception, match="nope:1"):
             await rt.run_container(old, "s")
@@ -149,7 +154,8 @@ async def test_events_of_a_previous_pod_with_the_same_name_never_reach_the_new_o
     assert ("s", "warning") not in kinds
     assert ("s", "failed") not in kinds
     assert kinds[0] == (None, "scheduled")
-    assert ("s", "started") in kinds and ("s", "completed") in kinds
+    assert ("s", "started") in kinds
+    assert ("s", "completed") in kinds
     assert kinds[-1] == (None, "deleted")
 
 
@@ -195,7 +201,12 @@ async def test_one_list_and_one_watch_per_resource_then_rewatches_only_after_fau
         await rt.assemble_build(build)
         await rt.run_container(build, "s")
         await anyio.sleep(0.3)
-        base = {("list", "pods"): 1, ("watch", "pods"): 1, ("list", "events"): 1, ("watch", "events"): 1}
+        base = {
+            ("list", "pods"): 1,
+            ("watch", "pods"): 1,
+            ("list", "events"): 1,
+            ("watch", "events"): 1,
+        }
         assert count() == base
         cluster.faults.drop_watches()
         await until(lambda: cluster.open_watches == 2 and count()[("watch", "events")] == 2)

@@ -26,7 +26,12 @@ def test_rendered_pod_runs_every_step_on_the_placeholder_with_its_final_args() -
                 pull_policy="Always",
                 resources={"limits": {"memory": "64Mi"}},
             ),
-            StepSpec(name="custom", image="alpine:3.20", commands=["echo hi"], entrypoint=["/bin/ash", "-c"]),
+            StepSpec(
+                name="custom",
+                image="alpine:3.20",
+                commands=["echo hi"],
+                entrypoint=["/bin/ash", "-c"],
+            ),
         ],
         labels={"team": "ci"},
         service_account="builder",
@@ -94,7 +99,10 @@ def test_step_spec_errors_name_the_field(kwargs: dict[str, Any], field: str) -> 
     [
         ({"build_id": "Repo_42"}, "build_id"),
         ({"steps": []}, "steps"),
-        ({"steps": [StepSpec(name="a", image="busybox"), StepSpec(name="a", image="busybox")]}, "steps[1].name"),
+        (
+            {"steps": [StepSpec(name="a", image="busybox"), StepSpec(name="a", image="busybox")]},
+            "steps[1].name",
+        ),
         ({"steps": ["not a step"]}, "steps[0]"),
         ({"labels": {"bad key!": "x"}}, "labels['bad key!']"),
         ({"labels": {"ok": "bad value!"}}, "labels['ok']"),
@@ -126,7 +134,9 @@ def test_image_normalisation_matches_what_the_kubelet_reports(reference: str, no
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 

@@ -34,7 +34,9 @@ async def test_five_steps_with_mixed_exit_codes(runtime: Runtime) -> None:
         ],
     )
     outcome = await run_pipeline(runtime, spec)
-    got = {name: (s.lines, s.result.exit_code, s.result.failure) for name, s in outcome.steps.items()}
+    got = {
+        name: (s.lines, s.result.exit_code, s.result.failure) for name, s in outcome.steps.items()
+    }
     assert got == {
         "one": ([b"first", b"second"], 0, None),
         "two": ([b"failing"], 3, Failure.APP_ERROR),
@@ -99,7 +101,8 @@ async def test_missing_image_raises_image_pull_error_with_the_kubelets_message(
     assert error.build_id == "pull-1"
     assert error.step == "get"
     assert error.reason in ("ErrImagePull", "ImagePullBackOff")
-    assert error.message is not None and "no-such-image" in error.message
+    assert error.message is not None
+    assert "no-such-image" in error.message
     assert "no-such-image:1.0" in str(error)
     assert "step get" in str(error)
     result = await runtime.inspect_container(build, "get")
@@ -123,7 +126,9 @@ async def test_unschedulable_pod_raises_scheduling_error_after_the_timeout(
 ) -> None:
     message = "0/1 nodes are available: 1 Insufficient memory."
     cluster.faults.unschedulable(message)
-    async with Runtime(cluster, namespace="ci", schedule_timeout=1.5, reflector=FAST_RECOVERY) as rt:
+    async with Runtime(
+        cluster, namespace="ci", schedule_timeout=1.5, reflector=FAST_RECOVERY
+    ) as rt:
         build = await rt.setup_build(BuildSpec(build_id="sched-1", steps=[step("s", "true")]))
         started = anyio.current_time()
         with pytest.raises(SchedulingError) as caught:
@@ -134,7 +139,9 @@ async def test_unschedulable_pod_raises_scheduling_error_after_the_timeout(
     assert cluster.open_watches == 0
 
 
-async def test_pod_deleted_from_outside_during_a_step(runtime: Runtime, cluster: FakeCluster) -> None:
+async def test_pod_deleted_from_outside_during_a_step(
+    runtime: Runtime, cluster: FakeCluster
+) -> None:
     spec = BuildSpec(
         build_id="gone-1",
         steps=[step("long", "echo before", "echo still here", "sleep 30", "echo never")],
@@ -162,7 +169,11 @@ async def test_oom_killed_step(runtime: Runtime, cluster: FakeCluster) -> None:
     await runtime.run_container(build, "hog")
     await cluster.kill_container("ci", build.pod_name, "hog", reason="OOMKilled", exit_code=137)
     result = await runtime.wait_container(build, "hog")
-    assert (result.failure, result.exit_code, result.reason) == (Failure.OOM_KILLED, 137, "OOMKilled")
+    assert (result.failure, result.exit_code, result.reason) == (
+        Failure.OOM_KILLED,
+        137,
+        "OOMKilled",
+    )
     await runtime.remove_build(build)
 
 
@@ -239,7 +250,9 @@ async def test_request_budget_matches_the_contract(cluster: FakeCluster, steps: 
         sent = cluster.requests[before:]
     counts: dict[tuple[str, str], int] = {}
     for request in sent:
-        counts[(request.verb, request.resource)] = counts.get((request.verb, request.resource), 0) + 1
+        counts[(request.verb, request.resource)] = (
+            counts.get((request.verb, request.resource), 0) + 1
+        )
     assert counts == {
         ("create", "pods"): 1,
         ("list", "pods"): 1,

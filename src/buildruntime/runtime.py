@@ -169,16 +169,18 @@ class Runtime:
     async def _shutdown(self) -> None:
         """Remove what is left (bounded), then stop every build's tasks."""
         with anyio.CancelScope(shield=True):
-            for state in list(self._builds.values()):
-                if state.started and not state.removed:
-                    with (
-                        contextlib.suppress(BuildRuntimeError),
-                        anyio.move_on_after(self.delete_timeout),
-                    ):
-                        await self._remove(state)
+            async with anyio.create_task_group() as tg:
+                for state in list(self._builds.values()):
+                    if state.started and not state.removed:
+                        tg.start_soon(self._remove_quietly, state)
+            for state in self._builds.values():
                 state.stop()
             self._events.close()
         self._task_group = None
+
+    async def _remove_quietly(self, state: BuildState) -> None:
+        with contextlib.suppress(BuildRuntimeError), anyio.move_on_after(self.delete_timeout):
+            await self._remove(state)
 
     # -- the step APIs ----------------------------------------------------------------
 

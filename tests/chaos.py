@@ -1,0 +1,116 @@
+"""A cluster port wrapper that misbehaves the ways real servers and proxies do."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from buildruntime.cluster.port import JSON, Cluster, Resource
+
+
+class ChaosCluster:
+    """Delegates to ``inner``, but every watch delivers each event twice, swaps
+    neighbouring events, and (optionally) shows an injected sidecar container in every
+    pod, with events about it."""
+
+    def __init__(
+        self,
+        inner: Cluster,
+        *,
+        duplicate: bool = True,
+        reorder: bool = True,
+        sidecar: str | None = None,
+    ) -> None:
+        self.inner = inner
+        self.duplicate = duplicate
+        self.reorder = reorder
+        self.sidecar = sidecar
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def list(self, resource: Resource, namespace: str, **kwargs: Any) -> JSON:
+        listing = await self.inner.list(resource, namespace, **kwargs)
+        listing["items"] = [self._mangle(resource, item) for item in listing.get("items") or ()]
+        return listing
+
+    def watch(
+        self, resource: Resource, namespace: str, **kwargs: Any
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+        return self._watch(resource, namespace, **kwargs)
+
+    @asynccontextmanager
+    async def _watch(
+        self, resource: Resource, namespace: str, **kwargs: Any
+    ) -> AsyncIterator[AsyncIterator[JSON]]:
+        async with self.inner.watch(resource, namespace, **kwargs) as events:
+            yield self._events(resource, events)
+
+    async def _events(self, resource: Resource, events: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
+        held: JSON | None = None
+        async for event in events:
+            if event.get("type") != "BOOKMARK" and event.get("object"):
+                event = {**event, "object": self._mangle(resource, event["object"])}
+            if self.sidecar and resource == "events" and event.get("type") == "ADDED":
+                yield self._sidecar_event(event)
+            if self.reorder and held is None and event.get("type") == "MODIFIED":
+                held = event  # deliver after the next one
+                continue
+            yield event
+            if held is not None:
+                yield held
+                if self.duplicate:
+                    yield copy.deepcopy(held)
+                held = None
+            if self.duplicate:
+                yield copy.deepcopy(event)
+        if held is not None:
+            yield held
+
+    def _mangle(self, resource: Resource, obj: JSON) -> JSON:
+        if not self.sidecar or resource != "pods":
+            return obj
+        obj = copy.deepcopy(obj)
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("containers", []).append({"name": self.sidecar, "image": "proxy:1"})
+        status = obj.setdefault("status", {})
+        statuses = status.get("containerStatuses")
+        if statuses is not None:
+            statuses.append(
+                {
+                    "name": self.sidecar,
+                    "image": "docker.io/library/proxy:1",
+                    "imageID": "",
+                    "restartCount": 3,
+                    "ready": False,
+                    "state": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            )
+        return obj
+
+    def _sidecar_event(self, event: JSON) -> JSON:
+        """A Warning about the sidecar, as its restarts would produce."""
+        obj = copy.deepcopy(event["object"])
+        obj["metadata"]["uid"] = obj["metadata"].get("uid", "") + "-sidecar"
+        obj["metadata"]["name"] = obj["metadata"].get("name", "") + "-sidecar"
+        obj["involvedObject"]["fieldPath"] = f"spec.containers{{{self.sidecar}}}"
+        obj.update(type="Warning", reason="BackOff", message="Back-off restarting failed container")
+        return {"type": "ADDED", "object": obj}
+
+    async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
+        return await self.inner.create_pod(namespace, manifest)
+
+    async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
+        return await self.inner.patch_pod(namespace, name, patch)
+
+    async def delete_pod(
+        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
+    ) -> None:
+        await self.inner.delete_pod(namespace, name, grace_period_seconds=grace_period_seconds)
+
+    def stream_logs(
+        self, namespace: str, pod: str, container: str, **kwargs: Any
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self.inner.stream_logs(namespace, pod, container, **kwargs)
