@@ -1,0 +1,369 @@
+"""Pipeline files: a YAML description of a build, loaded into a :class:`BuildSpec`.
+
+```yaml
+build_id: hello-1          # optional: generated from the file name when absent
+labels: {team: ci}         # optional, like annotations, service_account, node_selector,
+                           # pause_image
+steps:
+  - name: greet
+    image: busybox
+    commands: ["echo hello", "echo done"]
+    env: {GREETING: hi}    # optional, like entrypoint, working_dir, pull_policy,
+                           # timeout, resources
+```
+
+Every problem, from a YAML syntax error to a misspelt key deep in a step, raises one
+:class:`SpecError` whose field names where it is (``steps[1].image``,
+``steps[0]: unknown key 'comands'``), never a bare ``KeyError`` or ``TypeError``.
+
+Plain scalars where strings are expected in ``env``, ``labels``, ``annotations`` and
+``node_selector`` values (``CGO_ENABLED: 0``, ``DEBUG: true``) are taken as the strings
+they were written as, since that is what a YAML author means there.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from buildruntime.errors import SpecError
+from buildruntime.spec import PULL_POLICIES, BuildSpec, StepSpec
+
+__all__ = ["load_pipeline", "load_pipeline_file", "load_pipeline_text"]
+
+TOP_LEVEL_KEYS = (
+    "build_id",
+    "steps",
+    "labels",
+    "annotations",
+    "service_account",
+    "node_selector",
+    "pause_image",
+)
+STEP_KEYS = (
+    "name",
+    "image",
+    "commands",
+    "entrypoint",
+    "env",
+    "working_dir",
+    "pull_policy",
+    "timeout",
+    "resources",
+)
+
+_MAX_BUILD_ID = 63
+_SUFFIX_HEX = 6  # characters of random hex after the file stem
+
+
+def load_pipeline(path_or_text: str | os.PathLike[str]) -> BuildSpec:
+    """Load a pipeline from a file path or from YAML text.
+
+    A :class:`os.PathLike` is always a file. A ``str`` is a file when it is one line
+    naming an existing file or ending in ``.yaml``/``.yml``; otherwise it is the YAML
+    text itself. Raises :class:`SpecError` for every problem, the unreadable file
+    included.
+    """
+    if isinstance(path_or_text, os.PathLike):
+        return load_pipeline_file(path_or_text)
+    if not isinstance(path_or_text, str):
+        raise SpecError(
+            "pipeline", f"expected a path or YAML text, not {type(path_or_text).__name__}"
+        )
+    if _looks_like_path(path_or_text):
+        return load_pipeline_file(path_or_text)
+    return load_pipeline_text(path_or_text)
+
+
+def _looks_like_path(text: str) -> bool:
+    if not text or "\n" in text or "\r" in text or "\0" in text:
+        return False
+    if text.endswith((".yaml", ".yml")):
+        return True
+    try:
+        return os.path.isfile(text)
+    except (OSError, ValueError):
+        return False
+
+
+def load_pipeline_file(path: str | os.PathLike[str]) -> BuildSpec:
+    """Load the pipeline in ``path``; the generated build id starts with its stem."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise SpecError("pipeline", f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise SpecError("pipeline", f"{file}: is a directory, not a pipeline file") from None
+    except OSError as error:
+        raise SpecError("pipeline", f"{file}: cannot read: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            "pipeline", f"{file}: not UTF-8 text (byte {error.start}: {error.reason})"
+        ) from None
+    return load_pipeline_text(text, name=str(file), stem=file.stem)
+
+
+def load_pipeline_text(text: str, *, name: str = "<pipeline>", stem: str = "pipeline") -> BuildSpec:
+    """Load a pipeline from YAML ``text``. ``name`` is what errors call the source;
+    ``stem`` starts a generated build id."""
+    if not isinstance(text, str):
+        raise SpecError("pipeline", f"expected YAML text, not {type(text).__name__}")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        raise SpecError("pipeline", _yaml_problem(name, error)) from None
+    except yaml.YAMLError as error:
+        raise SpecError("pipeline", f"{name}: {_one_line(str(error))}") from None
+    except RecursionError:
+        raise SpecError("pipeline", f"{name}: nested too deeply") from None
+    return pipeline_from_data(document, stem=stem, name=name)
+
+
+def _yaml_problem(name: str, error: yaml.MarkedYAMLError) -> str:
+    mark = error.problem_mark or error.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = error.problem or error.context or "invalid YAML"
+    context = f" ({error.context})" if error.context and error.problem else ""
+    return f"{name}: {where}{_one_line(problem + context)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def pipeline_from_data(document: object, *, stem: str = "pipeline", name: str = "") -> BuildSpec:
+    """Validate an already-decoded pipeline document (what ``yaml.safe_load`` returns)."""
+    source = f"{name}: " if name else ""
+    if document is None:
+        raise SpecError("pipeline", f"{source}empty; expected a mapping with a 'steps' list")
+    if not isinstance(document, Mapping):
+        raise SpecError(
+            "pipeline",
+            f"{source}expected a mapping with a 'steps' list, not {_kind(document)}",
+        )
+    _reject_unknown(document, TOP_LEVEL_KEYS, "pipeline")
+    if "steps" not in document:
+        raise SpecError("steps", "missing: a pipeline needs a list of steps")
+    raw_steps = document["steps"]
+    if not isinstance(raw_steps, list):
+        raise SpecError("steps", f"must be a list of steps, not {_kind(raw_steps)}")
+    if not raw_steps:
+        raise SpecError("steps", "must hold at least one step")
+    steps = [_step(i, raw) for i, raw in enumerate(raw_steps)]
+
+    build_id = document.get("build_id")
+    if build_id is None:
+        build_id = generate_build_id(stem)
+    elif isinstance(build_id, int) and not isinstance(build_id, bool):
+        build_id = str(build_id)
+    elif not isinstance(build_id, str):
+        raise SpecError("build_id", f"must be a string, not {_kind(build_id)}")
+
+    kwargs: dict[str, Any] = {}
+    for key in ("labels", "annotations", "node_selector"):
+        if document.get(key) is not None:
+            kwargs[key] = _str_map(document[key], key)
+    for key in ("service_account", "pause_image"):
+        value = document.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise SpecError(key, f"must be a string, not {_kind(value)}")
+            kwargs[key] = value
+    return BuildSpec(build_id=build_id, steps=steps, **kwargs)
+
+
+def generate_build_id(stem: str) -> str:
+    """``<stem as a DNS-1123 label>-<random hex>``, at most 63 characters."""
+    base = re.sub(r"[^a-z0-9-]+", "-", stem.lower())
+    base = re.sub(r"-{2,}", "-", base).strip("-")
+    base = base[: _MAX_BUILD_ID - _SUFFIX_HEX - 1].strip("-") or "build"
+    return f"{base}-{secrets.token_hex(_SUFFIX_HEX // 2)}"
+
+
+def _step(index: int, raw: object) -> StepSpec:
+    where = f"steps[{index}]"
+    if not isinstance(raw, Mapping):
+        raise SpecError(where, f"must be a mapping with name, image and commands, not {_kind(raw)}")
+    _reject_unknown(raw, STEP_KEYS, where)
+    for required in ("name", "image"):
+        if raw.get(required) is None:
+            raise SpecError(f"{where}.{required}", "missing")
+    name = raw["name"]
+    if not isinstance(name, str):
+        raise SpecError(f"{where}.name", f"must be a string, not {_kind(name)}")
+    image = raw["image"]
+    if not isinstance(image, str):
+        raise SpecError(f"{where}.image", f"must be a string, not {_kind(image)}")
+    kwargs: dict[str, Any] = {"name": name, "image": image}
+
+    commands = raw.get("commands")
+    if commands is None:
+        commands = []
+    elif isinstance(commands, str):
+        commands = [commands]
+    elif not isinstance(commands, list):
+        raise SpecError(
+            f"{where}.commands", f"must be a list of shell lines, not {_kind(commands)}"
+        )
+    for i, line in enumerate(commands):
+        if isinstance(line, Mapping):
+            raise SpecError(
+                f"{where}.commands[{i}]",
+                "must be a string, but YAML read this line as a mapping "
+                "(a ': ' in it): quote the whole line",
+            )
+        if not isinstance(line, str):
+            raise SpecError(f"{where}.commands[{i}]", f"must be a string, not {_kind(line)}")
+    kwargs["commands"] = list(commands)
+
+    entrypoint = raw.get("entrypoint")
+    if entrypoint is not None:
+        if not isinstance(entrypoint, list):
+            raise SpecError(
+                f"{where}.entrypoint", f"must be a list of strings, not {_kind(entrypoint)}"
+            )
+        for i, arg in enumerate(entrypoint):
+            if not isinstance(arg, str):
+                raise SpecError(f"{where}.entrypoint[{i}]", f"must be a string, not {_kind(arg)}")
+        kwargs["entrypoint"] = list(entrypoint)
+
+    if raw.get("env") is not None:
+        kwargs["env"] = _str_map(raw["env"], f"{where}.env")
+
+    working_dir = raw.get("working_dir")
+    if working_dir is not None:
+        if not isinstance(working_dir, str):
+            raise SpecError(f"{where}.working_dir", f"must be a string, not {_kind(working_dir)}")
+        kwargs["working_dir"] = working_dir
+
+    pull_policy = raw.get("pull_policy")
+    if pull_policy is not None:
+        if not isinstance(pull_policy, str) or pull_policy not in PULL_POLICIES:
+            raise SpecError(
+                f"{where}.pull_policy",
+                f"{pull_policy!r} is not one of {', '.join(PULL_POLICIES)}",
+            )
+        kwargs["pull_policy"] = pull_policy
+
+    timeout = raw.get("timeout")
+    if timeout is not None:
+        kwargs["timeout"] = _seconds(timeout, f"{where}.timeout")
+
+    resources = raw.get("resources")
+    if resources is not None:
+        kwargs["resources"] = _resources(resources, f"{where}.resources")
+
+    try:
+        return StepSpec(**kwargs)
+    except SpecError as error:
+        raise _relocate(error, where, name) from None
+
+
+def _relocate(error: SpecError, where: str, name: str) -> SpecError:
+    """A StepSpec error names the step by name (``steps[greet].image``) or not at all
+    (``name``); a pipeline file's reader wants its position (``steps[0].image``)."""
+    field = error.field
+    by_name = f"steps[{name}]"
+    if field.startswith(by_name):
+        field = where + field[len(by_name) :]
+    elif not field.startswith("steps["):
+        field = f"{where}.{field}"
+    return SpecError(field, error.problem)
+
+
+def _seconds(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(field, f"must be a number of seconds, not {_kind(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise SpecError(field, "is too large") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SpecError(field, f"must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+def _resources(value: object, field: str) -> dict[str, dict[str, str]]:
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            field, f"must be a mapping with 'requests' and/or 'limits', not {_kind(value)}"
+        )
+    out: dict[str, dict[str, str]] = {}
+    for key, amounts in value.items():
+        if key not in ("requests", "limits"):
+            raise SpecError(f"{field}", f"unknown key {key!r}: expected 'requests' or 'limits'")
+        where = f"{field}.{key}"
+        if not isinstance(amounts, Mapping):
+            raise SpecError(
+                where, f"must be a mapping of resource name to quantity, not {_kind(amounts)}"
+            )
+        checked: dict[str, str] = {}
+        for resource, quantity in amounts.items():
+            if not isinstance(resource, str):
+                raise SpecError(where, f"resource names must be strings, not {_kind(resource)}")
+            if isinstance(quantity, bool) or not isinstance(quantity, str | int | float):
+                raise SpecError(
+                    f"{where}.{resource}",
+                    f"must be a quantity such as '64Mi', not {_kind(quantity)}",
+                )
+            checked[resource] = quantity if isinstance(quantity, str) else str(quantity)
+        out[key] = checked
+    return out
+
+
+def _str_map(value: object, field: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise SpecError(field, f"must be a mapping of string to string, not {_kind(value)}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise SpecError(field, f"keys must be strings, not {_kind(key)} ({key!r})")
+        if isinstance(item, bool):
+            out[key] = "true" if item else "false"
+        elif isinstance(item, int | float):
+            out[key] = str(item)
+        elif isinstance(item, str):
+            out[key] = item
+        else:
+            raise SpecError(f"{field}[{key!r}]", f"must be a string, not {_kind(item)}")
+    return out
+
+
+def _reject_unknown(mapping: Mapping[Any, Any], known: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key in known:
+            continue
+        hint = ""
+        if isinstance(key, str):
+            close = difflib.get_close_matches(key, known, n=1)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+        raise SpecError(where, f"unknown key {key!r}{hint}")
+
+
+def _kind(value: object) -> str:
+    """A YAML author's name for the type of ``value``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__

@@ -1,0 +1,410 @@
+"""Pipeline files: YAML in, a BuildSpec or one SpecError naming the field out."""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from buildruntime import BuildSpec, SpecError, StepSpec
+from buildruntime.pipeline import (
+    generate_build_id,
+    load_pipeline,
+    load_pipeline_text,
+    pipeline_from_data,
+)
+from buildruntime.spec import dns1123_label_problem
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+FULL = """
+build_id: repo-42-1
+labels: {team: ci, tier: "2"}
+annotations: {example.com/note: "any text at all"}
+service_account: builder
+node_selector: {kubernetes.io/os: linux}
+pause_image: registry.k8s.io/pause:3.10
+steps:
+  - name: test
+    image: golang:1.23
+    commands: ["go test ./..."]
+    entrypoint: ["/bin/bash", "-c"]
+    env: {CGO_ENABLED: 0, DEBUG: true, NAME: x}
+    working_dir: /src
+    pull_policy: Always
+    timeout: 90
+    resources:
+      requests: {cpu: 500m, memory: 64Mi}
+      limits: {cpu: 2, memory: 1Gi}
+  - name: lint
+    image: alpine:3.20
+    commands: |
+      echo one
+      echo two
+"""
+
+
+def problem(text: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load_pipeline_text(text)
+    return info.value
+
+
+def test_every_field_is_read() -> None:
+    spec = load_pipeline_text(FULL)
+    assert spec.build_id == "repo-42-1"
+    assert dict(spec.labels) == {"team": "ci", "tier": "2"}
+    assert dict(spec.annotations) == {"example.com/note": "any text at all"}
+    assert spec.service_account == "builder"
+    assert dict(spec.node_selector) == {"kubernetes.io/os": "linux"}
+    assert spec.pause_image == "registry.k8s.io/pause:3.10"
+    test, lint = spec.steps
+    assert test == StepSpec(
+        name="test",
+        image="golang:1.23",
+        commands=["go test ./..."],
+        entrypoint=["/bin/bash", "-c"],
+        env={"CGO_ENABLED": "0", "DEBUG": "true", "NAME": "x"},
+        working_dir="/src",
+        pull_policy="Always",
+        timeout=90.0,
+        resources={
+            "requests": {"cpu": "500m", "memory": "64Mi"},
+            "limits": {"cpu": "2", "memory": "1Gi"},
+        },
+    )
+    assert lint.commands == ("echo one\necho two\n",)
+    assert lint.pull_policy == "IfNotPresent"
+
+
+def test_minimal_pipeline_from_the_contract() -> None:
+    spec = load_pipeline_text(
+        "build_id: hello-1\nsteps:\n  - name: greet\n    image: busybox\n"
+        '    commands: ["echo hello", "echo done"]\n'
+    )
+    assert spec == BuildSpec(
+        build_id="hello-1",
+        steps=[StepSpec(name="greet", image="busybox", commands=["echo hello", "echo done"])],
+    )
+
+
+def test_build_id_is_generated_from_the_file_stem(tmp_path: Path) -> None:
+    path = tmp_path / "My_Pipeline.v2.yaml"
+    path.write_text(
+        "steps: [{name: a, image: busybox, commands: [true]}]\n".replace("[true]", "['true']")
+    )
+    first = load_pipeline(path)
+    second = load_pipeline(str(path))
+    assert re.fullmatch(r"my-pipeline-v2-[0-9a-f]{6}", first.build_id)
+    assert first.build_id != second.build_id
+    assert first.steps == second.steps
+
+
+@pytest.mark.parametrize(
+    "stem", ["", "---", "UPPER", "a" * 200, "日本語", "x.y_z", "-lead-and-trail-", "9"]
+)
+def test_generated_build_ids_are_dns_labels(stem: str) -> None:
+    assert dns1123_label_problem(generate_build_id(stem)) is None
+
+
+def test_examples_all_load() -> None:
+    names = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+    assert {"hello.yaml", "failing.yaml", "missing-image.yaml", "logs.yaml"} <= set(names)
+    for name in names:
+        assert isinstance(load_pipeline(EXAMPLES / name), BuildSpec)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        (
+            "steps:\n  - name: a\n    image: busybox\n    comands: [x]\n",
+            "steps[0]",
+            "unknown key 'comands' (did you mean 'commands'?)",
+        ),
+        ("steps: [{name: a, image: busybox}, {name: b}]", "steps[1].image", "missing"),
+        (
+            "steps: [{name: a, image: busybox}, {name: b, image: 'Not An Image'}]",
+            "steps[1].image",
+            "whitespace",
+        ),
+        ("steps: [{name: a, image: BusyBox}]", "steps[0].image", "not a valid image reference"),
+        ("steps: [{name: A_b, image: busybox}]", "steps[0].name", "DNS-1123"),
+        (
+            "steps: [{name: a, image: busybox}, {name: a, image: busybox}]",
+            "steps[1].name",
+            "duplicate",
+        ),
+        ("steps: [{name: 7, image: busybox}]", "steps[0].name", "must be a string, not a number"),
+        (
+            "steps: [{name: a, image: busybox, commands: [echo a: b]}]",
+            "steps[0].commands[0]",
+            "quote the whole line",
+        ),
+        (
+            "steps: [{name: a, image: busybox, commands: [1]}]",
+            "steps[0].commands[0]",
+            "must be a string",
+        ),
+        (
+            "steps: [{name: a, image: busybox, commands: {a: b}}]",
+            "steps[0].commands",
+            "list of shell lines",
+        ),
+        (
+            "steps: [{name: a, image: busybox, entrypoint: sh}]",
+            "steps[0].entrypoint",
+            "list of strings",
+        ),
+        ("steps: [{name: a, image: busybox, entrypoint: []}]", "steps[0].entrypoint", "non-empty"),
+        ("steps: [{name: a, image: busybox, env: [A]}]", "steps[0].env", "mapping"),
+        (
+            "steps: [{name: a, image: busybox, env: {A: [1]}}]",
+            "steps[0].env['A']",
+            "must be a string",
+        ),
+        (
+            "steps: [{name: a, image: busybox, env: {1 A: b}}]",
+            "steps[0].env['1 A']",
+            "environment variable",
+        ),
+        (
+            "steps: [{name: a, image: busybox, working_dir: src}]",
+            "steps[0].working_dir",
+            "absolute",
+        ),
+        (
+            "steps: [{name: a, image: busybox, pull_policy: Sometimes}]",
+            "steps[0].pull_policy",
+            "Always",
+        ),
+        ("steps: [{name: a, image: busybox, timeout: -1}]", "steps[0].timeout", "positive"),
+        ("steps: [{name: a, image: busybox, timeout: .inf}]", "steps[0].timeout", "positive"),
+        (
+            "steps: [{name: a, image: busybox, timeout: soon}]",
+            "steps[0].timeout",
+            "number of seconds",
+        ),
+        (
+            "steps: [{name: a, image: busybox, resources: {limit: {}}}]",
+            "steps[0].resources",
+            "unknown key 'limit'",
+        ),
+        (
+            "steps: [{name: a, image: busybox, resources: {limits: {cpu: lots}}}]",
+            "steps[0].resources.limits.cpu",
+            "not a quantity",
+        ),
+        ("steps: [x]", "steps[0]", "must be a mapping"),
+        ("steps: []", "steps", "at least one"),
+        ("steps: {a: 1}", "steps", "must be a list"),
+        ("build_id: x\n", "steps", "missing"),
+        ("stepz: []", "pipeline", "unknown key 'stepz' (did you mean 'steps'?)"),
+        ("- a\n- b\n", "pipeline", "expected a mapping"),
+        ("", "pipeline", "empty"),
+        ("build_id: Hello\nsteps: [{name: a, image: busybox}]", "build_id", "DNS-1123"),
+        ("build_id: [1]\nsteps: [{name: a, image: busybox}]", "build_id", "must be a string"),
+        ("labels: {a: [b]}\nsteps: [{name: a, image: busybox}]", "labels['a']", "must be a string"),
+        (
+            "labels: {a: 'b c'}\nsteps: [{name: a, image: busybox}]",
+            "labels['a']",
+            "not a valid label value",
+        ),
+        (
+            "labels: {app.kubernetes.io/managed-by: me}\nsteps: [{name: a, image: busybox}]",
+            "labels['app.kubernetes.io/managed-by']",
+            "set by the runtime",
+        ),
+        (
+            "service_account: 3\nsteps: [{name: a, image: busybox}]",
+            "service_account",
+            "must be a string",
+        ),
+        ("pause_image: 'a b'\nsteps: [{name: a, image: busybox}]", "pause_image", "whitespace"),
+    ],
+)
+def test_each_problem_names_its_field(text: str, field: str, words: str) -> None:
+    error = problem(text)
+    assert error.field == field
+    assert words in error.problem
+    assert str(error).startswith(f"{field}: ") or f" {field}: " in str(error)
+    assert "\n" not in str(error)
+
+
+def test_build_id_numbers_are_taken_as_text() -> None:
+    assert load_pipeline_text("build_id: 42\nsteps: [{name: a, image: busybox}]").build_id == "42"
+
+
+def test_yaml_syntax_error_says_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("steps:\n  - name: a\n    image: busybox\n   commands: [x\n")
+    with pytest.raises(SpecError) as info:
+        load_pipeline(path)
+    error = info.value
+    assert error.field == "pipeline"
+    assert re.search(rf"{re.escape(str(path))}: line \d+, column \d+: ", error.problem)
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "steps: [{name: a, image: busybox}]\n---\nsteps: []\n",  # two documents
+        "a: *nowhere\n",  # an undefined alias
+        "? [a, b]\n: c\n",  # an unhashable key
+        "steps: !!python/object:os.system {}\n",  # an unsafe tag
+        "\t- tab\n",
+        "steps: [{name: a, image: busybox}\n",  # unterminated flow
+    ],
+)
+def test_yaml_problems_are_spec_errors(text: str) -> None:
+    error = problem(text)
+    assert error.field == "pipeline"
+    assert "line " in error.problem
+    assert "\n" not in str(error)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such file"):
+        load_pipeline(tmp_path / "absent.yaml")
+    with pytest.raises(SpecError, match="is a directory"):
+        load_pipeline(tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"steps: \xff\xfe\n")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_pipeline(binary)
+
+
+def test_text_and_path_are_told_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yml").write_text("build_id: from-file\nsteps: [{name: a, image: busybox}]\n")
+    assert load_pipeline("p.yml").build_id == "from-file"
+    assert (
+        load_pipeline("{build_id: inline, steps: [{name: a, image: busybox}]}").build_id == "inline"
+    )
+    with pytest.raises(SpecError, match="no such file"):
+        load_pipeline("other.yaml")
+
+
+# -- anything at all gives a BuildSpec or a SpecError ------------------------------------
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["busybox", "a", "echo hi", "IfNotPresent", "Never", "/src", "64Mi", "500m"]),
+)
+keys = st.one_of(
+    st.sampled_from(
+        [
+            "name",
+            "image",
+            "commands",
+            "entrypoint",
+            "env",
+            "working_dir",
+            "pull_policy",
+            "timeout",
+            "resources",
+            "requests",
+            "limits",
+            "cpu",
+        ]
+    ),
+    st.text(alphabet=string.ascii_letters + "_-./", max_size=8),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+)
+values: st.SearchStrategy[Any] = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(keys, children, max_size=5)
+    ),
+    max_leaves=20,
+)
+steps = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(["a", "b", "Bad"]),
+                "image": st.sampled_from(["busybox", "X y"]),
+            },
+            optional={
+                "commands": values,
+                "entrypoint": values,
+                "env": values,
+                "working_dir": values,
+                "pull_policy": values,
+                "timeout": values,
+                "resources": values,
+            },
+        ),
+        values,
+    ),
+    max_size=3,
+)
+documents = st.one_of(
+    values,
+    st.fixed_dictionaries(
+        {"steps": st.one_of(steps, values)},
+        optional={
+            "build_id": st.one_of(scalars, st.sampled_from(["b-1", "B"])),
+            "labels": values,
+            "annotations": values,
+            "service_account": values,
+            "node_selector": values,
+            "pause_image": values,
+        },
+    ),
+)
+
+
+def _accepts(document: object) -> None:
+    try:
+        spec = pipeline_from_data(document)
+    except SpecError as error:
+        assert error.field
+        assert "\n" not in str(error)
+    else:
+        assert isinstance(spec, BuildSpec)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents)
+def test_any_document_gives_a_spec_or_a_spec_error(document: object) -> None:
+    _accepts(document)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents)
+def test_any_document_through_yaml_text(document: object) -> None:
+    try:
+        text = yaml.safe_dump(document)
+    except yaml.YAMLError:
+        return
+    try:
+        load_pipeline_text(text)
+    except SpecError as error:
+        assert "\n" not in str(error)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("steps:name-image[]{},'\"&*!|>?#\t\n :01ab")), max_size=80
+    )
+)
+def test_any_text_gives_a_spec_or_a_spec_error(text: str) -> None:
+    try:
+        load_pipeline_text(text)
+    except SpecError as error:
+        assert "\n" not in str(error)
