@@ -1,0 +1,792 @@
+"""The :class:`~buildruntime.cluster.port.Cluster` port on the official ``kubernetes`` client.
+
+What we take from the client, and what we do not:
+
+- We use its ``ApiClient``: configuration (kubeconfig, in-cluster service account,
+  exec/OIDC token refresh hooks), TLS, auth headers, URL building
+  (``param_serialize``) and the urllib3 transport (``call_api``).
+- We do not use its generated ``CoreV1Api`` methods nor its model objects. In client
+  37 those methods validate every argument with pydantic and turn a ``body`` dict into
+  a ``V1Pod`` model first: a manifest with a field the client's models do not know
+  (newer than the client) is rejected with ``extra_forbidden``, and building models is
+  the slow part of the client (about 1,700 watch events/s for an 11 KiB pod, against
+  about 14,000/s for bare ``json.loads``). ``read_namespaced_pod_log`` also lacks
+  ``sinceTime`` (the OpenAPI spec omits it: kubernetes #108498, client python #1351),
+  which log resumption needs. So every request goes through ``param_serialize`` +
+  ``call_api`` with the same paths, headers and auth the generated methods use, bodies
+  unread by the client (``preload_content=False``), and we decode JSON ourselves.
+- We do not use ``watch.Watch().stream()``: it builds model objects, can hang forever
+  on a silent connection (kubernetes-client/python #1148, #1402), and retries a 410
+  once by itself. Here watches are plain JSON lines with a read timeout, and a 410 in
+  any form is one :class:`~buildruntime.cluster.port.ExpiredError` for the reflector.
+- We turn urllib3's retries off: the informer's reflector and the runtime have their
+  own backoff, and a hidden retry loop under them would multiply the delays and hide
+  outages.
+
+The client is blocking, so every call runs in a worker thread, under one
+``anyio.CapacityLimiter`` of ``stream_threads`` tokens per cluster (never anyio's
+default limiter of 40, which other code in the process shares). A watch or log stream
+holds a token while its read waits for data, so ``stream_threads`` must exceed the
+number of streams open at once, plus room for unary calls; a warning is logged the
+first time every token is taken.
+"""
+
+from __future__ import annotations
+
+import builtins
+import http.client
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import kubernetes.client
+import kubernetes.config
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from .kube_stream import BrokenStream, LineSplitter, StreamConnection, decode_event
+from .port import (
+    JSON,
+    ApiError,
+    ConflictError,
+    ExpiredError,
+    NotFoundError,
+    Request,
+    Resource,
+    UnavailableError,
+)
+
+if TYPE_CHECKING:
+    from .port import Cluster
+
+__all__ = ["KubeCluster"]
+
+logger = logging.getLogger("buildruntime.cluster")
+
+T = TypeVar("T")
+
+_config_loaders: Any = kubernetes.config
+"""The client's (untyped) kubeconfig and in-cluster loaders."""
+
+_RESOURCES: frozenset[str] = frozenset({"pods", "events"})
+
+_TRANSPORT_ERRORS = (
+    # MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError...
+    urllib3.exceptions.HTTPError,
+    OSError,  # ConnectionError, TimeoutError, ssl.SSLError from reads past urllib3
+    http.client.HTTPException,  # IncompleteRead, RemoteDisconnected...
+    BrokenStream,
+)
+
+_UNAVAILABLE_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
+"""HTTP statuses that mean "try again later". 0 is what the client reports for a TLS
+failure below HTTP (rest.py wraps urllib3's SSLError into ``ApiException(status=0)``)."""
+
+_JSON = "application/json"
+_STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
+
+class KubeCluster:
+    """The cluster port on a real API server, through the official client's ApiClient.
+
+    Build one with :meth:`from_kubeconfig`, :meth:`in_cluster`, or from an
+    ``ApiClient`` you configured. The cluster owns its ApiClient: it turns the
+    client's urllib3 retries off and closes its connection pool in :meth:`aclose`
+    (also ``async with KubeCluster(...) as cluster``).
+
+    Settings:
+
+    - ``stream_threads`` (64): tokens of this cluster's own thread limiter; every
+      blocking call and every waiting stream read takes one.
+    - ``request_timeout`` (30 s): total time for a unary call (list, create, patch,
+      delete), and the connect timeout of streams.
+    - ``watch_read_timeout`` (70 s): a watch or log stream that delivers no byte for
+      this long is treated as broken and raises
+      :class:`~buildruntime.cluster.port.UnavailableError`. The API server sends a
+      bookmark about every minute on a watch with ``allowWatchBookmarks``, so 70 s of
+      silence means a dead connection (kopf uses the same figure). For a follow log
+      stream of a quiet container it means "check the container and reopen with
+      ``sinceTime``", which also covers follow streams that stall silently (kubernetes
+      #59477, #28369).
+
+    Accounting, as on the fake cluster: ``requests`` gets one
+    :class:`~buildruntime.cluster.port.Request` per HTTP request issued (failed ones
+    included); ``open_watches`` and ``open_log_streams`` count streams open now.
+    """
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        *,
+        stream_threads: int = 64,
+        request_timeout: float = 30.0,
+        watch_read_timeout: float = 70.0,
+    ) -> None:
+        if stream_threads < 1:
+            raise ValueError("stream_threads must be at least 1")
+        if request_timeout <= 0 or watch_read_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self._api_client: Any = api_client
+        _disable_urllib3_retries(api_client)
+        self._limiter = anyio.CapacityLimiter(stream_threads)
+        self._warned_exhausted = False
+        self._closed = False
+        self.stream_threads = stream_threads
+        self.request_timeout = float(request_timeout)
+        self.watch_read_timeout = float(watch_read_timeout)
+        self.requests: builtins.list[Request] = []
+        self.open_watches = 0
+        self.open_log_streams = 0
+
+    # -- construction ------------------------------------------------------------
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        path: str | None = None,
+        context: str | None = None,
+        *,
+        stream_threads: int = 64,
+        request_timeout: float = 30.0,
+        watch_read_timeout: float = 70.0,
+    ) -> KubeCluster:
+        """Load a kubeconfig into a private ``Configuration`` (never the client's
+        process-wide default). ``path=None`` means ``$KUBECONFIG`` (read now, and
+        possibly a list of files) or ``~/.kube/config``; ``context=None`` its current
+        context. Refreshed credentials are not written back to the file."""
+        if path is None:
+            path = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        configuration = kubernetes.client.Configuration()
+        _config_loaders.load_kube_config(
+            config_file=path,
+            context=context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+        return cls(
+            _new_api_client(configuration),
+            stream_threads=stream_threads,
+            request_timeout=request_timeout,
+            watch_read_timeout=watch_read_timeout,
+        )
+
+    @classmethod
+    def in_cluster(
+        cls,
+        *,
+        stream_threads: int = 64,
+        request_timeout: float = 30.0,
+        watch_read_timeout: float = 70.0,
+    ) -> KubeCluster:
+        """Use the pod's service account (token, CA and ``KUBERNETES_SERVICE_HOST``),
+        into a private ``Configuration``; the token file is re-read as it rotates."""
+        configuration = kubernetes.client.Configuration()
+        _config_loaders.load_incluster_config(client_configuration=configuration)
+        return cls(
+            _new_api_client(configuration),
+            stream_threads=stream_threads,
+            request_timeout=request_timeout,
+            watch_read_timeout=watch_read_timeout,
+        )
+
+    async def aclose(self) -> None:
+        """Close the ApiClient's connection pool. Streams still open keep their own
+        connection until their ``async with`` ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self._api_client.close()
+
+    async def __aenter__(self) -> KubeCluster:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- unary calls -------------------------------------------------------------
+
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+    ) -> JSON:
+        """``GET /api/v1/namespaces/{ns}/{pods|events}``. ``resource_version="0"``
+        lets the API server answer from its watch cache; ``None`` sends no
+        resourceVersion, which is a consistent (quorum) read from etcd."""
+        _check_resource(resource)
+        query = _query(
+            labelSelector=label_selector,
+            fieldSelector=field_selector,
+            resourceVersion=resource_version,
+        )
+        self.requests.append(Request("list", resource))
+        return await self._in_thread(
+            partial(
+                self._unary,
+                f"list {resource} in {namespace}",
+                "GET",
+                f"/api/v1/namespaces/{{namespace}}/{resource}",
+                {"namespace": namespace},
+                query=query,
+            )
+        )
+
+    async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
+        """``POST`` the manifest as JSON. An admission webhook's denial comes back as
+        400/403/422 with the webhook's text in the Status message, which
+        :class:`ApiError` carries verbatim."""
+        self.requests.append(Request("create", "pods"))
+        return await self._in_thread(
+            partial(
+                self._unary,
+                f"create pod in {namespace}",
+                "POST",
+                "/api/v1/namespaces/{namespace}/pods",
+                {"namespace": namespace},
+                body=manifest,
+                content_type=_JSON,
+            )
+        )
+
+    async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
+        """``PATCH`` with ``application/strategic-merge-patch+json``: for pods, lists
+        such as ``spec.containers`` merge by their ``name`` key, so a patch naming one
+        container changes only that container (a JSON merge patch would replace the
+        whole list)."""
+        self.requests.append(Request("patch", "pods"))
+        return await self._in_thread(
+            partial(
+                self._unary,
+                f"patch pod {namespace}/{name}",
+                "PATCH",
+                "/api/v1/namespaces/{namespace}/pods/{name}",
+                {"namespace": namespace, "name": name},
+                body=patch,
+                content_type=_STRATEGIC_MERGE_PATCH,
+            )
+        )
+
+    async def delete_pod(
+        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
+    ) -> None:
+        """``DELETE`` the pod (404 raises :class:`NotFoundError`)."""
+        self.requests.append(Request("delete", "pods"))
+        await self._in_thread(
+            partial(
+                self._unary,
+                f"delete pod {namespace}/{name}",
+                "DELETE",
+                "/api/v1/namespaces/{namespace}/pods/{name}",
+                {"namespace": namespace, "name": name},
+                query=_query(gracePeriodSeconds=grace_period_seconds),
+                decode=False,
+            )
+        )
+
+    # -- streams -----------------------------------------------------------------
+
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+        """``GET ...?watch=true``: see :class:`_Watch` for what the iterator does."""
+        _check_resource(resource)
+        query = _query(
+            watch="true",
+            allowWatchBookmarks="true" if allow_bookmarks else None,
+            resourceVersion=resource_version,
+            labelSelector=label_selector,
+            fieldSelector=field_selector,
+            timeoutSeconds=timeout_seconds,
+        )
+        return _Watch(self, resource, namespace, query)
+
+    def stream_logs(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        *,
+        follow: bool = True,
+        timestamps: bool = True,
+        since_time: str | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """``GET .../pods/{pod}/log``: see :class:`_LogStream`."""
+        query = _query(
+            container=container,
+            follow="true" if follow else None,
+            timestamps="true" if timestamps else None,
+            sinceTime=since_time,
+        )
+        return _LogStream(self, namespace, pod, query)
+
+    # -- plumbing ----------------------------------------------------------------
+
+    async def _in_thread(self, func: Callable[[], T]) -> T:
+        """Run a blocking call in a worker thread under this cluster's limiter.
+
+        ``abandon_on_cancel``: a cancelled caller returns at once. A stream read left
+        behind is woken by the stream's close (socket shutdown); a unary call left
+        behind ends within ``request_timeout`` and its result is dropped (a create or
+        delete may still take effect on the server, as with any cancelled request).
+        """
+        limiter = self._limiter
+        if not self._warned_exhausted and limiter.available_tokens == 0:
+            self._warned_exhausted = True
+            logger.warning(
+                "all %d stream threads of the cluster are busy: calls wait for a free "
+                "one; raise stream_threads above the number of open streams",
+                self.stream_threads,
+            )
+        return await anyio.to_thread.run_sync(func, limiter=limiter, abandon_on_cancel=True)
+
+    def _send(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        path_params: dict[str, str],
+        *,
+        query: builtins.list[tuple[str, str]],
+        body: JSON | None,
+        content_type: str | None,
+        timeout: float | tuple[float, float],
+        accept: str = _JSON,
+    ) -> Any:
+        """Blocking: send one request, return the unread urllib3 response of a 2xx;
+        raise the port's error for anything else."""
+        client = self._api_client
+        headers = {"Accept": accept}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        params = client.param_serialize(
+            method=method,
+            resource_path=path,
+            path_params=path_params,
+            query_params=query,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = client.call_api(*params, _request_timeout=timeout).response
+        except ApiException as exc:
+            raise _error_for_status(exc.status or 0, exc.reason or "", exc.body) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise UnavailableError(f"{what}: {exc}") from exc
+        status = response.status
+        if 200 <= status < 300:
+            return response
+        try:
+            data = response.data
+        except _TRANSPORT_ERRORS:
+            data = b""
+        finally:
+            response.release_conn()
+        raise _error_for_status(status, response.reason or "", data)
+
+    def _unary(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        path_params: dict[str, str],
+        *,
+        query: builtins.list[tuple[str, str]] | None = None,
+        body: JSON | None = None,
+        content_type: str | None = None,
+        decode: bool = True,
+    ) -> JSON:
+        """Blocking: one request, its whole body read and decoded with ``json.loads``
+        (the connection goes back to the pool once the body is read). ``decode=False``
+        reads the body but ignores it (a delete: the pod or a Status, unused)."""
+        response = self._send(
+            what,
+            method,
+            path,
+            path_params,
+            query=query or [],
+            body=body,
+            content_type=content_type,
+            timeout=self.request_timeout,
+        )
+        try:
+            data = response.data
+        except _TRANSPORT_ERRORS as exc:
+            raise UnavailableError(f"{what}: {exc}") from exc
+        finally:
+            response.release_conn()
+        if not decode:
+            return {}
+        try:
+            decoded = json.loads(data)
+        except ValueError:
+            decoded = None
+        if not isinstance(decoded, dict):
+            raise UnavailableError(f"{what}: the response is not a JSON object: {data[:200]!r}")
+        return decoded
+
+    def _open_stream(
+        self,
+        connection: StreamConnection,
+        what: str,
+        path: str,
+        path_params: dict[str, str],
+        query: builtins.list[tuple[str, str]],
+        accept: str,
+    ) -> None:
+        """Blocking: open a streamed GET and hand its response to ``connection``.
+
+        ``_request_timeout=(connect, read)``: the read timeout applies to the response
+        headers and then to every read of the body, so a silent connection raises
+        instead of hanging (the Python client's watch hang, #1148/#1402).
+        """
+        response = self._send(
+            what,
+            "GET",
+            path,
+            path_params,
+            query=query,
+            body=None,
+            content_type=None,
+            timeout=(self.request_timeout, self.watch_read_timeout),
+            accept=accept,
+        )
+        connection.attach(response)
+
+    def _broken(self, what: str, exc: BaseException) -> UnavailableError:
+        if isinstance(exc, TimeoutError | urllib3.exceptions.ReadTimeoutError):
+            return UnavailableError(
+                f"{what}: no data for {self.watch_read_timeout:g} s "
+                "(not even a bookmark): the connection is presumed broken"
+            )
+        return UnavailableError(f"{what}: the connection broke: {exc}")
+
+
+class _Stream:
+    """Shared life cycle of a watch and a log stream.
+
+    ``__aenter__`` opens the request in a worker thread and raises the port's error
+    for an error status; ``__aexit__`` closes the connection whatever ended the block
+    (normal end, exception, cancellation) so that no worker thread stays blocked on
+    it: see :class:`~buildruntime.cluster.kube_stream.StreamConnection`.
+    """
+
+    _verb = ""
+    _resource = ""
+    _counter = ""
+    _accept = _JSON
+
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        path: str,
+        path_params: dict[str, str],
+        query: builtins.list[tuple[str, str]],
+        what: str,
+    ) -> None:
+        self._cluster = cluster
+        self._path = path
+        self._path_params = path_params
+        self._query = query
+        self._what = what
+        self._connection = StreamConnection()
+        self._counted = False
+        self._entered = False
+        self._ended = False
+
+    async def _open(self) -> None:
+        if self._entered:
+            raise RuntimeError(f"{self._what}: a stream can be entered only once")
+        self._entered = True
+        cluster = self._cluster
+        cluster.requests.append(Request(self._verb, self._resource))
+        connection = self._connection
+        try:
+            await cluster._in_thread(
+                partial(
+                    cluster._open_stream,
+                    connection,
+                    self._what,
+                    self._path,
+                    self._path_params,
+                    self._query,
+                    self._accept,
+                )
+            )
+        except BaseException:
+            await connection.aclose()
+            raise
+        setattr(cluster, self._counter, getattr(cluster, self._counter) + 1)
+        self._counted = True
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._ended = True
+        await self._connection.aclose()
+        if self._counted:
+            self._counted = False
+            cluster = self._cluster
+            setattr(cluster, self._counter, getattr(cluster, self._counter) - 1)
+
+    def _read_block(self) -> bytes:
+        """Blocking: the next block of the body (``b""`` at its end), transport
+        failures turned into :class:`UnavailableError`."""
+        try:
+            return self._connection.read()
+        except _TRANSPORT_ERRORS as exc:
+            raise self._cluster._broken(self._what, exc) from exc
+
+
+class _Watch(_Stream):
+    """A watch: an async iterator of ``{"type": ..., "object": {...}}`` dicts.
+
+    - Each worker-thread hop reads every byte that has arrived (up to 256 KiB) and
+      splits it on ``b"\\n"``; a line split across reads waits for its newline. Each
+      ``__anext__`` then decodes one line with ``json.loads`` (see
+      :func:`~buildruntime.cluster.kube_stream.decode_event` for why one at a time);
+      a malformed line is logged and skipped. Beyond ``json.loads``, an event costs
+      a list index and one comparison.
+    - A normal end of the body (the server's ``timeoutSeconds``, or the API server
+      closing watches on shutdown) ends the iteration; the reflector re-watches from
+      the last resourceVersion.
+    - ``ERROR`` events carry a ``Status``: code 410 (the resourceVersion was
+      compacted, "too old resource version") raises :class:`ExpiredError`, any other
+      code :class:`ApiError`. An HTTP 410 on the request raises ExpiredError too.
+    - A cut connection, or ``watch_read_timeout`` seconds without a byte, raises
+      :class:`UnavailableError`.
+    """
+
+    _verb = "watch"
+    _counter = "open_watches"
+
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        resource: str,
+        namespace: str,
+        query: builtins.list[tuple[str, str]],
+    ) -> None:
+        super().__init__(
+            cluster,
+            f"/api/v1/namespaces/{{namespace}}/{resource}",
+            {"namespace": namespace},
+            query,
+            f"watch {resource} in {namespace}",
+        )
+        self._resource = resource
+        self._batch: builtins.list[bytes] = []
+        self._next = 0
+        self._splitter = LineSplitter()
+
+    async def __aenter__(self) -> _Watch:
+        await self._open()
+        return self
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __anext__(self) -> JSON:
+        while True:
+            batch = self._batch
+            index = self._next
+            if index < len(batch):
+                self._next = index + 1
+                event = decode_event(batch[index])
+                if event is None:
+                    continue
+                if event["type"] == "ERROR":
+                    self._ended = True
+                    self._batch = []
+                    raise _watch_error(event.get("object"))
+                return event
+            if self._ended:
+                raise StopAsyncIteration
+            self._batch, self._ended = await self._cluster._in_thread(self._read_lines)
+            self._next = 0
+
+    def _read_lines(self) -> tuple[builtins.list[bytes], bool]:
+        block = self._read_block()
+        if block:
+            return self._splitter.feed(block), False
+        return self._splitter.finish(), True
+
+
+class _LogStream(_Stream):
+    """A container's log: an async iterator of raw byte chunks, as they arrive.
+
+    No decoding and no line splitting (the kubelet may split long lines, and the last
+    line may have no newline: the logs layer deals with lines). The body ends when the
+    container terminates (with ``follow``) or after the current log (without).
+    Errors: 400 while the container is still waiting to start ("container ... is
+    waiting to start", retryable) is an :class:`ApiError` with status 400; 404 once
+    the pod is gone; a cut or silent connection is :class:`UnavailableError`.
+    """
+
+    _verb = "log"
+    _resource = "pods"
+    _counter = "open_log_streams"
+    _accept = "text/plain"
+
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        namespace: str,
+        pod: str,
+        query: builtins.list[tuple[str, str]],
+    ) -> None:
+        super().__init__(
+            cluster,
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            {"namespace": namespace, "name": pod},
+            query,
+            f"log of {namespace}/{pod}",
+        )
+
+    async def __aenter__(self) -> _LogStream:
+        await self._open()
+        return self
+
+    def __aiter__(self) -> _LogStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        block = await self._cluster._in_thread(self._read_block)
+        if not block:
+            self._ended = True
+            raise StopAsyncIteration
+        return block
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _new_api_client(configuration: kubernetes.client.Configuration) -> Any:
+    configuration.retries = False
+    return kubernetes.client.ApiClient(configuration)
+
+
+def _disable_urllib3_retries(api_client: Any) -> None:
+    """Make urllib3 raise at the first failure instead of retrying on its own.
+
+    urllib3 retries connection errors 3 times by default, and the client's optional
+    client-go-style retries add more for GETs. The pool manager was built from the
+    configuration when the ApiClient was made, so it is updated too; its existing
+    pools (and their idle connections) are dropped so new ones pick the setting up.
+    """
+    configuration = api_client.configuration
+    configuration.retries = False
+    if hasattr(configuration, "client_go_retries"):
+        configuration.client_go_retries = False
+    pool_manager = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
+    pool_kw = getattr(pool_manager, "connection_pool_kw", None)
+    if (
+        pool_manager is not None
+        and isinstance(pool_kw, dict)
+        and pool_kw.get("retries", None) is not False
+    ):
+        pool_kw["retries"] = False
+        pool_manager.clear()
+
+
+def _check_resource(resource: str) -> None:
+    if resource not in _RESOURCES:
+        raise ValueError(f"unsupported resource {resource!r}: expected pods or events")
+
+
+def _query(**params: str | int | None) -> builtins.list[tuple[str, str]]:
+    return [(key, str(value)) for key, value in params.items() if value is not None]
+
+
+def _decode_status(body: bytes | str | None) -> tuple[str, str] | None:
+    """(reason, message) of a ``Status`` body, or None if the body is not one."""
+    if not body:
+        return None
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(status, dict):
+        return None
+    return str(status.get("reason") or ""), str(status.get("message") or "")
+
+
+def _error_for_status(status: int, http_reason: str, body: bytes | str | None) -> Exception:
+    """Map an error response to the port's exceptions.
+
+    The body of an API server error is a ``Status`` object; its ``message`` is kept
+    verbatim (an admission webhook's denial text is in there). A body that is not a
+    Status (a proxy's error page) becomes the message as text.
+    """
+    decoded = _decode_status(body)
+    if decoded is not None:
+        reason, message = decoded
+        reason = reason or http_reason
+    else:
+        reason = http_reason
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        message = (body or "").strip()[:1000] or http_reason
+    if status in _UNAVAILABLE_STATUSES:
+        return UnavailableError(f"{status} {reason}: {message}")
+    if status == 410:
+        return ExpiredError(message) if message else ExpiredError()
+    return _api_error(status, reason, message)
+
+
+def _api_error(status: int, reason: str, message: str) -> ApiError:
+    if status == 404:
+        return NotFoundError(message, reason or "NotFound")
+    if status == 409:
+        return ConflictError(message, reason or "AlreadyExists")
+    return ApiError(status, reason, message)
+
+
+def _watch_error(status: Any) -> ApiError:
+    """The exception for an ``ERROR`` watch event, whose object is a ``Status``."""
+    if not isinstance(status, dict):
+        return ApiError(500, "InternalError", f"watch ERROR event without a Status: {status!r}")
+    try:
+        code = int(status.get("code") or 0)
+    except (TypeError, ValueError):
+        code = 0
+    reason = str(status.get("reason") or "")
+    message = str(status.get("message") or "")
+    if code == 410 or (code == 0 and reason in ("Expired", "Gone")):
+        return ExpiredError(message) if message else ExpiredError()
+    return _api_error(code or 500, reason or "InternalError", message)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(cluster: KubeCluster) -> Cluster:
+        return cluster
