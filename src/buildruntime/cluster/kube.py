@@ -653,7 +653,9 @@ class _LogStream(_Stream):
     _verb = "log"
     _resource = "pods"
     _counter = "open_log_streams"
-    _accept = "text/plain"
+    # The log endpoint answers text, but negotiates only json/yaml/protobuf by name:
+    # "text/plain" gets a 406 from current API servers, so accept anything.
+    _accept = "*/*"
 
     def __init__(
         self,
