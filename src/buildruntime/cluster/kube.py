@@ -103,8 +103,10 @@ class KubeCluster:
 
     Settings:
 
-    - ``stream_threads`` (64): tokens of this cluster's own thread limiter; every
-      blocking call and every waiting stream read takes one.
+    - ``stream_threads`` (512): tokens of this cluster's own thread limiter; every
+      blocking call and every waiting stream read takes one. A build holds three
+      while a step runs (two watches and a log stream), so the default serves about
+      150 concurrent builds; idle threads cost only their stack reservation.
     - ``request_timeout`` (30 s): total time for a unary call (list, create, patch,
       delete), and the connect timeout of streams.
     - ``watch_read_timeout`` (70 s): a watch or log stream that delivers no byte for
@@ -125,7 +127,7 @@ class KubeCluster:
         self,
         api_client: kubernetes.client.ApiClient,
         *,
-        stream_threads: int = 64,
+        stream_threads: int = 512,
         request_timeout: float = 30.0,
         watch_read_timeout: float = 70.0,
     ) -> None:
@@ -153,7 +155,7 @@ class KubeCluster:
         path: str | None = None,
         context: str | None = None,
         *,
-        stream_threads: int = 64,
+        stream_threads: int = 512,
         request_timeout: float = 30.0,
         watch_read_timeout: float = 70.0,
     ) -> KubeCluster:
@@ -181,7 +183,7 @@ class KubeCluster:
     def in_cluster(
         cls,
         *,
-        stream_threads: int = 64,
+        stream_threads: int = 512,
         request_timeout: float = 30.0,
         watch_read_timeout: float = 70.0,
     ) -> KubeCluster:
