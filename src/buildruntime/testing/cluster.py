@@ -1,0 +1,363 @@
+"""``FakeCluster``: an in-memory API server plus one node's scheduler and kubelet, behind
+the :class:`~buildruntime.cluster.port.Cluster` port.
+
+Event loop model: every state change happens on the event loop of the caller, with no
+threads and no locks. The scheduler, the kubelet's pod workers and the processes of
+running steps are background "system tasks" spawned on the event loop of the cluster's
+first use (asyncio or trio, through anyio), so **a FakeCluster binds to the event loop of
+its first use** and refuses to be used from another. Close it with :meth:`aclose` (or
+``async with FakeCluster(...) as cluster:``), which kills every process it started and
+ends every open stream.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from types import TracebackType
+
+import anyio
+
+from buildruntime.cluster.port import (
+    JSON,
+    ApiError,
+    ConflictError,
+    NotFoundError,
+    Request,
+    Resource,
+)
+from buildruntime.images import DEFAULT_PAUSE_IMAGE
+from buildruntime.testing import objects
+from buildruntime.testing.apiserver import APIServer
+from buildruntime.testing.events import EventRecorder
+from buildruntime.testing.faults import Faults
+from buildruntime.testing.kubelet import Kubelet
+from buildruntime.testing.logs import LogContext, LogStream
+from buildruntime.testing.patch import apply_patch
+from buildruntime.testing.podspec import create_pod_object, validate_update
+from buildruntime.testing.scheduler import Scheduler
+from buildruntime.testing.selectors import parse_field_selector, parse_label_selector
+from buildruntime.testing.tasks import SystemTasks
+from buildruntime.testing.watch import WatchContext, WatchStream
+
+_RESOURCES = ("pods", "events")
+
+
+class FakeCluster:
+    """A fake single-node Kubernetes cluster that really runs the steps.
+
+    ``images`` are the images the node can run (compared after normalisation, so
+    ``busybox`` is ``docker.io/library/busybox:latest``); any other image fails to pull.
+    The ``pause_image`` is always present and runs nothing. ``pull_delay`` is how long a
+    pull takes; ``bookmark_interval`` how often watches get a BOOKMARK.
+
+    Beyond the port: ``faults`` (see :class:`~buildruntime.testing.faults.Faults`),
+    :meth:`kill_container`, ``requests`` (one :class:`Request` per call, appended before
+    anything else happens), ``open_watches``/``open_log_streams`` (open right now) and
+    :meth:`history` (every version of a pod as written: the ground truth).
+
+    ``log_chunk_bytes`` bounds the size of a log chunk; ``watch_cache_size`` the changes
+    kept per resource for watches to resume from (older ones answer 410 Gone);
+    ``keep_history=False`` stops recording :meth:`history` (for long benchmarks).
+    """
+
+    def __init__(
+        self,
+        images: Iterable[str] = ("busybox",),
+        *,
+        pause_image: str = DEFAULT_PAUSE_IMAGE,
+        node_name: str = "fake-node",
+        pull_delay: float = 0.02,
+        bookmark_interval: float = 1.0,
+        log_chunk_bytes: int = 65536,
+        watch_cache_size: int = 10_000,
+        keep_history: bool = True,
+    ) -> None:
+        if isinstance(images, str):
+            images = (images,)
+        self.requests: list[Request] = []
+        self.node_name = node_name
+        self.pause_image = pause_image
+        self._bookmark_interval = bookmark_interval
+        self._log_chunk_bytes = log_chunk_bytes
+        self._watches: set[WatchStream] = set()
+        self._log_streams: set[LogStream] = set()
+        self._tasks = SystemTasks()
+        self._server = APIServer(history_limit=watch_cache_size, keep_history=keep_history)
+        self._recorder = EventRecorder(self._server, node_name)
+        self.faults = Faults(
+            cut_watches=self._cut_watches,
+            cut_logs=self._cut_logs,
+            compact=self._server.compact,
+            changed=self._faults_changed,
+        )
+        self._scheduler = Scheduler(
+            self._server, self._recorder, self.faults, self._tasks, node_name
+        )
+        self._kubelet = Kubelet(
+            self._server,
+            self._recorder,
+            self._tasks,
+            node_name=node_name,
+            images=set(images),
+            pause_image=pause_image,
+            pull_delay=pull_delay,
+        )
+        self._server.observers.extend([self._scheduler.observe, self._kubelet.observe])
+        self._closed = False
+
+    # ------------------------------------------------------------ plumbing
+    def _cut_watches(self, error: Exception | None) -> None:
+        for stream in list(self._watches):
+            stream.cut(error)
+
+    def _cut_logs(self, error: Exception) -> None:
+        for stream in list(self._log_streams):
+            stream.cut(error)
+
+    def _faults_changed(self) -> None:
+        self._scheduler.changed.notify()
+
+    async def _request(self, verb: str, resource: str) -> None:
+        """Every API call starts here: accounting first, then the faults in force."""
+        self.requests.append(Request(verb, resource))
+        self._tasks.check_loop()
+        if self.faults.latency_seconds > 0:
+            await anyio.sleep(self.faults.latency_seconds)
+        self.faults.check_available()
+        if self._closed:
+            raise ApiError(503, "ServiceUnavailable", "the fake cluster is closed")
+
+    @staticmethod
+    def _check_resource(resource: str) -> None:
+        if resource not in _RESOURCES:
+            raise ApiError(
+                404, "NotFound", f"the server could not find the requested resource ({resource})"
+            )
+
+    @property
+    def open_watches(self) -> int:
+        """Watches open right now."""
+        return len(self._watches)
+
+    @property
+    def open_log_streams(self) -> int:
+        """Log streams open right now."""
+        return len(self._log_streams)
+
+    # ------------------------------------------------------------ the port
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+    ) -> JSON:
+        await self._request("list", resource)
+        self._check_resource(resource)
+        store = self._server.store(resource)
+        labels = parse_label_selector(label_selector)
+        fields = parse_field_selector(field_selector, store.supported_fields)
+        return self._server.list_objects(resource, namespace, labels, fields)
+
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+        async def begin() -> None:
+            await self._request("watch", resource)
+            self._check_resource(resource)
+
+        return WatchContext(
+            begin,
+            self._server,
+            self.faults,
+            self._watches,
+            resource,
+            namespace,
+            resource_version or "",
+            label_selector,
+            field_selector,
+            timeout_seconds,
+            allow_bookmarks,
+            self._bookmark_interval,
+        )
+
+    async def get_pod(self, namespace: str, name: str) -> JSON:
+        """GET one pod (not part of the port; counted as a ``get``)."""
+        await self._request("get", "pods")
+        pod = self._server.copy("pods", namespace, name)
+        if pod is None:
+            raise NotFoundError(f'pods "{name}" not found')
+        return pod
+
+    async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
+        await self._request("create", "pods")
+        pod = create_pod_object(manifest, namespace)
+        denial = self.faults.create_denial
+        if denial is not None:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'admission webhook "deny.buildruntime.test" denied the request: {denial}',
+            )
+        name = pod["metadata"]["name"]
+        if self._server.get("pods", namespace, name) is not None:
+            raise ConflictError(f'pods "{name}" already exists')
+        return self._server.write("pods", pod)
+
+    async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
+        await self._request("patch", "pods")
+        current = self._server.get("pods", namespace, name)
+        if current is None:
+            raise NotFoundError(f'pods "{name}" not found')
+        if not isinstance(patch, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was in an unknown format")
+        wanted_rv = (patch.get("metadata") or {}).get("resourceVersion")
+        if wanted_rv is not None and str(wanted_rv) != current["metadata"]["resourceVersion"]:
+            raise ConflictError(
+                f'Operation cannot be fulfilled on pods "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                reason="Conflict",
+            )
+        body = {k: v for k, v in patch.items() if k not in ("status", "kind", "apiVersion")}
+        updated = apply_patch(current, body)
+        # Identity and server-owned metadata cannot be patched.
+        for key in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+        ):
+            if key in current["metadata"]:
+                updated["metadata"][key] = current["metadata"][key]
+            else:
+                updated["metadata"].pop(key, None)
+        updated["status"] = current["status"]
+        validate_update(current, updated)
+        if updated == current:
+            copy = self._server.copy("pods", namespace, name)
+            assert copy is not None
+            return copy
+        if updated["spec"] != current["spec"]:
+            updated["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
+        objects.record_manager(updated, "OpenAPI-Generator", body)
+        return self._server.write("pods", updated)
+
+    async def delete_pod(
+        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
+    ) -> None:
+        """Delete a pod, as the runtime or as anyone else would: it is marked (MODIFIED,
+        ``deletionTimestamp``), the kubelet stops its containers and reports a final
+        status (MODIFIED), then it is gone (DELETED). A pod not yet bound to the node, a
+        finished pod, or a grace period of 0 is removed at once. Its events are kept."""
+        await self._request("delete", "pods")
+        current = self._server.get("pods", namespace, name)
+        if current is None:
+            raise NotFoundError(f'pods "{name}" not found')
+        grace = grace_period_seconds
+        if grace is None:
+            grace = int(current["spec"].get("terminationGracePeriodSeconds", 30))
+        if (
+            grace <= 0
+            or not current["spec"].get("nodeName")
+            or current["status"].get("phase") in ("Succeeded", "Failed")
+        ):
+            self._server.remove("pods", namespace, name)
+            return
+        existing = current["metadata"].get("deletionGracePeriodSeconds")
+        if existing is not None and existing <= grace:
+            return
+        updated = objects.clone(current)
+        updated["metadata"]["deletionTimestamp"] = objects.api_time(time.time() + grace)
+        updated["metadata"]["deletionGracePeriodSeconds"] = grace
+        self._server.write("pods", updated)
+
+    def stream_logs(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        *,
+        follow: bool = True,
+        timestamps: bool = True,
+        since_time: str | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        def since_ns() -> int | None:
+            if since_time is None:
+                return None
+            try:
+                return objects.parse_time_seconds(since_time) * 1_000_000_000
+            except ValueError as error:
+                raise ApiError(400, "BadRequest", str(error)) from None
+
+        return LogContext(
+            partial(self._request, "log", "pods"),
+            partial(self._kubelet.log_for, namespace, pod, container),
+            self.faults,
+            self._log_streams,
+            follow=follow,
+            timestamps=timestamps,
+            since_ns=since_ns,
+            chunk_bytes=self._log_chunk_bytes,
+        )
+
+    # ------------------------------------------------------ outside actions
+    async def kill_container(
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        reason: str = "OOMKilled",
+        exit_code: int = 137,
+    ) -> None:
+        """SIGKILL a running container (a step or a placeholder) and have the node report
+        it terminated with ``reason`` and ``exit_code``; returns once it is reported."""
+        self._tasks.check_loop()
+        await self._kubelet.kill_container(namespace, pod, container, reason, exit_code)
+
+    def history(self, namespace: str, pod: str) -> builtins.list[JSON]:
+        """Every version of the pod named ``pod`` ever written (across uids), in
+        resourceVersion order, each a fresh copy; for a deleted pod the last entry is its
+        state as deleted (the DELETED event's object)."""
+        return self._server.history(namespace, pod)
+
+    # -------------------------------------------------------------- closing
+    async def aclose(self) -> None:
+        """End every open stream and kill every process the cluster started."""
+        if self._closed:
+            return
+        self._closed = True
+        self._cut_watches(None)
+        for stream in list(self._log_streams):
+            stream.close()
+        with anyio.CancelScope(shield=True):
+            await self._tasks.aclose()
+
+    async def __aenter__(self) -> FakeCluster:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

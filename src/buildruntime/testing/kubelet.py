@@ -1,0 +1,612 @@
+"""The kubelet of the one fake node: pod workers, image pulls, container starts, restarts
+and kills, status updates and the Kubernetes events that go with them.
+
+What it mimics, from ``pkg/kubelet`` (1.33):
+
+- per container, in spec order: the image manager (``Pulled`` "already present",
+  ``Pulling``/``Pulled`` "Successfully pulled ... in ...", ``Failed`` with
+  ``ErrImagePull`` then ``ImagePullBackOff`` under an exponential back-off,
+  ``ErrImageNeverPull``, ``InvalidImageName``), then ``Created`` and ``Started``;
+- a running container whose image is patched is killed ("Container x definition
+  changed, will be restarted") and started again with the new image, whatever the
+  restart policy; an exited container is only restarted when the restart policy says so
+  (never under ``Never``, not even for a new image), with ``CrashLoopBackOff`` in
+  between;
+- deletion: ``Killing`` "Stopping container x" for each running container, SIGTERM then
+  SIGKILL after the grace period, a final status with a terminal phase, then the pod's
+  removal;
+- every status change is its own write (its own resourceVersion); unchanged statuses are
+  not written, as the status manager skips them.
+
+Time is scaled down: back-offs start at 0.2 s and stop growing at 2 s (the real ones are
+10 s and 5 min).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from buildruntime.cluster.port import ApiError, NotFoundError
+from buildruntime.images import image_problem, normalize_image
+from buildruntime.testing import objects
+from buildruntime.testing.apiserver import DELETED, APIServer
+from buildruntime.testing.events import WARNING, EventRecorder
+from buildruntime.testing.logs import ContainerLog
+from buildruntime.testing.objects import JSON
+from buildruntime.testing.podstatus import (
+    TERMINAL_PHASES,
+    ContainerRecord,
+    conditions,
+    container_status,
+    phase,
+)
+from buildruntime.testing.process import Instance, parse_quantity
+from buildruntime.testing.tasks import Notifier, SystemTasks
+
+BACKOFF_INITIAL = 0.2
+BACKOFF_CAP = 2.0
+SYNC_AFTER_FAILURE = 0.1
+PERIODIC_SYNC = 1.0
+HOST_IP = "10.89.0.2"
+
+
+class Backoff:
+    """``flowcontrol.Backoff`` for one key, scaled down."""
+
+    def __init__(self) -> None:
+        self.duration = 0.0
+        self.until = 0.0
+        self.last_error = ""
+
+    def active(self, now: float) -> bool:
+        return now < self.until
+
+    def next(self, now: float) -> None:
+        self.duration = (
+            BACKOFF_INITIAL if self.duration == 0 else min(self.duration * 2, BACKOFF_CAP)
+        )
+        self.until = now + self.duration
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it, truncated to milliseconds (``20ms``, ``1.5s``)."""
+    millis = int(seconds * 1000)
+    if millis == 0:
+        return "0s"
+    if millis < 1000:
+        return f"{millis}ms"
+    whole, rest = divmod(millis, 1000)
+    return f"{whole}.{rest:03d}".rstrip("0").rstrip(".") + "s"
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of command, args and env values: a defined
+    variable is replaced, an undefined reference is left as written, ``$$`` is ``$``."""
+    out: list[str] = []
+    checkpoint = 0
+    cursor = 0
+    while cursor < len(text):
+        if text[cursor] == "$" and cursor + 1 < len(text):
+            out.append(text[checkpoint:cursor])
+            following = text[cursor + 1]
+            advance = 1
+            if following == "$":
+                out.append("$")
+            elif following == "(":
+                closing = text.find(")", cursor + 2)
+                if closing == -1:
+                    out.append("$(")
+                else:
+                    name = text[cursor + 2 : closing]
+                    out.append(env.get(name, f"$({name})"))
+                    advance = closing - cursor
+            else:
+                out.append("$" + following)
+            cursor += advance
+            checkpoint = cursor + 1
+        cursor += 1
+    return "".join(out) + text[checkpoint:]
+
+
+def _field_ref(pod: JSON, path: str) -> str:
+    current: Any = pod
+    for key in path.split("."):
+        if not isinstance(current, dict):
+            return ""
+        current = current.get(key)
+    return "" if current is None else str(current)
+
+
+class Kubelet:
+    """The node agent: one :class:`PodWorker` per pod bound to this node."""
+
+    def __init__(
+        self,
+        server: APIServer,
+        recorder: EventRecorder,
+        tasks: SystemTasks,
+        *,
+        node_name: str,
+        images: set[str],
+        pause_image: str,
+        pull_delay: float,
+    ) -> None:
+        self.server = server
+        self.recorder = recorder
+        self.tasks = tasks
+        self.node_name = node_name
+        self.images = {normalize_image(i) for i in images}
+        self.pause_image = normalize_image(pause_image)
+        self.pull_delay = pull_delay
+        self.workers: dict[str, PodWorker] = {}
+        self._next_ip = 0
+
+    def is_pause(self, image: str) -> bool:
+        return normalize_image(image) == self.pause_image
+
+    def has_image(self, image: str) -> bool:
+        normalized = normalize_image(image)
+        return normalized == self.pause_image or normalized in self.images
+
+    def allocate_ip(self) -> str:
+        self._next_ip += 1
+        return f"10.244.{(self._next_ip // 250) % 256}.{self._next_ip % 250 + 2}"
+
+    def observe(self, resource: str, type: str, obj: JSON, previous: JSON | None) -> None:
+        if resource != "pods":
+            return
+        uid = obj["metadata"]["uid"]
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.notifier.notify()
+            return
+        if (
+            type != DELETED
+            and obj["spec"].get("nodeName") == self.node_name
+            and obj["status"].get("phase") not in TERMINAL_PHASES
+        ):
+            worker = PodWorker(self, obj)
+            self.workers[uid] = worker
+            self.tasks.spawn(worker.run, name=f"fake-kubelet-{obj['metadata']['name']}")
+
+    def worker_for(self, namespace: str, name: str) -> PodWorker | None:
+        pod = self.server.get("pods", namespace, name)
+        if pod is None:
+            return None
+        return self.workers.get(pod["metadata"]["uid"])
+
+    async def kill_container(
+        self, namespace: str, pod: str, container: str, reason: str, exit_code: int
+    ) -> None:
+        if self.server.get("pods", namespace, pod) is None:
+            raise NotFoundError(f'pods "{pod}" not found')
+        worker = self.worker_for(namespace, pod)
+        record = None if worker is None else worker.records.get(container)
+        current = None if record is None else record.current
+        if current is None or current.terminated:
+            raise ValueError(f'container "{container}" in pod "{pod}" is not running')
+        await current.force_kill(reason, exit_code)
+
+    def log_for(self, namespace: str, pod_name: str, container: str) -> ContainerLog:
+        """The log a request for ``container`` reads (``validateContainerLogStatus``)."""
+        pod = self.server.get("pods", namespace, pod_name)
+        if pod is None:
+            raise NotFoundError(f'pods "{pod_name}" not found')
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        if container not in names:
+            raise ApiError(
+                400, "BadRequest", f"container {container} is not valid for pod {pod_name}"
+            )
+        if not pod["spec"].get("nodeName"):
+            empty = ContainerLog()
+            empty.finish()
+            return empty
+        worker = self.workers.get(pod["metadata"]["uid"])
+        record = None if worker is None else worker.records.get(container)
+        if record is not None:
+            current = record.current
+            if current is not None and current.state != "created":
+                return current.log
+            if len(record.instances) > 1:
+                return record.instances[-2].log
+        reason = "ContainerCreating"
+        if record is not None and record.waiting is not None:
+            reason = record.waiting[0]
+        if reason == "ErrImagePull":
+            why = "image can't be pulled"
+        elif reason == "ImagePullBackOff":
+            why = "trying and failing to pull image"
+        else:
+            why = reason
+        raise ApiError(
+            400,
+            "BadRequest",
+            f'container "{container}" in pod "{pod_name}" is waiting to start: {why}',
+        )
+
+
+class PodWorker:
+    """Runs one pod from binding to removal."""
+
+    def __init__(self, kubelet: Kubelet, pod: JSON) -> None:
+        self.kubelet = kubelet
+        self.server = kubelet.server
+        self.namespace: str = pod["metadata"]["namespace"]
+        self.name: str = pod["metadata"]["name"]
+        self.uid: str = pod["metadata"]["uid"]
+        self.records = {c["name"]: ContainerRecord(c["name"]) for c in pod["spec"]["containers"]}
+        self.pull_backoff: dict[str, Backoff] = {}
+        self.crash_backoff: dict[str, Backoff] = {}
+        self.notifier = Notifier()
+        self.terminating = False
+        self.ip = kubelet.allocate_ip()
+        self.start_time = objects.api_time()
+        self.grace_seconds = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        self._procs: TaskGroup | None = None
+
+    # ------------------------------------------------------------- helpers
+    def pod(self) -> JSON | None:
+        """The stored pod, if it is still this pod (same uid)."""
+        pod = self.server.get("pods", self.namespace, self.name)
+        if pod is None or pod["metadata"]["uid"] != self.uid:
+            return None
+        return pod
+
+    def _event(
+        self, reason: str, message: str, *, container: str | None = None, warning: bool = False
+    ) -> None:
+        pod = self.pod()
+        if pod is not None:
+            self.kubelet.recorder.record(
+                pod, reason, message, type=WARNING if warning else "Normal", container=container
+            )
+
+    def write_status(self, *, final: bool = False) -> None:
+        """Generate the pod status and write it when it changed."""
+        pod = self.pod()
+        if pod is None:
+            return
+        spec = pod["spec"]
+        policy = spec.get("restartPolicy", "Always")
+        records = [self.records[c["name"]] for c in spec["containers"]]
+        statuses = [
+            container_status(r, c, policy) for r, c in zip(records, spec["containers"], strict=True)
+        ]
+        old: JSON = pod.get("status", {})
+        new_phase = phase(statuses, records, policy, terminal=final)
+        if final and new_phase not in TERMINAL_PHASES:
+            new_phase = "Failed"
+        if old.get("phase") in TERMINAL_PHASES:
+            new_phase = old["phase"]
+        status: JSON = {
+            "phase": new_phase,
+            "conditions": conditions(
+                old.get("conditions", []),
+                statuses,
+                new_phase,
+                sandbox=not final and new_phase not in TERMINAL_PHASES,
+            ),
+            "hostIP": HOST_IP,
+            "hostIPs": [{"ip": HOST_IP}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "startTime": self.start_time,
+            "containerStatuses": statuses,
+            "qosClass": old.get("qosClass", "BestEffort"),
+        }
+        if status == old:
+            return
+        updated = objects.clone(pod)
+        updated["status"] = status
+        objects.record_manager(updated, "kubelet", {"status": status}, "status")
+        self.server.write("pods", updated)
+
+    def _instance_changed(self, instance: Instance) -> None:
+        if instance.running:
+            self._event("Started", f"Started container {instance.name}", container=instance.name)
+        elif instance.terminated and instance.reason == "StartError":
+            self._event(
+                "Failed", f"Error: {instance.message}", container=instance.name, warning=True
+            )
+        if not self.terminating:
+            self.write_status()
+        self.notifier.notify()
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as procs:
+                self._procs = procs
+                await self._lifecycle()
+        finally:
+            self.kubelet.workers.pop(self.uid, None)
+
+    async def _lifecycle(self) -> None:
+        if self.pod() is None:
+            return
+        self.write_status()
+        async with anyio.create_task_group() as loops:
+            loops.start_soon(self._sync, loops)
+            await self._wait_for_deletion()
+            loops.cancel_scope.cancel()
+        await self._terminate()
+
+    async def _wait_for_deletion(self) -> None:
+        while True:
+            pod = self.pod()
+            if pod is None or pod["metadata"].get("deletionTimestamp"):
+                return
+            await self.notifier.wait()
+
+    async def _sync(self, loops: TaskGroup) -> None:
+        """The first SyncPod starts the containers one by one, in spec order; then each
+        container has a loop of its own."""
+        pod = self.pod()
+        if pod is None:
+            return
+        for container in pod["spec"]["containers"]:
+            record = self.records[container["name"]]
+            if not await self._start(record):
+                self._after_failed_start(record)
+        for container in pod["spec"]["containers"]:
+            loops.start_soon(self._container_loop, container["name"])
+
+    def _spec_of(self, pod: JSON, name: str) -> JSON:
+        for container in pod["spec"]["containers"]:
+            if container["name"] == name:
+                spec: JSON = container
+                return spec
+        raise LookupError(name)
+
+    def _after_failed_start(self, record: ContainerRecord) -> None:
+        pod = self.pod()
+        if pod is None:
+            return
+        if record.restarting:
+            # Killed for a new image that then failed to start: under Never the kubelet
+            # will not try again (the exited container is not restarted).
+            record.restarting = False
+        self.write_status()
+
+    async def _container_loop(self, name: str) -> None:
+        record = self.records[name]
+        retry_at = anyio.current_time() + SYNC_AFTER_FAILURE
+        while True:
+            pod = self.pod()
+            if pod is None or pod["metadata"].get("deletionTimestamp"):
+                return
+            policy = pod["spec"].get("restartPolicy", "Always")
+            spec = self._spec_of(pod, name)
+            current = record.current
+            now = anyio.current_time()
+            if current is not None and current.running:
+                if spec["image"] != current.image:
+                    self._event(
+                        "Killing",
+                        f"Container {name} definition changed, will be restarted",
+                        container=name,
+                    )
+                    record.restarting = True
+                    await current.stop(self._grace(pod))
+                    retry_at = now
+                    continue
+                await self.notifier.wait()
+                continue
+            if current is not None and current.state == "created":
+                await self.notifier.wait()
+                continue
+            if not record.will_restart(policy):
+                await self.notifier.wait()
+                continue
+            if current is not None and current.terminated and not record.restarting:
+                # An exited container to restart: CrashLoopBackOff in between.
+                backoff = self.crash_backoff.setdefault(name, Backoff())
+                if backoff.active(now):
+                    message = (
+                        f"back-off {go_duration(backoff.duration)} restarting failed "
+                        f"container={name} pod={self.name}_{self.namespace}({self.uid})"
+                    )
+                    if record.waiting != ("CrashLoopBackOff", message):
+                        record.waiting = ("CrashLoopBackOff", message)
+                        self._event(
+                            "BackOff",
+                            f"Back-off restarting failed container {name} in pod "
+                            f"{self.name}_{self.namespace}({self.uid})",
+                            container=name,
+                            warning=True,
+                        )
+                        self.write_status()
+                    await self.notifier.wait(backoff.until - now)
+                    continue
+                backoff.next(now)
+            elif now < retry_at and record.waiting is not None:
+                await self.notifier.wait(retry_at - now)
+                continue
+            if await self._start(record):
+                continue
+            self._after_failed_start(record)
+            retry_at = self._next_retry(record)
+
+    def _next_retry(self, record: ContainerRecord) -> float:
+        now = anyio.current_time()
+        reason = record.waiting[0] if record.waiting else ""
+        if reason == "ErrImagePull":
+            return now + SYNC_AFTER_FAILURE
+        if reason == "ImagePullBackOff":
+            pod = self.pod()
+            image = self._spec_of(pod, record.name)["image"] if pod else ""
+            backoff = self.pull_backoff.get(image)
+            until = backoff.until if backoff else now
+            return min(max(until, now + SYNC_AFTER_FAILURE), now + PERIODIC_SYNC)
+        return now + PERIODIC_SYNC
+
+    def _grace(self, pod: JSON) -> float:
+        meta, spec = pod["metadata"], pod["spec"]
+        if meta.get("deletionGracePeriodSeconds") is not None:
+            return float(meta["deletionGracePeriodSeconds"])
+        return float(spec.get("terminationGracePeriodSeconds", 30))
+
+    # --------------------------------------------------------------- start
+    async def _ensure_image(self, record: ContainerRecord, spec: JSON) -> bool:
+        """The image manager's ``EnsureImageExists``; on failure records the waiting
+        reason and posts the events a kubelet posts."""
+        name = record.name
+        image: str = spec["image"]
+        policy = spec.get("imagePullPolicy", "IfNotPresent")
+        if image_problem(image) is not None:
+            message = (
+                f'Failed to apply default image tag "{image}": couldn\'t parse image name '
+                f'"{image}": invalid reference format'
+            )
+            self._event("InspectFailed", message, container=name, warning=True)
+            self._event("Failed", "Error: InvalidImageName", container=name, warning=True)
+            record.waiting = ("InvalidImageName", message)
+            return False
+        present = self.kubelet.has_image(image)
+        if policy == "Never" and not present:
+            message = f'Container image "{image}" is not present with pull policy of Never'
+            self._event("ErrImageNeverPull", message, container=name, warning=True)
+            self._event("Failed", "Error: ErrImageNeverPull", container=name, warning=True)
+            record.waiting = ("ErrImageNeverPull", message)
+            return False
+        if present and policy != "Always":
+            self._event(
+                "Pulled", f'Container image "{image}" already present on machine', container=name
+            )
+            return True
+        backoff = self.pull_backoff.setdefault(image, Backoff())
+        now = anyio.current_time()
+        if backoff.active(now):
+            message = f'Back-off pulling image "{image}"'
+            self._event("BackOff", message, container=name)
+            self._event("Failed", "Error: ImagePullBackOff", container=name, warning=True)
+            record.waiting = ("ImagePullBackOff", f"{message}: ErrImagePull: {backoff.last_error}")
+            return False
+        self._event("Pulling", f'Pulling image "{image}"', container=name)
+        started = anyio.current_time()
+        await anyio.sleep(self.kubelet.pull_delay)
+        took = go_duration(anyio.current_time() - started)
+        if present:
+            size = 1_000_000 + int(hashlib.sha256(image.encode()).hexdigest()[:6], 16)
+            self._event(
+                "Pulled",
+                f'Successfully pulled image "{image}" in {took} ({took} including waiting). '
+                f"Image size: {size} bytes.",
+                container=name,
+            )
+            self.pull_backoff.pop(image, None)
+            return True
+        normalized = normalize_image(image)
+        error = (
+            f'rpc error: code = NotFound desc = failed to pull and unpack image "{normalized}": '
+            f'failed to resolve reference "{normalized}": {normalized}: not found'
+        )
+        self._event(
+            "Failed", f'Failed to pull image "{image}": {error}', container=name, warning=True
+        )
+        backoff.next(anyio.current_time())
+        backoff.last_error = error
+        self._event("Failed", "Error: ErrImagePull", container=name, warning=True)
+        record.waiting = ("ErrImagePull", error)
+        return False
+
+    async def _start(self, record: ContainerRecord) -> bool:
+        """``startContainer``: pull, create, start. False when the image step failed."""
+        pod = self.pod()
+        if pod is None:
+            return False
+        spec = self._spec_of(pod, record.name)
+        if not await self._ensure_image(record, spec):
+            return False
+        pod = self.pod()
+        if pod is None or pod["metadata"].get("deletionTimestamp") or self._procs is None:
+            return False
+        image = spec["image"]
+        instance = Instance(
+            name=record.name,
+            image=image,
+            normalized_image=normalize_image(image),
+            pause=self.kubelet.is_pause(image),
+        )
+        instance.on_change = self._instance_changed
+        record.instances.append(instance)
+        record.waiting = None
+        record.restarting = False
+        self._event("Created", f"Created container: {record.name}", container=record.name)
+        if instance.pause:
+            instance.start_pause()
+            return True
+        env = self._environment(pod, spec)
+        argv = [expand(str(a), env) for a in (spec.get("command") or []) + (spec.get("args") or [])]
+        limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+        self._procs.start_soon(
+            self._run_instance,
+            instance,
+            argv,
+            env,
+            spec.get("workingDir"),
+            None if limit is None else parse_quantity(limit),
+        )
+        await instance.wait_started()
+        return True
+
+    async def _run_instance(
+        self,
+        instance: Instance,
+        argv: list[str],
+        env: dict[str, str],
+        working_dir: str | None,
+        memory_limit: float | None,
+    ) -> None:
+        await instance.run(argv, env=env, working_dir=working_dir, memory_limit=memory_limit)
+
+    def _environment(self, pod: JSON, spec: JSON) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get(
+                "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            ),
+            "HOME": os.environ.get("HOME", "/root"),
+            "HOSTNAME": self.name,
+        }
+        for variable in spec.get("env") or []:
+            name = variable.get("name")
+            if not name:
+                continue
+            if "value" in variable:
+                env[name] = expand(str(variable.get("value") or ""), env)
+                continue
+            field_ref = (variable.get("valueFrom") or {}).get("fieldRef") or {}
+            if field_ref.get("fieldPath"):
+                env[name] = _field_ref(pod, field_ref["fieldPath"])
+        return env
+
+    # ----------------------------------------------------------- terminate
+    async def _terminate(self) -> None:
+        """Kill what runs (Killing events, SIGTERM, SIGKILL after the grace period),
+        write the final status, remove the pod."""
+        self.terminating = True
+        pod = self.pod()
+        grace = self._grace(pod) if pod is not None else self.grace_seconds
+        live = [
+            record.current
+            for record in self.records.values()
+            if record.current is not None and not record.current.terminated
+        ]
+        for instance in live:
+            if instance.running:
+                self._event(
+                    "Killing", f"Stopping container {instance.name}", container=instance.name
+                )
+        async with anyio.create_task_group() as stops:
+            for instance in live:
+                stops.start_soon(instance.stop, grace)
+        for record in self.records.values():
+            record.restarting = False
+        if self.pod() is not None:
+            self.write_status(final=True)
+            self.server.remove("pods", self.namespace, self.name)

@@ -1,0 +1,136 @@
+"""The scheduler of a one-node cluster.
+
+Mimics kube-scheduler's observable behaviour: a new pod is bound within milliseconds
+(``spec.nodeName`` and condition PodScheduled=True in one write, then a ``Scheduled``
+event from ``default-scheduler``). When the pod cannot be placed (the
+``unschedulable`` fault, or a ``nodeSelector`` the node's labels do not satisfy) it gets
+PodScheduled=False/Unschedulable and a Warning ``FailedScheduling`` event, retried about
+every second (the event's count rises) until it fits.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from buildruntime.testing import objects
+from buildruntime.testing.apiserver import ADDED, APIServer
+from buildruntime.testing.events import SCHEDULER, WARNING, EventRecorder
+from buildruntime.testing.faults import Faults
+from buildruntime.testing.objects import JSON
+from buildruntime.testing.tasks import Notifier, SystemTasks
+
+RETRY_SECONDS = 1.0
+
+
+def set_condition(status: JSON, condition: JSON) -> None:
+    """Set a pod condition, keeping its ``lastTransitionTime`` when the status is the same."""
+    conditions: list[JSON] = status.setdefault("conditions", [])
+    for index, existing in enumerate(conditions):
+        if existing.get("type") == condition["type"]:
+            if existing.get("status") == condition["status"]:
+                condition["lastTransitionTime"] = existing.get("lastTransitionTime")
+            conditions[index] = condition
+            return
+    conditions.append(condition)
+
+
+class Scheduler:
+    """Binds pods to the one fake node."""
+
+    def __init__(
+        self,
+        server: APIServer,
+        recorder: EventRecorder,
+        faults: Faults,
+        tasks: SystemTasks,
+        node_name: str,
+    ) -> None:
+        self._server = server
+        self._recorder = recorder
+        self._faults = faults
+        self._tasks = tasks
+        self.node_name = node_name
+        self.node_labels = {
+            "kubernetes.io/hostname": node_name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+        }
+        self.changed = Notifier()
+
+    def observe(self, resource: str, type: str, obj: JSON, previous: JSON | None) -> None:
+        if resource == "pods" and type == ADDED and not obj.get("spec", {}).get("nodeName"):
+            meta = obj["metadata"]
+            self._tasks.spawn(
+                self._schedule, meta["namespace"], meta["name"], meta["uid"], name="fake-scheduler"
+            )
+
+    def _unschedulable_because(self, pod: JSON) -> str | None:
+        if self._faults.unschedulable_message is not None:
+            return self._faults.unschedulable_message
+        selector = pod.get("spec", {}).get("nodeSelector") or {}
+        if any(self.node_labels.get(k) != v for k, v in selector.items()):
+            return (
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. "
+                "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            )
+        return None
+
+    async def _schedule(self, namespace: str, name: str, uid: str) -> None:
+        await anyio.sleep(0.001)
+        while True:
+            pod = self._server.get("pods", namespace, name)
+            if (
+                pod is None
+                or pod["metadata"]["uid"] != uid
+                or pod["spec"].get("nodeName")
+                or pod["metadata"].get("deletionTimestamp")
+            ):
+                return
+            why = self._unschedulable_because(pod)
+            updated = objects.clone(pod)
+            if why is None:
+                updated["spec"]["nodeName"] = self.node_name
+                set_condition(
+                    updated["status"],
+                    {
+                        "type": "PodScheduled",
+                        "status": "True",
+                        "lastProbeTime": None,
+                        "lastTransitionTime": objects.api_time(),
+                    },
+                )
+                objects.record_manager(
+                    updated,
+                    "kube-scheduler",
+                    {"status": {"conditions": updated["status"]["conditions"]}},
+                    "status",
+                )
+                stored = self._server.write("pods", updated)
+                self._recorder.record(
+                    stored,
+                    "Scheduled",
+                    f"Successfully assigned {namespace}/{name} to {self.node_name}",
+                    component=SCHEDULER,
+                )
+                return
+            set_condition(
+                updated["status"],
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "lastProbeTime": None,
+                    "lastTransitionTime": objects.api_time(),
+                    "reason": "Unschedulable",
+                    "message": why,
+                },
+            )
+            if updated["status"] != pod["status"]:
+                objects.record_manager(
+                    updated,
+                    "kube-scheduler",
+                    {"status": {"conditions": updated["status"]["conditions"]}},
+                    "status",
+                )
+                pod = self._server.write("pods", updated)
+            self._recorder.record(pod, "FailedScheduling", why, type=WARNING, component=SCHEDULER)
+            await self.changed.wait(RETRY_SECONDS)

@@ -1,0 +1,200 @@
+"""Watches: replay from a resourceVersion, then live changes, with bookmarks.
+
+Mimics the kube-apiserver's watch cache: a watch from version N delivers every change
+newer than N in order, then live changes as they are written (a write wakes its
+watchers at once); version "0" or "" starts with synthetic ADDED events for the current
+objects; a version older than the compaction point gets 410 Gone, which the port raises
+as :class:`ExpiredError`; BOOKMARK events carry the newest version when allowed;
+``timeout_seconds`` ends the watch normally.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+
+import anyio
+
+from buildruntime.cluster.port import ApiError, ExpiredError
+from buildruntime.testing import objects
+from buildruntime.testing.apiserver import ADDED, APIServer, ResourceStore, matches, watch_event
+from buildruntime.testing.faults import Faults
+from buildruntime.testing.objects import JSON
+from buildruntime.testing.selectors import (
+    Selector,
+    labels_of,
+    parse_field_selector,
+    parse_label_selector,
+)
+
+
+class WatchStream:
+    """One open watch; iterate it for ``{"type": ..., "object": ...}`` events."""
+
+    def __init__(
+        self,
+        server: APIServer,
+        store: ResourceStore,
+        faults: Faults,
+        namespace: str,
+        resource_version: str,
+        labels: Selector,
+        fields: Selector,
+        timeout_seconds: int | None,
+        allow_bookmarks: bool,
+        bookmark_interval: float,
+    ) -> None:
+        self._server = server
+        self._store = store
+        self._faults = faults
+        self._namespace = namespace
+        self._labels = labels
+        self._fields = fields
+        self._allow_bookmarks = allow_bookmarks
+        self._bookmark_interval = bookmark_interval
+        self._initial: deque[JSON] = deque()
+        self._expired: ExpiredError | None = None
+        self._error: Exception | None = None
+        self._ended = False
+        now = anyio.current_time()
+        self._deadline = math.inf if timeout_seconds is None else now + timeout_seconds
+        self._next_bookmark = now + bookmark_interval
+        if resource_version in ("", "0"):
+            for key in sorted(store.objects):
+                obj = store.objects[key]
+                if matches(namespace, labels, fields, key[0], labels_of(obj), store.fields_of(obj)):
+                    self._initial.append({"type": ADDED, "object": objects.load(store.raws[key])})
+            self._cursor = store.end
+        else:
+            try:
+                rv = int(resource_version)
+            except ValueError:
+                raise ApiError(
+                    400, "BadRequest", f'invalid resource version "{resource_version}"'
+                ) from None
+            if rv < store.min_rv:
+                self._expired = ExpiredError(f"too old resource version: {rv} ({store.min_rv})")
+                self._cursor = store.end
+            else:
+                self._cursor = store.index_after(rv)
+
+    def cut(self, error: Exception | None) -> None:
+        """Break the watch with ``error``, or end it normally when None."""
+        if error is None:
+            self._ended = True
+        elif self._error is None:
+            self._error = error
+        self._store.notifier.notify()
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> JSON:
+        while True:
+            if self._error is not None:
+                error, self._ended = self._error, True
+                raise error
+            if self._ended:
+                raise StopAsyncIteration
+            self._faults.check_available()
+            if self._expired is not None:
+                self._ended = True
+                raise self._expired
+            if self._initial:
+                return self._initial.popleft()
+            store = self._store
+            if self._cursor < store.offset:
+                # Fell behind the bounded history: the server drops such a watcher.
+                self._ended = True
+                raise StopAsyncIteration
+            while self._cursor < store.end:
+                change = store.change_at(self._cursor)
+                self._cursor += 1
+                if change is None:
+                    continue
+                event = watch_event(change, self._namespace, self._labels, self._fields)
+                if event is not None:
+                    return event
+            now = anyio.current_time()
+            if now >= self._deadline:
+                self._ended = True
+                raise StopAsyncIteration
+            if self._allow_bookmarks and now >= self._next_bookmark:
+                self._next_bookmark = now + self._bookmark_interval
+                return {
+                    "type": "BOOKMARK",
+                    "object": {
+                        "kind": store.kind,
+                        "apiVersion": "v1",
+                        "metadata": {"resourceVersion": str(self._server.rv)},
+                    },
+                }
+            wake = self._deadline
+            if self._allow_bookmarks:
+                wake = min(wake, self._next_bookmark)
+            await store.notifier.wait(wake - now)
+
+
+class WatchContext:
+    """The async context manager :meth:`FakeCluster.watch` returns: entering sends the
+    request; leaving closes the watch, however the block ends."""
+
+    def __init__(
+        self,
+        begin: Callable[[], Awaitable[None]],
+        server: APIServer,
+        faults: Faults,
+        registry: set[WatchStream],
+        resource: str,
+        namespace: str,
+        resource_version: str,
+        label_selector: str | None,
+        field_selector: str | None,
+        timeout_seconds: int | None,
+        allow_bookmarks: bool,
+        bookmark_interval: float,
+    ) -> None:
+        self._begin = begin
+        self._server = server
+        self._faults = faults
+        self._registry = registry
+        self._resource = resource
+        self._namespace = namespace
+        self._resource_version = resource_version
+        self._label_selector = label_selector
+        self._field_selector = field_selector
+        self._timeout_seconds = timeout_seconds
+        self._allow_bookmarks = allow_bookmarks
+        self._bookmark_interval = bookmark_interval
+        self._stream: WatchStream | None = None
+
+    async def __aenter__(self) -> AsyncIterator[JSON]:
+        await self._begin()
+        store = self._server.store(self._resource)
+        stream = WatchStream(
+            self._server,
+            store,
+            self._faults,
+            self._namespace,
+            self._resource_version,
+            parse_label_selector(self._label_selector),
+            parse_field_selector(self._field_selector, store.supported_fields),
+            self._timeout_seconds,
+            self._allow_bookmarks,
+            self._bookmark_interval,
+        )
+        self._stream = stream
+        self._registry.add(stream)
+        return stream
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._stream is not None:
+            self._registry.discard(self._stream)
+            self._stream = None
