@@ -629,6 +629,119 @@ async def test_kill_container(cluster: FakeCluster) -> None:
     assert container(cluster.history(NS, "k")[-1], "a")["restartCount"] == 0
 
 
+async def test_new_image_that_cannot_be_pulled_under_restart_policy_never(
+    cluster: FakeCluster,
+) -> None:
+    # The kubelet kills the placeholder, fails to pull, and (restartPolicy Never: an exited
+    # container is not restarted) never tries again: the status keeps the placeholder's
+    # termination, only the events tell why.
+    await cluster.create_pod(NS, manifest("miss", step("step", "true"), step("next", "true")))
+    await wait_until(cluster, "miss", lambda p: p["status"]["phase"] == "Running")
+    await cluster.patch_pod(
+        NS, "miss", {"spec": {"containers": [{"name": "step", "image": "nope"}]}}
+    )
+    await wait_for_event(cluster, "miss", "Failed")
+    await anyio.sleep(0.4)
+    pod = cluster.history(NS, "miss")[-1]
+    status = container(pod, "step")
+    assert status["image"] == PAUSE
+    assert status["restartCount"] == 0
+    assert status["state"]["terminated"]["reason"] == "Completed"
+    assert pod["status"]["phase"] == "Running"
+    messages = [(e["reason"], e["message"], e["count"]) for e in await events_of(cluster, "miss")]
+    assert ("Failed", "Error: ErrImagePull", 1) in messages
+    assert not any(reason == "BackOff" for reason, _, _ in messages)
+
+
+async def test_new_image_that_cannot_be_pulled_under_restart_policy_always(
+    cluster: FakeCluster,
+) -> None:
+    await cluster.create_pod(NS, manifest("missa", step("step", "true"), restart_policy="Always"))
+    await wait_until(cluster, "missa", lambda p: state_of(p, "step") == "running")
+    await cluster.patch_pod(
+        NS, "missa", {"spec": {"containers": [{"name": "step", "image": "nope"}]}}
+    )
+    pod = await wait_until(
+        cluster, "missa", lambda p: waiting_reason(p, "step") == "ImagePullBackOff"
+    )
+    status = container(pod, "step")
+    assert status["lastState"]["terminated"]["reason"] == "Completed"
+    # Fixing the image starts it at once, back-off or not.
+    await cluster.patch_pod(
+        NS, "missa", {"spec": {"containers": [{"name": "step", "image": "busybox"}]}}
+    )
+    pod = await wait_until(
+        cluster, "missa", lambda p: container(p, "step")["image"].endswith("busybox:latest")
+    )
+    assert container(pod, "step")["restartCount"] == 1
+    assert status["image"] == PAUSE  # the newest runtime container is still the placeholder
+
+
+async def test_crash_loop_under_restart_policy_always(cluster: FakeCluster) -> None:
+    await cluster.create_pod(
+        NS,
+        manifest(
+            "crash", step("step", "echo boom; exit 1", image="busybox"), restart_policy="Always"
+        ),
+    )
+    pod = await wait_until(
+        cluster, "crash", lambda p: container(p, "step").get("restartCount", 0) >= 2
+    )
+    assert pod["status"]["phase"] == "Running"
+    reasons = {waiting_reason(v, "step") for v in cluster.history(NS, "crash")}
+    assert "CrashLoopBackOff" in reasons
+    backoff = await wait_for_event(cluster, "crash", "BackOff")
+    assert backoff["type"] == "Warning"
+    assert backoff["message"].startswith("Back-off restarting failed container step in pod crash_")
+
+
+async def test_kill_a_running_step(cluster: FakeCluster) -> None:
+    await cluster.create_pod(NS, manifest("ks", step("step", "echo up; sleep 10")))
+    await wait_until(cluster, "ks", lambda p: state_of(p, "step") == "running")
+    await cluster.patch_pod(
+        NS, "ks", {"spec": {"containers": [{"name": "step", "image": "busybox"}]}}
+    )
+    await wait_until(cluster, "ks", lambda p: container(p, "step").get("restartCount") == 1)
+    with anyio.fail_after(2):
+        while await read_logs(cluster, "ks", "step", follow=False) == b"":
+            await anyio.sleep(0.01)
+    await cluster.kill_container(NS, "ks", "step")
+    pod = cluster.history(NS, "ks")[-1]
+    terminated = container(pod, "step")["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("OOMKilled", 137)
+    assert await read_logs(cluster, "ks", "step", timestamps=False) == b"up\n"
+    with pytest.raises(ValueError, match="not running"):
+        await cluster.kill_container(NS, "ks", "step")
+
+
+async def test_environment_expansion_and_working_dir(cluster: FakeCluster) -> None:
+    env = [
+        {"name": "GREETING", "value": "hi"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    await run_swap(
+        cluster,
+        "env",
+        "echo $(GREETING) $GREETING $$GREETING; echo $POD; pwd",
+        env=env,
+        workingDir="/tmp",
+    )
+    out = await read_logs(cluster, "env", "step", timestamps=False)
+    # Kubernetes expands $(VAR) and turns $$ into $ before the shell sees the script.
+    assert out == b"hi hi hi\nenv\n/tmp\n"
+
+
+async def test_a_missing_executable_is_a_start_error(cluster: FakeCluster) -> None:
+    await cluster.create_pod(
+        NS, manifest("nox", {"name": "step", "image": "busybox", "args": ["/no/such/binary"]})
+    )
+    pod = await wait_until(cluster, "nox", lambda p: state_of(p, "step") == "terminated")
+    terminated = container(pod, "step")["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("StartError", 128)
+    assert 'exec: "/no/such/binary": executable file not found in $PATH' in terminated["message"]
+    assert pod["status"]["phase"] == "Failed"
+
+
 async def test_delete_pod(cluster: FakeCluster) -> None:
     await run_swap(cluster, "gone", "echo done", {"name": "next", "image": PAUSE})
     rv = cluster.history(NS, "gone")[-1]["metadata"]["resourceVersion"]

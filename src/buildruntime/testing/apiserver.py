@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from buildruntime.testing import objects
 from buildruntime.testing.objects import JSON
@@ -25,7 +25,6 @@ from buildruntime.testing.selectors import (
     labels_of,
     pod_fields,
 )
-from buildruntime.testing.tasks import Notifier
 
 Key = tuple[str, str]
 
@@ -50,7 +49,8 @@ class Change:
 
 
 class ResourceStore:
-    """The objects of one resource (pods or events) and their change history."""
+    """The objects of one resource (pods or events), their change history, and the
+    watchers to push new changes to."""
 
     def __init__(
         self,
@@ -67,27 +67,16 @@ class ResourceStore:
         self.objects: dict[Key, JSON] = {}
         self.raws: dict[Key, str] = {}
         self.changes: list[Change] = []
-        self.offset = 0
-        """Absolute index of ``changes[0]`` (entries before it were trimmed)."""
         self.min_rv = 0
         """A watch must start at or after this version; older ones are 410 Gone."""
         self.history_limit = history_limit
-        self.notifier = Notifier()
+        self._indexed: dict[IndexKey, set[Watcher]] = {}
+        self._unindexed: set[Watcher] = set()
+        self._index_of: dict[Watcher, IndexKey | None] = {}
 
-    @property
-    def end(self) -> int:
-        """Absolute index just past the newest change."""
-        return self.offset + len(self.changes)
-
-    def index_after(self, rv: int) -> int:
-        """Absolute index of the first change newer than ``rv``."""
-        return self.offset + bisect.bisect_right(self.changes, rv, key=lambda c: c.rv)
-
-    def change_at(self, index: int) -> Change | None:
-        position = index - self.offset
-        if 0 <= position < len(self.changes):
-            return self.changes[position]
-        return None
+    def changes_after(self, rv: int) -> list[Change]:
+        """The changes newer than ``rv``, oldest first."""
+        return self.changes[bisect.bisect_right(self.changes, rv, key=lambda c: c.rv) :]
 
     def _trim(self) -> None:
         if len(self.changes) <= self.history_limit + self.history_limit // 2:
@@ -95,12 +84,67 @@ class ResourceStore:
         drop = len(self.changes) - self.history_limit
         self.min_rv = max(self.min_rv, self.changes[drop - 1].rv)
         del self.changes[:drop]
-        self.offset += drop
 
     def append(self, change: Change) -> None:
         self.changes.append(change)
         self._trim()
-        self.notifier.notify()
+        self._dispatch(change)
+
+    # ------------------------------------------------------------ watchers
+    def register(self, watcher: Watcher) -> None:
+        """Push future changes to ``watcher``; it is indexed by one of its equality
+        requirements (the least crowded), so a write only reaches the watchers that
+        may care about it, as the watch cache's indexers do."""
+        candidates = watcher.index_keys()
+        if not candidates:
+            self._unindexed.add(watcher)
+            self._index_of[watcher] = None
+            return
+        key = min(reversed(candidates), key=lambda k: len(self._indexed.get(k, ())))
+        self._indexed.setdefault(key, set()).add(watcher)
+        self._index_of[watcher] = key
+
+    def unregister(self, watcher: Watcher) -> None:
+        key = self._index_of.pop(watcher, None)
+        if key is None:
+            self._unindexed.discard(watcher)
+            return
+        group = self._indexed.get(key)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self._indexed[key]
+
+    def watchers(self) -> list[Watcher]:
+        return list(self._index_of)
+
+    def _dispatch(self, change: Change) -> None:
+        targets = set(self._unindexed)
+        if self._indexed:
+            for source in (change.labels, change.prev_labels):
+                for item in (source or {}).items():
+                    targets.update(self._indexed.get(("label", *item), ()))
+            for source in (change.fields, change.prev_fields):
+                for item in (source or {}).items():
+                    targets.update(self._indexed.get(("field", *item), ()))
+        for watcher in targets:
+            watcher.offer(change)
+
+
+IndexKey = tuple[str, str, str]
+
+
+class Watcher(Protocol):
+    """What a store pushes changes to."""
+
+    def index_keys(self) -> list[IndexKey]:
+        """Equality requirements (``("label"|"field", key, value)``) every matching
+        object satisfies; empty when there are none."""
+        ...
+
+    def offer(self, change: Change) -> None:
+        """A new change (the watcher filters it)."""
+        ...
 
 
 def matches(
@@ -168,9 +212,9 @@ class APIServer:
         return [objects.load(raw) for raw in self.pod_history.get((namespace, name), [])]
 
     # ----------------------------------------------------------------- writes
-    def write(self, resource: str, obj: JSON) -> JSON:
-        """Store ``obj`` (taken over by the store) as a new version: ADDED when its key is
-        new, MODIFIED otherwise. Returns a copy of the stored object."""
+    def write(self, resource: str, obj: JSON) -> str:
+        """Store ``obj`` (taken over by the store, never to be modified again) as a new
+        version: ADDED when its key is new, MODIFIED otherwise. Returns it as JSON."""
         store = self.store(resource)
         meta = obj["metadata"]
         key = (meta["namespace"], meta["name"])
@@ -194,7 +238,7 @@ class APIServer:
             None if previous is None else store.fields_of(previous),
         )
         self._record(resource, key, change, obj, previous)
-        return objects.load(raw)
+        return raw
 
     def remove(self, resource: str, namespace: str, name: str) -> JSON | None:
         """Delete an object: one DELETED change carrying its last state at a new
@@ -230,13 +274,7 @@ class APIServer:
         self.rv += 1
         for store in (self.pods, self.events):
             store.min_rv = self.rv
-            store.offset += len(store.changes)
             store.changes.clear()
-            store.notifier.notify()
-
-    def notify_all(self) -> None:
-        for store in (self.pods, self.events):
-            store.notifier.notify()
 
 
 def watch_event(change: Change, namespace: str, labels: Selector, fields: Selector) -> JSON | None:

@@ -28,6 +28,7 @@ from buildruntime.cluster.port import (
     NotFoundError,
     Request,
     Resource,
+    UnavailableError,
 )
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
 from buildruntime.testing import objects
@@ -129,7 +130,7 @@ class FakeCluster:
             await anyio.sleep(self.faults.latency_seconds)
         self.faults.check_available()
         if self._closed:
-            raise ApiError(503, "ServiceUnavailable", "the fake cluster is closed")
+            raise UnavailableError("connection refused (the fake cluster is closed)")
 
     @staticmethod
     def _check_resource(resource: str) -> None:
@@ -216,7 +217,7 @@ class FakeCluster:
         name = pod["metadata"]["name"]
         if self._server.get("pods", namespace, name) is not None:
             raise ConflictError(f'pods "{name}" already exists')
-        return self._server.write("pods", pod)
+        return objects.load(self._server.write("pods", pod))
 
     async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
         await self._request("patch", "pods")
@@ -233,7 +234,8 @@ class FakeCluster:
                 reason="Conflict",
             )
         body = {k: v for k, v in patch.items() if k not in ("status", "kind", "apiVersion")}
-        updated = apply_patch(current, body)
+        updated = apply_patch({k: v for k, v in current.items() if k != "status"}, body)
+        updated["metadata"] = dict(updated["metadata"])
         # Identity and server-owned metadata cannot be patched.
         for key in (
             "name",
@@ -259,7 +261,7 @@ class FakeCluster:
         if updated["spec"] != current["spec"]:
             updated["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         objects.record_manager(updated, "OpenAPI-Generator", body)
-        return self._server.write("pods", updated)
+        return objects.load(self._server.write("pods", updated))
 
     async def delete_pod(
         self, namespace: str, name: str, *, grace_period_seconds: int | None = None
@@ -285,7 +287,7 @@ class FakeCluster:
         existing = current["metadata"].get("deletionGracePeriodSeconds")
         if existing is not None and existing <= grace:
             return
-        updated = objects.clone(current)
+        updated = objects.evolve(current)
         updated["metadata"]["deletionTimestamp"] = objects.api_time(time.time() + grace)
         updated["metadata"]["deletionGracePeriodSeconds"] = grace
         self._server.write("pods", updated)

@@ -57,9 +57,9 @@ class EventRecorder:
         name = self._names.get(key)
         existing = None if name is None else self._server.get("events", namespace, name)
         if existing is not None:
-            updated = objects.clone(existing)
-            updated["count"] = int(updated.get("count", 1)) + 1
-            updated["lastTimestamp"] = now
+            updated = objects.evolve(
+                existing, count=int(existing.get("count", 1)) + 1, lastTimestamp=now
+            )
             self._server.write("events", updated)
             return
         name = self._name(pod_name)

@@ -163,7 +163,16 @@ class Kubelet:
         uid = obj["metadata"]["uid"]
         worker = self.workers.get(uid)
         if worker is not None:
-            worker.notifier.notify()
+            # Wake the pod worker for what it acts on (spec, deletion), not for the
+            # status it writes itself.
+            if (
+                type == DELETED
+                or previous is None
+                or obj["spec"] != previous["spec"]
+                or obj["metadata"].get("deletionTimestamp")
+                != previous["metadata"].get("deletionTimestamp")
+            ):
+                worker.notifier.notify()
             return
         if (
             type != DELETED
@@ -248,6 +257,7 @@ class PodWorker:
         self.start_time = objects.api_time()
         self.grace_seconds = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
         self._procs: TaskGroup | None = None
+        self._status_fields: JSON | None = None
 
     # ------------------------------------------------------------- helpers
     def pod(self) -> JSON | None:
@@ -301,9 +311,10 @@ class PodWorker:
         }
         if status == old:
             return
-        updated = objects.clone(pod)
-        updated["status"] = status
-        objects.record_manager(updated, "kubelet", {"status": status}, "status")
+        updated = objects.evolve(pod, status=status)
+        if self._status_fields is None:
+            self._status_fields = objects.fields_v1({"status": status})
+        objects.record_manager(updated, "kubelet", {}, "status", fields=self._status_fields)
         self.server.write("pods", updated)
 
     def _instance_changed(self, instance: Instance) -> None:
@@ -376,6 +387,8 @@ class PodWorker:
     async def _container_loop(self, name: str) -> None:
         record = self.records[name]
         retry_at = anyio.current_time() + SYNC_AFTER_FAILURE
+        pod = self.pod()
+        failed_image = self._spec_of(pod, name)["image"] if pod is not None else ""
         while True:
             pod = self.pod()
             if pod is None or pod["metadata"].get("deletionTimestamp"):
@@ -403,6 +416,11 @@ class PodWorker:
             if not record.will_restart(policy):
                 await self.notifier.wait()
                 continue
+            if record.waiting is not None and now < retry_at and spec["image"] == failed_image:
+                # The last start failed: try again at the next sync (at once for a new
+                # image: a pod update triggers a sync).
+                await self.notifier.wait(retry_at - now)
+                continue
             if current is not None and current.terminated and not record.restarting:
                 # An exited container to restart: CrashLoopBackOff in between.
                 backoff = self.crash_backoff.setdefault(name, Backoff())
@@ -424,13 +442,11 @@ class PodWorker:
                     await self.notifier.wait(backoff.until - now)
                     continue
                 backoff.next(now)
-            elif now < retry_at and record.waiting is not None:
-                await self.notifier.wait(retry_at - now)
-                continue
             if await self._start(record):
                 continue
             self._after_failed_start(record)
             retry_at = self._next_retry(record)
+            failed_image = spec["image"]
 
     def _next_retry(self, record: ContainerRecord) -> float:
         now = anyio.current_time()

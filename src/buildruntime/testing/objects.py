@@ -120,21 +120,41 @@ def fields_v1(value: Any) -> JSON:
     return {}
 
 
-def record_manager(obj: JSON, manager: str, part: JSON, subresource: str | None = None) -> None:
-    """Add or refresh the ``managedFields`` entry of one field manager."""
+def evolve(obj: JSON, **changes: Any) -> JSON:
+    """A new version of a stored object: top-level fields replaced, ``metadata`` copied
+    (the store sets the new resourceVersion in it), everything else shared. Stored
+    objects are never modified in place, so sharing unchanged parts is safe."""
+    new = {**obj, **changes}
+    new["metadata"] = dict(new["metadata"])
+    return new
+
+
+def record_manager(
+    obj: JSON,
+    manager: str,
+    part: JSON,
+    subresource: str | None = None,
+    *,
+    fields: JSON | None = None,
+) -> None:
+    """Add or refresh the ``managedFields`` entry of one field manager (``fields``: a
+    precomputed ``fieldsV1`` of ``part``). Replaces the list, never edits it in place."""
     entry: JSON = {
         "manager": manager,
         "operation": "Update",
         "apiVersion": "v1",
         "time": api_time(),
         "fieldsType": "FieldsV1",
-        "fieldsV1": fields_v1(part),
+        "fieldsV1": fields if fields is not None else fields_v1(part),
     }
     if subresource:
         entry["subresource"] = subresource
-    entries: list[JSON] = obj.setdefault("metadata", {}).setdefault("managedFields", [])
+    meta = obj.setdefault("metadata", {})
+    entries: list[JSON] = list(meta.get("managedFields") or [])
     for index, existing in enumerate(entries):
         if existing.get("manager") == manager and existing.get("subresource") == subresource:
             entries[index] = entry
-            return
-    entries.append(entry)
+            break
+    else:
+        entries.append(entry)
+    meta["managedFields"] = entries

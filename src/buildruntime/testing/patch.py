@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildruntime.testing.objects import JSON, clone
+from buildruntime.testing.objects import JSON
 
 MERGE_KEYS: dict[str, str] = {
     "containers": "name",
@@ -33,6 +33,15 @@ MERGE_KEYS: dict[str, str] = {
 PRIMITIVE_MERGE_LISTS = frozenset({"finalizers"})
 
 
+def copy_value(value: Any) -> Any:
+    """A deep copy of a JSON value."""
+    if isinstance(value, dict):
+        return {k: copy_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_value(v) for v in value]
+    return value
+
+
 def _merge_list(field: str, original: list[Any], patch: list[Any]) -> list[Any]:
     key = MERGE_KEYS.get(field)
     if field in PRIMITIVE_MERGE_LISTS:
@@ -42,10 +51,10 @@ def _merge_list(field: str, original: list[Any], patch: list[Any]) -> list[Any]:
                 merged.append(item)
         return merged
     if key is None or not all(isinstance(item, dict) for item in patch):
-        return [clone(i) if isinstance(i, dict) else i for i in patch]
+        return copy_value(patch)  # type: ignore[no-any-return]
     if any(item.get("$patch") == "replace" for item in patch):
-        return [clone(i) for i in patch if i.get("$patch") != "replace"]
-    merged = [clone(i) if isinstance(i, dict) else i for i in original]
+        return [copy_value(i) for i in patch if i.get("$patch") != "replace"]
+    merged = list(original)
     for item in patch:
         directive = item.get("$patch")
         position = next(
@@ -69,12 +78,15 @@ def _merge_list(field: str, original: list[Any], patch: list[Any]) -> list[Any]:
 
 
 def apply_patch(original: JSON, patch: JSON) -> JSON:
-    """``original`` with a strategic merge ``patch`` applied (neither is modified)."""
+    """``original`` with a strategic merge ``patch`` applied. Neither is modified; the
+    result shares the parts of ``original`` the patch does not touch (stored objects are
+    never modified in place) and owns copies of what comes from ``patch``."""
     if patch.get("$patch") == "replace":
-        return clone({k: v for k, v in patch.items() if k != "$patch"})
+        replaced: JSON = copy_value({k: v for k, v in patch.items() if k != "$patch"})
+        return replaced
     if patch.get("$patch") == "delete":
         return {}
-    result = clone(original)
+    result = dict(original)
     for key, value in patch.items():
         if key in ("$patch", "$retainKeys") or key.startswith("$setElementOrder/"):
             continue

@@ -303,17 +303,16 @@ def validate_update(old: JSON, new: JSON) -> None:
     if errors:
         raise invalid(name, errors)
     # Everything but the mutable fields must be equal.
-    comparable_old = objects.clone(old_spec)
-    comparable_new = objects.clone(new_spec)
+    mutable = ("activeDeadlineSeconds", "containers")
+    comparable_old = {k: v for k, v in old_spec.items() if k not in mutable}
+    comparable_new = {k: v for k, v in new_spec.items() if k not in mutable}
     if isinstance(new_containers, list) and len(new_containers) == len(old_containers):
-        for mine, theirs in zip(
-            comparable_old["containers"], comparable_new["containers"], strict=True
-        ):
-            if isinstance(theirs, dict):
-                mine["image"] = theirs.get("image")
-    for key in ("activeDeadlineSeconds",):
-        comparable_old.pop(key, None)
-        comparable_new.pop(key, None)
+        comparable_old["containers"] = [{**c, "image": None} for c in old_containers]
+        comparable_new["containers"] = [
+            {**c, "image": None} if isinstance(c, dict) else c for c in new_containers
+        ]
+    else:
+        comparable_old["containers"], comparable_new["containers"] = old_containers, new_containers
     if _tolerations_added_only(old_spec.get("tolerations", []), new_spec.get("tolerations", [])):
         comparable_old.pop("tolerations", None)
         comparable_new.pop("tolerations", None)

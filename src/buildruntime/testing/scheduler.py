@@ -105,9 +105,9 @@ class Scheduler:
                     {"status": {"conditions": updated["status"]["conditions"]}},
                     "status",
                 )
-                stored = self._server.write("pods", updated)
+                self._server.write("pods", updated)
                 self._recorder.record(
-                    stored,
+                    updated,
                     "Scheduled",
                     f"Successfully assigned {namespace}/{name} to {self.node_name}",
                     component=SCHEDULER,
@@ -131,6 +131,8 @@ class Scheduler:
                     {"status": {"conditions": updated["status"]["conditions"]}},
                     "status",
                 )
-                pod = self._server.write("pods", updated)
-            self._recorder.record(pod, "FailedScheduling", why, type=WARNING, component=SCHEDULER)
+                self._server.write("pods", updated)
+            self._recorder.record(
+                updated, "FailedScheduling", why, type=WARNING, component=SCHEDULER
+            )
             await self.changed.wait(RETRY_SECONDS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from buildruntime.cluster.port import ApiError
 
@@ -210,9 +211,23 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def pod_fields(pod: Mapping[str, object]) -> dict[str, str]:
+def pod_fields(pod: Mapping[str, Any]) -> dict[str, str]:
     """The selectable fields of a pod (``pkg/registry/core/pod.ToSelectableFields``)."""
-    return {name: _text(_get(pod, name)) for name in POD_FIELDS}
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata.name": _text(meta.get("name")),
+        "metadata.namespace": _text(meta.get("namespace")),
+        "spec.nodeName": _text(spec.get("nodeName")),
+        "spec.restartPolicy": _text(spec.get("restartPolicy")),
+        "spec.schedulerName": _text(spec.get("schedulerName")),
+        "spec.serviceAccountName": _text(spec.get("serviceAccountName")),
+        "spec.hostNetwork": _text(spec.get("hostNetwork", False)),
+        "status.phase": _text(status.get("phase")),
+        "status.podIP": _text(status.get("podIP")),
+        "status.nominatedNodeName": _text(status.get("nominatedNodeName")),
+    }
 
 
 def event_fields(event: Mapping[str, object]) -> dict[str, str]:

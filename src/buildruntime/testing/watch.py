@@ -19,7 +19,15 @@ import anyio
 
 from buildruntime.cluster.port import ApiError, ExpiredError
 from buildruntime.testing import objects
-from buildruntime.testing.apiserver import ADDED, APIServer, ResourceStore, matches, watch_event
+from buildruntime.testing.apiserver import (
+    ADDED,
+    APIServer,
+    Change,
+    IndexKey,
+    ResourceStore,
+    matches,
+    watch_event,
+)
 from buildruntime.testing.faults import Faults
 from buildruntime.testing.objects import JSON
 from buildruntime.testing.selectors import (
@@ -28,10 +36,18 @@ from buildruntime.testing.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
+from buildruntime.testing.tasks import Notifier
+
+MAX_BACKLOG = 100_000
+"""Undelivered events a watcher may hold before the server drops it (too slow)."""
 
 
 class WatchStream:
-    """One open watch; iterate it for ``{"type": ..., "object": ...}`` events."""
+    """One open watch; iterate it for ``{"type": ..., "object": ...}`` events.
+
+    New changes are pushed to it by the store at write time (filtered, then queued) and
+    wake only this watch; the objects are copied when they are delivered.
+    """
 
     def __init__(
         self,
@@ -55,6 +71,8 @@ class WatchStream:
         self._allow_bookmarks = allow_bookmarks
         self._bookmark_interval = bookmark_interval
         self._initial: deque[JSON] = deque()
+        self._queue: deque[Change] = deque()
+        self._notifier = Notifier()
         self._expired: ExpiredError | None = None
         self._error: Exception | None = None
         self._ended = False
@@ -66,19 +84,52 @@ class WatchStream:
                 obj = store.objects[key]
                 if matches(namespace, labels, fields, key[0], labels_of(obj), store.fields_of(obj)):
                     self._initial.append({"type": ADDED, "object": objects.load(store.raws[key])})
-            self._cursor = store.end
+            return
+        try:
+            rv = int(resource_version)
+        except ValueError:
+            raise ApiError(
+                400, "BadRequest", f'invalid resource version "{resource_version}"'
+            ) from None
+        if rv < store.min_rv:
+            self._expired = ExpiredError(f"too old resource version: {rv} ({store.min_rv})")
+            return
+        for change in store.changes_after(rv):
+            self.offer(change)
+
+    # ------------------------------------------------- pushed by the store
+    def index_keys(self) -> list[IndexKey]:
+        keys: list[IndexKey] = []
+        for kind, selector in (("label", self._labels), ("field", self._fields)):
+            for requirement in selector.requirements:
+                if requirement.op == "=" and len(requirement.values) == 1:
+                    keys.append((kind, requirement.key, next(iter(requirement.values))))
+        return keys
+
+    def _passes(
+        self, namespace: str, labels: dict[str, str] | None, fields: dict[str, str] | None
+    ) -> bool:
+        return (
+            labels is not None
+            and fields is not None
+            and (not self._namespace or self._namespace == namespace)
+            and self._labels.matches(labels)
+            and self._fields.matches(fields)
+        )
+
+    def offer(self, change: Change) -> None:
+        if self._ended or self._error is not None:
+            return
+        if not (
+            self._passes(change.namespace, change.labels, change.fields)
+            or self._passes(change.namespace, change.prev_labels, change.prev_fields)
+        ):
+            return
+        if len(self._queue) >= MAX_BACKLOG:
+            self._ended = True  # too slow: the server closes the watch
         else:
-            try:
-                rv = int(resource_version)
-            except ValueError:
-                raise ApiError(
-                    400, "BadRequest", f'invalid resource version "{resource_version}"'
-                ) from None
-            if rv < store.min_rv:
-                self._expired = ExpiredError(f"too old resource version: {rv} ({store.min_rv})")
-                self._cursor = store.end
-            else:
-                self._cursor = store.index_after(rv)
+            self._queue.append(change)
+        self._notifier.notify()
 
     def cut(self, error: Exception | None) -> None:
         """Break the watch with ``error``, or end it normally when None."""
@@ -86,8 +137,9 @@ class WatchStream:
             self._ended = True
         elif self._error is None:
             self._error = error
-        self._store.notifier.notify()
+        self._notifier.notify()
 
+    # ----------------------------------------------------------- iteration
     def __aiter__(self) -> WatchStream:
         return self
 
@@ -104,16 +156,8 @@ class WatchStream:
                 raise self._expired
             if self._initial:
                 return self._initial.popleft()
-            store = self._store
-            if self._cursor < store.offset:
-                # Fell behind the bounded history: the server drops such a watcher.
-                self._ended = True
-                raise StopAsyncIteration
-            while self._cursor < store.end:
-                change = store.change_at(self._cursor)
-                self._cursor += 1
-                if change is None:
-                    continue
+            while self._queue:
+                change = self._queue.popleft()
                 event = watch_event(change, self._namespace, self._labels, self._fields)
                 if event is not None:
                     return event
@@ -126,7 +170,7 @@ class WatchStream:
                 return {
                     "type": "BOOKMARK",
                     "object": {
-                        "kind": store.kind,
+                        "kind": self._store.kind,
                         "apiVersion": "v1",
                         "metadata": {"resourceVersion": str(self._server.rv)},
                     },
@@ -134,7 +178,7 @@ class WatchStream:
             wake = self._deadline
             if self._allow_bookmarks:
                 wake = min(wake, self._next_bookmark)
-            await store.notifier.wait(wake - now)
+            await self._notifier.wait(wake - now)
 
 
 class WatchContext:
@@ -187,6 +231,7 @@ class WatchContext:
         )
         self._stream = stream
         self._registry.add(stream)
+        store.register(stream)
         return stream
 
     async def __aexit__(
@@ -197,4 +242,5 @@ class WatchContext:
     ) -> None:
         if self._stream is not None:
             self._registry.discard(self._stream)
+            self._server.store(self._resource).unregister(self._stream)
             self._stream = None
