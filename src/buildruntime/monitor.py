@@ -1,0 +1,289 @@
+"""The namespace monitor: every build the runtime made in a namespace, as domain events.
+
+One pod reflector over the pods labelled as the runtime's own and one events reflector
+over the namespace's pod events feed one cache; each pod gets a
+:class:`~buildruntime.informer.fanout.PodFanout` built from its own annotations (its
+steps and placeholder image) the first time it is seen, and every fan-out publishes its
+domain events to the one topic :meth:`NamespaceMonitor.events` follows. Two watches in
+all, however many builds run; the reflectors ride out dropped watches, 410s and outages,
+and the fan-outs drop what a relist repeats, so no transition is lost or reported twice.
+
+```python
+async with NamespaceMonitor(cluster, "ci") as monitor:
+    async for event in monitor.events():
+        print(json.dumps(event.to_json()))
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from buildruntime.cluster.port import Cluster
+from buildruntime.events import BuildEvent
+from buildruntime.images import same_image
+from buildruntime.informer.fanout import PodFanout
+from buildruntime.informer.reflector import Reflector, ReflectorSettings
+from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
+from buildruntime.informer.store import Delta, Store
+from buildruntime.informer.topic import Topic
+from buildruntime.labels import managed_selector
+
+log = logging.getLogger("buildruntime.monitor")
+
+__all__ = ["NamespaceMonitor"]
+
+
+class NamespaceMonitor:
+    """Watches every pod the runtime labelled in ``namespace``, with their events.
+
+    ``hold_unknown``: how long an event about a pod not seen yet is kept, waiting for
+    the pod (the two watches are not ordered with each other); events about pods that
+    are not the runtime's are dropped after it. ``keep_deleted``: how long a deleted
+    pod's fan-out stays, for the events that trail its deletion.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str = "default",
+        *,
+        settings: ReflectorSettings | None = None,
+        retain: int = 10_000,
+        hold_unknown: float = 30.0,
+        max_held: int = 10_000,
+        keep_deleted: float = 60.0,
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.store = Store()
+        self.fanouts: dict[str, PodFanout] = {}
+        """Fan-outs by pod uid."""
+        self._ignored: set[str] = set()
+        """Uids of labelled pods without the runtime's annotations: not builds."""
+        self._topic: Topic[BuildEvent] = Topic(retain=retain)
+        self._held: OrderedDict[str, tuple[float, str, str | None, Delta[EventSnapshot]]] = (
+            OrderedDict()
+        )
+        """Events of pods not seen yet, by event uid: (time, pod name, pod uid, delta)."""
+        self._deferred: dict[str, list[tuple[float, Delta[EventSnapshot]]]] = {}
+        """Pull events that came before the pod naming their image, by pod uid."""
+        self._deleted: deque[tuple[float, str]] = deque()
+        self._hold_unknown = hold_unknown
+        self._max_held = max_held
+        self._keep_deleted = keep_deleted
+        self.pod_reflector = Reflector(
+            cluster,
+            "pods",
+            namespace,
+            label_selector=managed_selector(),
+            replace=self._replace_pods,
+            apply=self._apply_pod,
+            settings=settings,
+        )
+        self.event_reflector = Reflector(
+            cluster,
+            "events",
+            namespace,
+            field_selector="involvedObject.kind=Pod",
+            replace=self._replace_events,
+            apply=self._apply_event,
+            settings=settings,
+        )
+        self._stack: AsyncExitStack | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(self._topic.close)
+        stack.callback(tg.cancel_scope.cancel)
+        tg.start_soon(self.pod_reflector.run)
+        tg.start_soon(self.event_reflector.run)
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            for fanout in self.fanouts.values():
+                fanout.close()
+
+    async def wait_synced(self) -> None:
+        """Wait until both reflectors have listed once (the cache holds the namespace)."""
+        await self.pod_reflector.synced.wait()
+        await self.event_reflector.synced.wait()
+
+    @property
+    def synced(self) -> bool:
+        return self.pod_reflector.synced.is_set() and self.event_reflector.synced.is_set()
+
+    def events(self, *, from_now: bool = False) -> AsyncIterator[BuildEvent]:
+        """Every domain event of every build seen (from the first retained one, or from
+        now), until the monitor is closed."""
+        if from_now:
+            return self._topic.follow(start=self._topic.next_seq)
+        return self._topic.follow()
+
+    # -- pods -------------------------------------------------------------------------
+
+    def _replace_pods(self, items: list[dict[str, Any]]) -> None:
+        for delta in self.store.replace_pods(items):
+            self._on_pod(delta)
+
+    def _apply_pod(self, kind: str, obj: dict[str, Any]) -> None:
+        delta = self.store.apply_pod(kind, obj)
+        if delta is not None:
+            self._on_pod(delta)
+
+    def _on_pod(self, delta: Delta[PodSnapshot]) -> None:
+        old, new = delta.old, delta.new
+        if old is not None and new is not None and old.uid != new.uid:
+            # The same name, another pod: the first is gone, the second is new.
+            self._route_pod(Delta(old, None))
+            self._route_pod(Delta(None, new))
+        else:
+            self._route_pod(delta)
+        self._expire()
+
+    def _route_pod(self, delta: Delta[PodSnapshot]) -> None:
+        pod = delta.new or delta.old
+        assert pod is not None
+        fanout = self.fanouts.get(pod.uid)
+        if fanout is None:
+            if delta.new is None or pod.uid in self._ignored:
+                return
+            fanout = PodFanout.for_pod(pod, publish=[self._topic])
+            if fanout is None:
+                log.debug("pod %s carries the runtime's label but not its annotations", pod.name)
+                self._ignored.add(pod.uid)
+                return
+            self.fanouts[pod.uid] = fanout
+            fanout.on_pod(delta)
+            self._release_held(pod)
+            return
+        fanout.on_pod(delta)
+        self._release_deferred(pod.uid)
+        if delta.new is None:
+            self._deleted.append((anyio.current_time(), pod.uid))
+            self._ignored.discard(pod.uid)
+
+    # -- events -----------------------------------------------------------------------
+
+    def _replace_events(self, items: list[dict[str, Any]]) -> None:
+        for delta in self.store.replace_events(items):
+            self._on_event(delta)
+
+    def _apply_event(self, kind: str, obj: dict[str, Any]) -> None:
+        delta = self.store.apply_event(kind, obj)
+        if delta is not None:
+            self._on_event(delta)
+
+    def _on_event(self, delta: Delta[EventSnapshot]) -> None:
+        event = delta.new
+        if event is None:
+            return
+        fanout = self._fanout_for(event)
+        if fanout is not None:
+            if _before_its_image(fanout, event):
+                uid = fanout.pod_uid or ""
+                self._deferred.setdefault(uid, []).append((anyio.current_time(), delta))
+            else:
+                fanout.on_event(delta)
+        elif not (event.pod_uid and event.pod_uid in self._ignored):
+            self._hold(event, delta)
+        self._expire()
+
+    def _fanout_for(self, event: EventSnapshot) -> PodFanout | None:
+        if event.pod_uid:
+            return self.fanouts.get(event.pod_uid)
+        pod = self.store.pods.get(event.pod_name)
+        return self.fanouts.get(pod.uid) if pod is not None else None
+
+    def _hold(self, event: EventSnapshot, delta: Delta[EventSnapshot]) -> None:
+        self._held.pop(event.uid, None)
+        self._held[event.uid] = (anyio.current_time(), event.pod_name, event.pod_uid, delta)
+        while len(self._held) > self._max_held:
+            self._held.popitem(last=False)
+
+    def _release_held(self, pod: PodSnapshot) -> None:
+        fanout = self.fanouts[pod.uid]
+        ready = [
+            uid
+            for uid, (_, name, pod_uid, _) in self._held.items()
+            if pod_uid == pod.uid or (not pod_uid and name == pod.name)
+        ]
+        for uid in ready:
+            fanout.on_event(self._held.pop(uid)[3])
+
+    def _release_deferred(self, uid: str, *, expired_only: bool = False) -> None:
+        """Hand deferred pull events to the fan-out once its pod names their image (or
+        they waited long enough, or the pod is gone)."""
+        waiting = self._deferred.get(uid)
+        fanout = self.fanouts.get(uid)
+        if not waiting or fanout is None:
+            self._deferred.pop(uid, None)
+            return
+        now = anyio.current_time()
+        keep: list[tuple[float, Delta[EventSnapshot]]] = []
+        for since, delta in waiting:
+            event = delta.new
+            assert event is not None
+            if (
+                not fanout.gone
+                and now - since < self._hold_unknown
+                and (expired_only or _before_its_image(fanout, event))
+            ):
+                keep.append((since, delta))
+            else:
+                fanout.on_event(delta)
+        if keep:
+            self._deferred[uid] = keep
+        else:
+            del self._deferred[uid]
+
+    def _expire(self) -> None:
+        now = anyio.current_time()
+        for uid in list(self._deferred):
+            self._release_deferred(uid, expired_only=True)
+        while self._held:
+            uid, (since, *_) = next(iter(self._held.items()))
+            if now - since < self._hold_unknown:
+                break
+            del self._held[uid]
+        while self._deleted and now - self._deleted[0][0] >= self._keep_deleted:
+            _, uid = self._deleted.popleft()
+            fanout = self.fanouts.get(uid)
+            if fanout is not None and fanout.gone:
+                fanout.close()
+                del self.fanouts[uid]
+
+
+def _before_its_image(fanout: PodFanout, event: EventSnapshot) -> bool:
+    """Whether ``event`` is a step's Pulling/Pulled that arrived before the pod watch
+    delivered the patch naming the step image (the two watches are not ordered with each
+    other): handed over now, the fan-out would take it for the placeholder's and drop it.
+    """
+    if event.reason not in ("Pulling", "Pulled") or event.container not in fanout.states:
+        return False
+    if fanout.pod is None or f'"{fanout.placeholder}"' in event.message:
+        return False
+    image = fanout.pod.spec_image(event.container)
+    return image is None or same_image(image, fanout.placeholder)
