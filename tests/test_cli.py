@@ -220,7 +220,7 @@ def test_ctrl_c_removes_the_build_and_exits_130(tmp_path: Path) -> None:
     pipeline = tmp_path / "slow.yaml"
     pipeline.write_text(
         "build_id: slow-1\nsteps:\n"
-        "  - {name: wait, image: busybox, commands: ['echo started', 'sleep 30']}\n"
+        "  - {name: wait, image: busybox, commands: ['echo started', 'sleep 31.25']}\n"
         "  - {name: after, image: busybox, commands: ['echo never']}\n"
     )
     process = subprocess.Popen(
@@ -244,3 +244,30 @@ def test_ctrl_c_removes_the_build_and_exits_130(tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert re.search(r"^wait\s+interrupted", out, re.MULTILINE), out
     assert re.search(r"^after\s+skipped", out, re.MULTILINE), out
+    # The simulated step's process went with the build.
+    assert not [pid for pid in _processes() if "sleep 31.25" in _cmdline(pid)]
+
+
+def _processes() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def test_colour_only_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    status, out, _ = run(capsys, "run", str(EXAMPLES / "failing.yaml"), "--simulate")
+    assert status == 3
+    assert "\x1b[36m[build]\x1b[0m building" in out
+    assert "\x1b[31mfailed" in out
