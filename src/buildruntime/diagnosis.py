@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from buildruntime.errors import ContainerCreateError, ImagePullError, PodGoneError
@@ -40,6 +41,43 @@ _POD_FAILURES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class StepFailure:
+    """A failure the kubelet reported in a Warning event, before or instead of a status."""
+
+    failure: Failure
+    reason: str
+    """The waiting reason it stands for (ErrImagePull, CreateContainerError, ...)."""
+    message: str
+    """The kubelet's own words."""
+
+
+def event_failure(event: EventSnapshot) -> StepFailure | None:
+    """The failure a kubelet Warning event about a step container reports, if any.
+
+    After the image swap the kubelet makes one attempt to start the step image (the
+    pod's restartPolicy is Never), so a failed pull or create shows up as Warning
+    events while the status keeps showing the placeholder's termination.
+    """
+    if event.type != "Warning":
+        return None
+    message = event.message
+    if event.reason == "Failed" and message.startswith("Failed to pull image"):
+        return StepFailure(Failure.IMAGE_PULL, "ErrImagePull", message)
+    if event.reason == "ErrImageNeverPull":
+        return StepFailure(Failure.IMAGE_PULL, "ErrImageNeverPull", message)
+    if event.reason in ("InspectFailed", "InvalidImageName"):
+        return StepFailure(Failure.IMAGE_PULL, "InvalidImageName", message)
+    if event.reason == "BackOff" and message.startswith("Back-off pulling image"):
+        return StepFailure(Failure.IMAGE_PULL, "ImagePullBackOff", message)
+    if event.reason == "Failed" and message.startswith("Error: "):
+        reason = message[len("Error: ") :].split(":", 1)[0].strip()
+        if reason in PULL_REASONS:
+            return StepFailure(Failure.IMAGE_PULL, reason, message)
+        return StepFailure(Failure.CONTAINER_CREATE, reason or "CreateContainerError", message)
+    return None
+
+
 def parse_time(value: str | None) -> datetime | None:
     """An RFC 3339 timestamp from the API server as an aware datetime."""
     if not value:
@@ -64,7 +102,7 @@ def waiting_failure(container: ContainerSnapshot) -> Failure | None:
     """The failure a waiting container's reason stands for, or None while it may still start."""
     if container.reason in PULL_REASONS:
         return Failure.IMAGE_PULL
-    if container.reason in CREATE_REASONS and container.reason != "CreateContainerConfigError":
+    if container.reason in CREATE_REASONS:
         return Failure.CONTAINER_CREATE
     return None
 
@@ -122,55 +160,57 @@ def step_result(
 
 
 def _latest_warning(events: Iterable[EventSnapshot], *prefixes: str) -> EventSnapshot | None:
+    """The last Warning event whose message starts with one of ``prefixes``."""
     found: EventSnapshot | None = None
     for event in events:
-        newer = found is None or (event.last_seen or "") >= (found.last_seen or "")
-        if event.type == "Warning" and event.message.startswith(prefixes) and newer:
+        if event.type == "Warning" and event.message.startswith(prefixes):
             found = event
     return found
 
 
-def image_pull_error(
+def status_failure(container: ContainerSnapshot) -> StepFailure:
+    """A waiting status with a failure reason, as a :class:`StepFailure`."""
+    return StepFailure(
+        waiting_failure(container) or Failure.UNKNOWN,
+        container.reason or "",
+        container.message or container.reason or "",
+    )
+
+
+def step_failure_error(
     build_id: str,
     step: str,
     image: str,
-    container: ContainerSnapshot,
+    failure: StepFailure,
     events: Iterable[EventSnapshot],
-) -> ImagePullError:
-    """The error for a step whose image cannot be pulled, with the kubelet's own words.
+) -> ImagePullError | ContainerCreateError:
+    """The error for a step whose image will not run, in the kubelet's own words.
 
-    The Warning event ("Failed to pull image ...: rpc error: ...") says why; the status
-    message is the fallback when the event has not been seen yet.
+    For a pull failure the "Failed to pull image ...: rpc error: ..." event says why;
+    the later "Error: ErrImagePull" one only repeats the reason, so the former wins.
     """
-    event = _latest_warning(
-        events, "Failed to pull image", "Container image", "Failed to apply default image tag"
-    )
-    message = event.message if event is not None else (container.message or container.reason or "")
-    return ImagePullError(
-        f"cannot pull image {image!r}",
-        build_id=build_id,
-        step=step,
-        reason=container.reason,
-        message=message,
-    )
-
-
-def container_create_error(
-    build_id: str,
-    step: str,
-    image: str,
-    container: ContainerSnapshot,
-    events: Iterable[EventSnapshot],
-) -> ContainerCreateError:
-    """The error for a step whose container the kubelet could not create or start."""
-    event = _latest_warning(events, "Error:", "Failed", "failed")
-    message = container.message or (event.message if event else None) or container.reason or ""
+    if failure.failure == Failure.IMAGE_PULL:
+        event = _latest_warning(
+            events,
+            "Failed to pull image",
+            "Container image",
+            "Failed to apply default image tag",
+            "Back-off pulling image",
+        )
+        message = event.message if event is not None else failure.message
+        return ImagePullError(
+            f"cannot pull image {image!r}",
+            build_id=build_id,
+            step=step,
+            reason=failure.reason,
+            message=message,
+        )
     return ContainerCreateError(
         f"cannot start a container from image {image!r}",
         build_id=build_id,
         step=step,
-        reason=container.reason,
-        message=message,
+        reason=failure.reason,
+        message=failure.message,
     )
 
 

@@ -58,10 +58,6 @@ log = logging.getLogger("buildruntime")
 
 T = TypeVar("T")
 
-CREATE_CONFIG_GRACE = 10.0
-"""How long a CreateContainerConfigError may last before it counts as a failure: it is
-often transient (a Secret or ConfigMap created a moment later)."""
-
 
 class Runtime:
     """Runs builds as pods: one per build, one container per step.
@@ -258,7 +254,9 @@ class Runtime:
                     message=error.message,
                 ) from error
             except ApiError as error:
-                if error.status in (400, 403, 422):
+                # 400/403/422 carry an admission webhook's or a policy's message; a 404
+                # names a namespace that does not exist. Either way the pod was refused.
+                if error.status in (400, 403, 404, 422):
                     raise AdmissionError(
                         "the API server refused the build's pod",
                         build_id=spec.build_id,
@@ -340,32 +338,27 @@ class Runtime:
             raise
 
     async def _wait_started(self, state: BuildState, spec: StepSpec) -> None:
-        config_error_since: float | None = None
-        deadline_check = anyio.current_time
+        build_id = state.spec.build_id
         async for view in state.fanout.states[spec.name].follow(from_latest=True):
             container = view.step_container
-            if container is not None:
-                if container.phase in ("running", "terminated"):
-                    return
-                reason = container.reason or ""
-                events = state.fanout.step_events[spec.name].items_from(0)[0]
-                if reason in diagnosis.PULL_REASONS:
-                    raise diagnosis.image_pull_error(
-                        state.spec.build_id, spec.name, spec.image, container, events
-                    )
-                if reason in diagnosis.CREATE_REASONS:
-                    if reason != "CreateContainerConfigError":
-                        raise diagnosis.container_create_error(
-                            state.spec.build_id, spec.name, spec.image, container, events
-                        )
-                    config_error_since = config_error_since or deadline_check()
-                    if deadline_check() - config_error_since > CREATE_CONFIG_GRACE:
-                        raise diagnosis.container_create_error(
-                            state.spec.build_id, spec.name, spec.image, container, events
-                        )
+            if container is not None and container.phase in ("running", "terminated"):
+                return
+            events = state.fanout.step_events[spec.name].items_from(0)[0]
+            if view.failure is not None:
+                raise diagnosis.step_failure_error(
+                    build_id, spec.name, spec.image, view.failure, events
+                )
+            if container is not None and diagnosis.waiting_failure(container) is not None:
+                raise diagnosis.step_failure_error(
+                    build_id,
+                    spec.name,
+                    spec.image,
+                    diagnosis.status_failure(container),
+                    events,
+                )
             if view.pod_gone:
-                raise diagnosis.pod_gone_error(state.spec.build_id, spec.name, state.fanout.pod)
-        raise diagnosis.pod_gone_error(state.spec.build_id, spec.name, state.fanout.pod)
+                break
+        raise diagnosis.pod_gone_error(build_id, spec.name, state.fanout.pod)
 
     def tail_container(self, build: Build, step: str) -> AsyncIterator[bytes]:
         """The step's log lines (bytes, newline stripped) from the first to the last.

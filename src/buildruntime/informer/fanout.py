@@ -14,7 +14,7 @@ restart count above zero when the step image is the placeholder image itself).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from buildruntime import diagnosis
@@ -41,6 +41,8 @@ class StepView:
     """Whether the pod spec names the step image yet."""
     pod_gone: bool
     """The pod was deleted (or is being deleted, or vanished)."""
+    failure: diagnosis.StepFailure | None = None
+    """Why the step image will never run, when a kubelet Warning event said so."""
 
     @property
     def step_container(self) -> ContainerSnapshot | None:
@@ -81,6 +83,7 @@ class PodFanout:
         self._emitted: set[tuple[str | None, str]] = set()
         self._warned: set[tuple[str | None, str, str]] = set()
         self._scheduled = False
+        self._failures: dict[str, diagnosis.StepFailure] = {}
 
     @classmethod
     def for_pod(
@@ -150,6 +153,10 @@ class PodFanout:
                 self._emit(
                     step, kind, reason=event.reason, message=event.message, at=event.last_seen
                 )
+        if step is not None and step not in self._failures:
+            failure = diagnosis.event_failure(event)
+            if failure is not None:
+                self._step_failed(step, failure)
         if event.type == "Warning":
             key = (step, event.reason, event.message)
             if key not in self._warned:
@@ -187,7 +194,7 @@ class PodFanout:
             and container is not None
             and (container.restart_count >= 1 or not same_image(container.image, self.placeholder))
         )
-        view = StepView(step, container, is_step, patched, self.gone)
+        view = StepView(step, container, is_step, patched, self.gone, self._failures.get(step))
         topic = self.states[step]
         if topic.latest == view:
             return
@@ -231,6 +238,25 @@ class PodFanout:
                     failure=failure,
                 )
 
+    def _step_failed(self, step: str, failure: diagnosis.StepFailure) -> None:
+        """A Warning event said the step image will not run: with restartPolicy Never
+        the kubelet makes one attempt after the swap, so the status alone never says."""
+        self._failures[step] = failure
+        topic = self.states[step]
+        latest = topic.latest
+        topic.publish(
+            replace(latest, failure=failure)
+            if latest is not None
+            else StepView(step, None, False, False, self.gone, failure)
+        )
+        self._emit(
+            step,
+            "failed",
+            reason=failure.reason,
+            message=failure.message,
+            failure=failure.failure,
+        )
+
     def _mark_gone(self, pod: PodSnapshot | None) -> None:
         if self.gone:
             return
@@ -246,11 +272,9 @@ class PodFanout:
         for step, topic in self.states.items():
             latest = topic.latest
             if latest is None:
-                topic.publish(StepView(step, None, False, False, True))
+                topic.publish(StepView(step, None, False, False, True, self._failures.get(step)))
             elif not latest.pod_gone:
-                topic.publish(
-                    StepView(step, latest.container, latest.is_step, latest.patched, True)
-                )
+                topic.publish(replace(latest, pod_gone=True))
 
     def _emit(
         self,
