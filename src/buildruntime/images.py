@@ -32,12 +32,22 @@ def image_problem(reference: str) -> str | None:
         return "must not contain whitespace"
     if len(reference) > 4096:
         return "is longer than 4096 characters"
-    if not _REFERENCE.match(reference):
+    match = _REFERENCE.match(reference)
+    domain = match.group("domain") if match else None
+    if domain is not None and not _is_registry(domain) and not re.fullmatch(_COMPONENT, domain):
+        # Docker's rule: a first component without '.', ':' or "localhost" is part of
+        # the repository path, and paths are lowercase.
+        match = None
+    if not match:
         return (
             f"{reference!r} is not a valid image reference "
             "(expected [registry/]name[:tag][@digest], name in lowercase)"
         )
     return None
+
+
+def _is_registry(first_component: str) -> bool:
+    return "." in first_component or ":" in first_component or first_component == "localhost"
 
 
 def normalize_image(reference: str) -> str:
@@ -52,7 +62,7 @@ def normalize_image(reference: str) -> str:
         return reference
     domain, path, tag, digest = match.group("domain", "path", "tag", "digest")
     first = reference.split("/", 1)[0]
-    if domain is None or not ("." in first or ":" in first or first == "localhost"):
+    if domain is None or not _is_registry(first):
         # No registry given: the first component was part of the path (Docker's rule).
         path = f"{domain}/{path}" if domain else path
         domain = "docker.io"

@@ -205,9 +205,10 @@ class PodFanout:
     def _step_domain_events(
         self, step: str, container: ContainerSnapshot, pod: PodSnapshot
     ) -> None:
-        if container.phase == "running":
+        if container.phase in ("running", "terminated"):
+            # A step that ran and ended between two observations still started.
             self._emit(step, "started", reason="Started", at=container.started_at)
-        elif container.phase == "terminated":
+        if container.phase == "terminated":
             result = diagnosis.step_result(step, container, pod)
             if result.failure is None:
                 self._emit(

@@ -3,13 +3,14 @@
 Modelled on client-go's ``Reflector.ListAndWatch``, in three layers, each handling one
 piece of Kubernetes behaviour:
 
-- :meth:`Reflector.run` (forever): retries every transient failure with exponential
-  backoff and full jitter (tenacity), starting again from a fresh backoff after a long
-  healthy stretch, until the build is removed (the task is cancelled).
-- :meth:`Reflector._list_and_watch` (one cycle): lists, then watches from the list's
-  resourceVersion, re-watching from the newest version seen whenever a watch ends
-  normally (servers end watches on purpose after ``timeoutSeconds``). It returns to
-  relist on a 410 Gone and when ``resync_period`` has passed.
+- :meth:`Reflector.run` (forever): a list, then watches until a relist is due, until
+  the build is removed (the task is cancelled). Every transient failure of a list or a
+  watch is retried with exponential backoff and full jitter (tenacity), starting again
+  from a fresh backoff after a long healthy stretch.
+- :meth:`Reflector._watch_until_relist` (one cycle): watches from the list's
+  resourceVersion, re-watching from the newest version seen whenever a watch ends,
+  normally (servers end watches on purpose after ``timeoutSeconds``) or by a broken
+  connection. It returns to relist on a 410 Gone and when ``resync_period`` has passed.
 - :meth:`Reflector._watch_once` (one request): follows one watch, applying each event
   and remembering the resourceVersion of every event, bookmarks included.
 """
@@ -18,12 +19,17 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_random_exponential,
+)
 
 from buildruntime.cluster.port import (
     ApiError,
@@ -54,14 +60,6 @@ class ReflectorSettings:
     """A failure after this long without one starts the backoff from the beginning."""
     min_watch_duration: float = 1.0
     """A watch that ends normally this soon with no events counts as a failure."""
-
-
-class _Healthy(Exception):
-    """Raised internally to restart the backoff after a long healthy stretch."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 class Reflector:
@@ -105,23 +103,35 @@ class Reflector:
 
     async def run(self) -> None:
         """List and watch until cancelled, backing off on every transient failure."""
-        s = self._settings
         while True:
-            retrying = AsyncRetrying(
-                sleep=anyio.sleep,
-                wait=wait_random_exponential(multiplier=s.backoff_initial, max=s.backoff_max),
-                retry=retry_if_exception_type(_TRANSIENT),
-                before_sleep=self._log_retry,
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._cycle_until_failure()
-            except _Healthy as healthy:
-                log.info(
-                    "%s watch failed after a healthy stretch: %s", self._resource, healthy.cause
-                )
+            await self._retrying(self._list_and_replace)
+            await self._watch_until_relist()
+
+    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
+        """Call until it succeeds, backing off exponentially with full jitter between
+        transient failures. A call that fails only after a healthy stretch returns at
+        once instead, so the next failure starts the backoff anew (client-go's reset)."""
+        s = self._settings
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            wait=wait_random_exponential(multiplier=s.backoff_initial, max=s.backoff_max),
+            retry=retry_if_exception_type(_TRANSIENT) & retry_if_not_exception_type(ExpiredError),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                started = anyio.current_time()
+                try:
+                    await call()
+                except _TRANSIENT as error:
+                    healthy = anyio.current_time() - started >= s.backoff_reset
+                    if healthy and not isinstance(error, ExpiredError):
+                        log.info(
+                            "%s watch failed after a healthy stretch: %s", self._resource, error
+                        )
+                        return
+                    raise
 
     def _log_retry(self, state: Any) -> None:
         outcome = state.outcome
@@ -135,18 +145,8 @@ class Reflector:
             state.upcoming_sleep,
         )
 
-    async def _cycle_until_failure(self) -> None:
-        started = anyio.current_time()
-        try:
-            while True:
-                await self._list_and_watch()
-        except _TRANSIENT as error:
-            if anyio.current_time() - started >= self._settings.backoff_reset:
-                raise _Healthy(error) from error
-            raise
-
-    async def _list_and_watch(self) -> None:
-        """One list, then watches from its resourceVersion until a relist is due."""
+    async def _list_and_replace(self) -> None:
+        """One list: replace the cache with it and remember its resourceVersion."""
         try:
             listing = await self._list()
         except ExpiredError:
@@ -160,6 +160,11 @@ class Reflector:
         self.relists += 1
         self.last_error = None
         self.synced.set()
+
+    async def _watch_until_relist(self) -> None:
+        """Watch from the newest resourceVersion seen, again and again, until a 410 or
+        the resync period calls for a relist. A watch cut by the network resumes from
+        where it was (no relist needed: the server replays what was missed)."""
         resync_at = anyio.current_time() + self._settings.resync_period
         while True:
             remaining = resync_at - anyio.current_time()
@@ -167,7 +172,7 @@ class Reflector:
                 return
             try:
                 with anyio.move_on_after(remaining):
-                    await self._watch_once()
+                    await self._retrying(self._watch_once)
             except ExpiredError:
                 # 410 Gone: the version we hold was compacted; only a fresh
                 # (consistent) list can tell what changed since.
