@@ -378,7 +378,7 @@ def _accepts(document: object) -> None:
         assert isinstance(spec, BuildSpec)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_any_document_gives_a_spec_or_a_spec_error(document: object) -> None:
     _accepts(document)

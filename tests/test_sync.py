@@ -140,4 +140,4 @@ def test_build_left_in_place_is_removed_on_exit(threads_before: int) -> None:
         rt.assemble_build(build)
         rt.run_container(build, "a")
         events = build.events()
-    assert [e.kind for e in events][-1] == "deleted"
+    assert "deleted" in [e.kind for e in events]
