@@ -218,9 +218,10 @@ def test_python_dash_m(tmp_path: Path) -> None:
 
 def test_ctrl_c_removes_the_build_and_exits_130(tmp_path: Path) -> None:
     pipeline = tmp_path / "slow.yaml"
+    sleep = f"sleep 30.{os.getpid()}{time.monotonic_ns() % 1000:03d}"  # unique to this run
     pipeline.write_text(
         "build_id: slow-1\nsteps:\n"
-        "  - {name: wait, image: busybox, commands: ['echo started', 'sleep 31.25']}\n"
+        f"  - {{name: wait, image: busybox, commands: ['echo started', '{sleep}']}}\n"
         "  - {name: after, image: busybox, commands: ['echo never']}\n"
     )
     process = subprocess.Popen(
@@ -245,7 +246,7 @@ def test_ctrl_c_removes_the_build_and_exits_130(tmp_path: Path) -> None:
     assert re.search(r"^wait\s+interrupted", out, re.MULTILINE), out
     assert re.search(r"^after\s+skipped", out, re.MULTILINE), out
     # The simulated step's process went with the build.
-    assert not [pid for pid in _processes() if "sleep 31.25" in _cmdline(pid)]
+    assert not [pid for pid in _processes() if sleep in _cmdline(pid)]
 
 
 def _processes() -> list[int]:
