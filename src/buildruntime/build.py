@@ -31,6 +31,8 @@ class StepRecord:
     result: StepResult | None = None
     """A result the runtime settled on: a timeout, an image that cannot be pulled."""
     capture: LogCapture | None = None
+    started_at: float | None = None
+    """Event-loop time at which the cache first showed the step image running."""
 
 
 @dataclass(eq=False)

@@ -18,17 +18,17 @@ async with NamespaceMonitor(cluster, "ci") as monitor:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
+from cachetools import TTLCache
 
 from buildruntime.cluster.port import Cluster
 from buildruntime.events import BuildEvent
-from buildruntime.images import same_image
 from buildruntime.informer.fanout import PodFanout
 from buildruntime.informer.reflector import Reflector, ReflectorSettings
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
@@ -69,15 +69,12 @@ class NamespaceMonitor:
         self._ignored: set[str] = set()
         """Uids of labelled pods without the runtime's annotations: not builds."""
         self._topic: Topic[BuildEvent] = Topic(retain=retain)
-        self._held: OrderedDict[str, tuple[float, str, str | None, Delta[EventSnapshot]]] = (
-            OrderedDict()
+        self._held: TTLCache[str, tuple[str, str | None, Delta[EventSnapshot]]] = TTLCache(
+            maxsize=max_held, ttl=hold_unknown
         )
-        """Events of pods not seen yet, by event uid: (time, pod name, pod uid, delta)."""
-        self._deferred: dict[str, list[tuple[float, Delta[EventSnapshot]]]] = {}
-        """Pull events that came before the pod naming their image, by pod uid."""
+        """Events of pods not seen yet, by event uid: (pod name, pod uid, delta); they
+        expire after ``hold_unknown`` seconds, the oldest go first past ``max_held``."""
         self._deleted: deque[tuple[float, str]] = deque()
-        self._hold_unknown = hold_unknown
-        self._max_held = max_held
         self._keep_deleted = keep_deleted
         self.pod_reflector = Reflector(
             cluster,
@@ -180,7 +177,6 @@ class NamespaceMonitor:
             self._release_held(pod)
             return
         fanout.on_pod(delta)
-        self._release_deferred(pod.uid)
         if delta.new is None:
             self._deleted.append((anyio.current_time(), pod.uid))
             self._ignored.discard(pod.uid)
@@ -202,11 +198,7 @@ class NamespaceMonitor:
             return
         fanout = self._fanout_for(event)
         if fanout is not None:
-            if _before_its_image(fanout, event):
-                uid = fanout.pod_uid or ""
-                self._deferred.setdefault(uid, []).append((anyio.current_time(), delta))
-            else:
-                fanout.on_event(delta)
+            fanout.on_event(delta)
         elif not (event.pod_uid and event.pod_uid in self._ignored):
             self._hold(event, delta)
         self._expire()
@@ -218,72 +210,24 @@ class NamespaceMonitor:
         return self.fanouts.get(pod.uid) if pod is not None else None
 
     def _hold(self, event: EventSnapshot, delta: Delta[EventSnapshot]) -> None:
-        self._held.pop(event.uid, None)
-        self._held[event.uid] = (anyio.current_time(), event.pod_name, event.pod_uid, delta)
-        while len(self._held) > self._max_held:
-            self._held.popitem(last=False)
+        self._held[event.uid] = (event.pod_name, event.pod_uid, delta)
 
     def _release_held(self, pod: PodSnapshot) -> None:
         fanout = self.fanouts[pod.uid]
         ready = [
             uid
-            for uid, (_, name, pod_uid, _) in self._held.items()
+            for uid, (name, pod_uid, _) in list(self._held.items())
             if pod_uid == pod.uid or (not pod_uid and name == pod.name)
         ]
         for uid in ready:
-            fanout.on_event(self._held.pop(uid)[3])
-
-    def _release_deferred(self, uid: str, *, expired_only: bool = False) -> None:
-        """Hand deferred pull events to the fan-out once its pod names their image (or
-        they waited long enough, or the pod is gone)."""
-        waiting = self._deferred.get(uid)
-        fanout = self.fanouts.get(uid)
-        if not waiting or fanout is None:
-            self._deferred.pop(uid, None)
-            return
-        now = anyio.current_time()
-        keep: list[tuple[float, Delta[EventSnapshot]]] = []
-        for since, delta in waiting:
-            event = delta.new
-            assert event is not None
-            if (
-                not fanout.gone
-                and now - since < self._hold_unknown
-                and (expired_only or _before_its_image(fanout, event))
-            ):
-                keep.append((since, delta))
-            else:
-                fanout.on_event(delta)
-        if keep:
-            self._deferred[uid] = keep
-        else:
-            del self._deferred[uid]
+            fanout.on_event(self._held.pop(uid)[2])
 
     def _expire(self) -> None:
         now = anyio.current_time()
-        for uid in list(self._deferred):
-            self._release_deferred(uid, expired_only=True)
-        while self._held:
-            uid, (since, *_) = next(iter(self._held.items()))
-            if now - since < self._hold_unknown:
-                break
-            del self._held[uid]
+        self._held.expire()
         while self._deleted and now - self._deleted[0][0] >= self._keep_deleted:
             _, uid = self._deleted.popleft()
             fanout = self.fanouts.get(uid)
             if fanout is not None and fanout.gone:
                 fanout.close()
                 del self.fanouts[uid]
-
-
-def _before_its_image(fanout: PodFanout, event: EventSnapshot) -> bool:
-    """Whether ``event`` is a step's Pulling/Pulled that arrived before the pod watch
-    delivered the patch naming the step image (the two watches are not ordered with each
-    other): handed over now, the fan-out would take it for the placeholder's and drop it.
-    """
-    if event.reason not in ("Pulling", "Pulled") or event.container not in fanout.states:
-        return False
-    if fanout.pod is None or f'"{fanout.placeholder}"' in event.message:
-        return False
-    image = fanout.pod.spec_image(event.container)
-    return image is None or same_image(image, fanout.placeholder)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -321,6 +320,8 @@ class Runtime:
             record.patched = True
         try:
             await self._wait_started(state, spec)
+            if record.started_at is None:
+                record.started_at = anyio.current_time()
         except (ImagePullError, ContainerCreateError) as error:
             failure = (
                 Failure.IMAGE_PULL
@@ -385,7 +386,9 @@ class Runtime:
             return record.result
         if spec.timeout is None:
             return await self._wait_terminated(state, step)
-        started = await self._started_at(state, step)
+        # Measured on the local clock from when the cache first saw the step start: the
+        # API's startedAt has whole seconds only.
+        started = record.started_at if record.started_at is not None else anyio.current_time()
         remaining = spec.timeout - (anyio.current_time() - started)
         with anyio.move_on_after(max(remaining, 0)):
             return await self._wait_terminated(state, step)
@@ -398,19 +401,6 @@ class Runtime:
             step=step,
             reason="Timeout",
         )
-
-    async def _started_at(self, state: BuildState, step: str) -> float:
-        """The event-loop time at which the step started, as near as the cache knows."""
-        view = state.fanout.states[step].latest
-        now = anyio.current_time()
-        container = view.step_container if view is not None else None
-        if container is None or container.started_at is None:
-            return now
-        started = diagnosis.parse_time(container.started_at)
-        if started is None:
-            return now
-        elapsed = (datetime.now(UTC) - started).total_seconds()
-        return now - max(elapsed, 0.0)
 
     async def _wait_terminated(self, state: BuildState, step: str) -> StepResult:
         try:

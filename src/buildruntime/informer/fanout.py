@@ -142,17 +142,15 @@ class PodFanout:
         (self.step_events[step] if step else self.pod_events).publish(event)
         if delta.old is not None:
             return  # a repeat (count rising) of an event already reported
-        if step is not None and event.reason in ("Pulling", "Pulled"):
-            image = self._spec_image(step)
-            if (
-                image is not None
-                and not same_image(image, self.placeholder)
-                and _names_image(event.message, image)
-            ):
-                kind: EventKind = "pulling" if event.reason == "Pulling" else "pulled"
-                self._emit(
-                    step, kind, reason=event.reason, message=event.message, at=event.last_seen
-                )
+        # A pull message quotes the image. Decide by that, not by the pod spec: the
+        # events watch may deliver it before the pod watch shows the image patch.
+        if (
+            step is not None
+            and event.reason in ("Pulling", "Pulled")
+            and not _names_image(event.message, self.placeholder)
+        ):
+            kind: EventKind = "pulling" if event.reason == "Pulling" else "pulled"
+            self._emit(step, kind, reason=event.reason, message=event.message, at=event.last_seen)
         if step is not None and step not in self._failures:
             failure = diagnosis.event_failure(event)
             if failure is not None:
@@ -181,9 +179,6 @@ class PodFanout:
         self.pods.close()
 
     # -- derivation ---------------------------------------------------------------------
-
-    def _spec_image(self, step: str) -> str | None:
-        return self.pod.spec_image(step) if self.pod is not None else None
 
     def _update_step(self, step: str, pod: PodSnapshot) -> None:
         spec_image = pod.spec_image(step)
@@ -315,4 +310,4 @@ class PodFanout:
 
 def _names_image(message: str, image: str) -> bool:
     """Whether a Pulling/Pulled message is about ``image`` (messages quote the spec image)."""
-    return f'"{image}"' in message or image in message
+    return f'"{image}"' in message
