@@ -246,9 +246,8 @@ async def test_watch_replays_from_a_resource_version(cluster: FakeCluster) -> No
     assert delivered == truth
     # From the middle: exactly the versions after it.
     middle = truth[1]["metadata"]["resourceVersion"]
-    rest: list[JSON] = []
-    async with cluster.watch("pods", NS, resource_version=middle, timeout_seconds=0) as watch:
-        rest = [event["object"] async for event in watch]
+    async with cluster.watch("pods", NS, resource_version=middle, allow_bookmarks=False) as watch:
+        rest = [(await anext(watch))["object"] for _ in truth[2:]]
     assert rest == truth[2:]
 
 
@@ -263,11 +262,13 @@ async def test_watch_from_zero_starts_with_synthetic_added(cluster: FakeCluster)
 
 async def test_timeout_seconds_ends_the_watch(cluster: FakeCluster) -> None:
     rv = (await cluster.list("pods", NS))["metadata"]["resourceVersion"]
-    with anyio.fail_after(2):
+    started = anyio.current_time()
+    with anyio.fail_after(3):
         async with cluster.watch(
-            "pods", NS, resource_version=rv, timeout_seconds=0, allow_bookmarks=False
+            "pods", NS, resource_version=rv, timeout_seconds=1, allow_bookmarks=False
         ) as watch:
             assert [e async for e in watch] == []
+    assert anyio.current_time() - started >= 1
 
 
 async def test_expire_gives_410_and_relist_then_watch_works(cluster: FakeCluster) -> None:

@@ -48,10 +48,16 @@ def api_time(seconds: float | None = None) -> str:
     )
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def log_time(ns: int) -> str:
     """The kubelet's log timestamp: RFC 3339 with exactly nine fractional digits, UTC."""
+    global _second_prefix
     seconds, fraction = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+    if _second_prefix[0] != seconds:
+        _second_prefix = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{_second_prefix[1]}.{fraction:09d}Z"
 
 
 _RFC3339 = re.compile(

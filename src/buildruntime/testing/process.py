@@ -13,12 +13,14 @@ of the process group and SIGKILLing it past the limit (reported as ``OOMKilled``
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,20 +46,40 @@ def parse_quantity(text: Any) -> float:
     return number * (_BINARY.get(suffix) or _DECIMAL[suffix])
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(b")", 1)[-1].split()
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
+class _ProcessGroups:
+    """Which processes belong to which process group, from one scan of ``/proc`` shared
+    by every memory watcher and refreshed at most every ``max_age`` seconds."""
+
+    def __init__(self, max_age: float = 0.05) -> None:
+        self._max_age = max_age
+        self._scanned_at = -math.inf
+        self._groups: dict[int, list[int]] = {}
+
+    def members(self, pgid: int) -> list[int]:
+        now = time.monotonic()
+        if now - self._scanned_at >= self._max_age:
+            self._groups = self._scan()
+            self._scanned_at = now
+        return self._groups.get(pgid, [pgid])
+
+    @staticmethod
+    def _scan() -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            fields = stat.rsplit(b")", 1)[-1].split()
+            if len(fields) > 2:
+                groups.setdefault(int(fields[2]), []).append(int(entry))
+        return groups
+
+
+_GROUPS = _ProcessGroups()
 
 
 def _resident_bytes(pids: list[int]) -> int:
@@ -278,16 +300,11 @@ class Instance:
 
     async def _watch_memory(self, limit: float) -> None:
         assert self._pgid is not None
-        members = [self._pgid]
-        tick = 0
         while True:
-            if tick % 5 == 0:
-                members = _group_members(self._pgid) or members
-            if _resident_bytes(members) > limit:
+            if _resident_bytes(_GROUPS.members(self._pgid)) > limit:
                 self._oom = True
                 self.signal(signal.SIGKILL)
                 return
-            tick += 1
             await anyio.sleep(0.01)
 
     async def _reap(self) -> None:

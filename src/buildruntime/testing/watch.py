@@ -77,7 +77,8 @@ class WatchStream:
         self._error: Exception | None = None
         self._ended = False
         now = anyio.current_time()
-        self._deadline = math.inf if timeout_seconds is None else now + timeout_seconds
+        # As on the real server, no timeout (or 0) means the server's own, long one.
+        self._deadline = math.inf if not timeout_seconds else now + timeout_seconds
         self._next_bookmark = now + bookmark_interval
         if resource_version in ("", "0"):
             for key in sorted(store.objects):
