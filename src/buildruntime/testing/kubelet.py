@@ -3,7 +3,7 @@ and kills, status updates and the Kubernetes events that go with them.
 
 What it mimics, from ``pkg/kubelet`` (1.33):
 
-- per container, in spec order: the image manager (``Pulled`` "already present",
+- per container, in spec order: the image manager (:mod:`.imagepull`: ``Pulled`` "already present",
   ``Pulling``/``Pulled`` "Successfully pulled ... in ...", ``Failed`` with
   ``ErrImagePull`` then ``ImagePullBackOff`` under an exponential back-off,
   ``ErrImageNeverPull``, ``InvalidImageName``), then ``Created`` and ``Started``;
@@ -24,18 +24,16 @@ Time is scaled down: back-offs start at 0.2 s and stop growing at 2 s (the real 
 
 from __future__ import annotations
 
-import hashlib
-import os
-from typing import Any
-
 import anyio
 from anyio.abc import TaskGroup
 
 from buildruntime.cluster.port import ApiError, NotFoundError
-from buildruntime.images import image_problem, normalize_image
+from buildruntime.images import normalize_image
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import DELETED, APIServer
+from buildruntime.testing.environment import command_line, environment
 from buildruntime.testing.events import WARNING, EventRecorder
+from buildruntime.testing.imagepull import Backoff, ImageManager, go_duration
 from buildruntime.testing.logs import ContainerLog
 from buildruntime.testing.objects import JSON
 from buildruntime.testing.podstatus import (
@@ -48,78 +46,9 @@ from buildruntime.testing.podstatus import (
 from buildruntime.testing.process import Instance, parse_quantity
 from buildruntime.testing.tasks import Notifier, SystemTasks
 
-BACKOFF_INITIAL = 0.2
-BACKOFF_CAP = 2.0
 SYNC_AFTER_FAILURE = 0.1
 PERIODIC_SYNC = 1.0
 HOST_IP = "10.89.0.2"
-
-
-class Backoff:
-    """``flowcontrol.Backoff`` for one key, scaled down."""
-
-    def __init__(self) -> None:
-        self.duration = 0.0
-        self.until = 0.0
-        self.last_error = ""
-
-    def active(self, now: float) -> bool:
-        return now < self.until
-
-    def next(self, now: float) -> None:
-        self.duration = (
-            BACKOFF_INITIAL if self.duration == 0 else min(self.duration * 2, BACKOFF_CAP)
-        )
-        self.until = now + self.duration
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as Go prints it, truncated to milliseconds (``20ms``, ``1.5s``)."""
-    millis = int(seconds * 1000)
-    if millis == 0:
-        return "0s"
-    if millis < 1000:
-        return f"{millis}ms"
-    whole, rest = divmod(millis, 1000)
-    return f"{whole}.{rest:03d}".rstrip("0").rstrip(".") + "s"
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion of command, args and env values: a defined
-    variable is replaced, an undefined reference is left as written, ``$$`` is ``$``."""
-    out: list[str] = []
-    checkpoint = 0
-    cursor = 0
-    while cursor < len(text):
-        if text[cursor] == "$" and cursor + 1 < len(text):
-            out.append(text[checkpoint:cursor])
-            following = text[cursor + 1]
-            advance = 1
-            if following == "$":
-                out.append("$")
-            elif following == "(":
-                closing = text.find(")", cursor + 2)
-                if closing == -1:
-                    out.append("$(")
-                else:
-                    name = text[cursor + 2 : closing]
-                    out.append(env.get(name, f"$({name})"))
-                    advance = closing - cursor
-            else:
-                out.append("$" + following)
-            cursor += advance
-            checkpoint = cursor + 1
-        cursor += 1
-    return "".join(out) + text[checkpoint:]
-
-
-def _field_ref(pod: JSON, path: str) -> str:
-    current: Any = pod
-    for key in path.split("."):
-        if not isinstance(current, dict):
-            return ""
-        current = current.get(key)
-    return "" if current is None else str(current)
 
 
 class Kubelet:
@@ -249,7 +178,9 @@ class PodWorker:
         self.name: str = pod["metadata"]["name"]
         self.uid: str = pod["metadata"]["uid"]
         self.records = {c["name"]: ContainerRecord(c["name"]) for c in pod["spec"]["containers"]}
-        self.pull_backoff: dict[str, Backoff] = {}
+        self.images = ImageManager(
+            has_image=kubelet.has_image, pull_delay=kubelet.pull_delay, post=self._event
+        )
         self.crash_backoff: dict[str, Backoff] = {}
         self.notifier = Notifier()
         self.terminating = False
@@ -456,8 +387,7 @@ class PodWorker:
         if reason == "ImagePullBackOff":
             pod = self.pod()
             image = self._spec_of(pod, record.name)["image"] if pod else ""
-            backoff = self.pull_backoff.get(image)
-            until = backoff.until if backoff else now
+            until = self.images.backoff_until(image) or now
             return min(max(until, now + SYNC_AFTER_FAILURE), now + PERIODIC_SYNC)
         return now + PERIODIC_SYNC
 
@@ -468,76 +398,13 @@ class PodWorker:
         return float(spec.get("terminationGracePeriodSeconds", 30))
 
     # --------------------------------------------------------------- start
-    async def _ensure_image(self, record: ContainerRecord, spec: JSON) -> bool:
-        """The image manager's ``EnsureImageExists``; on failure records the waiting
-        reason and posts the events a kubelet posts."""
-        name = record.name
-        image: str = spec["image"]
-        policy = spec.get("imagePullPolicy", "IfNotPresent")
-        if image_problem(image) is not None:
-            message = (
-                f'Failed to apply default image tag "{image}": couldn\'t parse image name '
-                f'"{image}": invalid reference format'
-            )
-            self._event("InspectFailed", message, container=name, warning=True)
-            self._event("Failed", "Error: InvalidImageName", container=name, warning=True)
-            record.waiting = ("InvalidImageName", message)
-            return False
-        present = self.kubelet.has_image(image)
-        if policy == "Never" and not present:
-            message = f'Container image "{image}" is not present with pull policy of Never'
-            self._event("ErrImageNeverPull", message, container=name, warning=True)
-            self._event("Failed", "Error: ErrImageNeverPull", container=name, warning=True)
-            record.waiting = ("ErrImageNeverPull", message)
-            return False
-        if present and policy != "Always":
-            self._event(
-                "Pulled", f'Container image "{image}" already present on machine', container=name
-            )
-            return True
-        backoff = self.pull_backoff.setdefault(image, Backoff())
-        now = anyio.current_time()
-        if backoff.active(now):
-            message = f'Back-off pulling image "{image}"'
-            self._event("BackOff", message, container=name)
-            self._event("Failed", "Error: ImagePullBackOff", container=name, warning=True)
-            record.waiting = ("ImagePullBackOff", f"{message}: ErrImagePull: {backoff.last_error}")
-            return False
-        self._event("Pulling", f'Pulling image "{image}"', container=name)
-        started = anyio.current_time()
-        await anyio.sleep(self.kubelet.pull_delay)
-        took = go_duration(anyio.current_time() - started)
-        if present:
-            size = 1_000_000 + int(hashlib.sha256(image.encode()).hexdigest()[:6], 16)
-            self._event(
-                "Pulled",
-                f'Successfully pulled image "{image}" in {took} ({took} including waiting). '
-                f"Image size: {size} bytes.",
-                container=name,
-            )
-            self.pull_backoff.pop(image, None)
-            return True
-        normalized = normalize_image(image)
-        error = (
-            f'rpc error: code = NotFound desc = failed to pull and unpack image "{normalized}": '
-            f'failed to resolve reference "{normalized}": {normalized}: not found'
-        )
-        self._event(
-            "Failed", f'Failed to pull image "{image}": {error}', container=name, warning=True
-        )
-        backoff.next(anyio.current_time())
-        backoff.last_error = error
-        self._event("Failed", "Error: ErrImagePull", container=name, warning=True)
-        record.waiting = ("ErrImagePull", error)
-        return False
-
     async def _start(self, record: ContainerRecord) -> bool:
         """``startContainer``: pull, create, start. False when the image step failed."""
         pod = self.pod()
         if pod is None:
             return False
         spec = self._spec_of(pod, record.name)
-        if not await self._ensure_image(record, spec):
+        if not await self.images.ensure(record, spec):
             return False
         pod = self.pod()
         if pod is None or pod["metadata"].get("deletionTimestamp") or self._procs is None:
@@ -557,8 +424,8 @@ class PodWorker:
         if instance.pause:
             instance.start_pause()
             return True
-        env = self._environment(pod, spec)
-        argv = [expand(str(a), env) for a in (spec.get("command") or []) + (spec.get("args") or [])]
+        env = environment(pod, spec)
+        argv = command_line(spec, env)
         limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
         self._procs.start_soon(
             self._run_instance,
@@ -580,26 +447,6 @@ class PodWorker:
         memory_limit: float | None,
     ) -> None:
         await instance.run(argv, env=env, working_dir=working_dir, memory_limit=memory_limit)
-
-    def _environment(self, pod: JSON, spec: JSON) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get(
-                "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-            ),
-            "HOME": os.environ.get("HOME", "/root"),
-            "HOSTNAME": self.name,
-        }
-        for variable in spec.get("env") or []:
-            name = variable.get("name")
-            if not name:
-                continue
-            if "value" in variable:
-                env[name] = expand(str(variable.get("value") or ""), env)
-                continue
-            field_ref = (variable.get("valueFrom") or {}).get("fieldRef") or {}
-            if field_ref.get("fieldPath"):
-                env[name] = _field_ref(pod, field_ref["fieldPath"])
-        return env
 
     # ----------------------------------------------------------- terminate
     async def _terminate(self) -> None:
