@@ -293,6 +293,20 @@ async def test_expire_gives_410_and_relist_then_watch_works(cluster: FakeCluster
     assert event["object"]["metadata"]["labels"]["after"] == "410"
 
 
+async def test_a_version_older_than_the_watch_cache_is_gone() -> None:
+    async with FakeCluster(images={"busybox"}, watch_cache_size=5) as fake:
+        await fake.create_pod(NS, manifest("old"))
+        first = (await fake.list("pods", NS))["metadata"]["resourceVersion"]
+        for index in range(20):
+            await fake.patch_pod(NS, "old", {"metadata": {"labels": {"n": str(index)}}})
+        async with fake.watch("pods", NS, resource_version=first) as watch:
+            with pytest.raises(ExpiredError, match="too old resource version"):
+                await anext(watch)
+        recent = fake.history(NS, "old")[-3]["metadata"]["resourceVersion"]
+        async with fake.watch("pods", NS, resource_version=recent) as watch:
+            assert (await anext(watch))["type"] == "MODIFIED"
+
+
 async def test_bookmarks_carry_the_current_resource_version(cluster: FakeCluster) -> None:
     rv = (await cluster.list("events", NS))["metadata"]["resourceVersion"]
     with anyio.fail_after(2):
@@ -909,6 +923,7 @@ async def test_request_accounting(cluster: FakeCluster) -> None:
         await cluster.patch_pod(NS, "missing", {"metadata": {"labels": {"a": "b"}}})
     await wait_until(cluster, "acct", lambda p: state_of(p, "step") == "running")
     await read_logs(cluster, "acct", "step", follow=False)
+    assert (await cluster.get_pod(NS, "acct"))["metadata"]["name"] == "acct"
     await cluster.delete_pod(NS, "acct")
     assert cluster.requests == [
         Request("create", "pods"),
@@ -918,6 +933,7 @@ async def test_request_accounting(cluster: FakeCluster) -> None:
         Request("patch", "pods"),
         Request("patch", "pods"),
         Request("log", "pods"),
+        Request("get", "pods"),
         Request("delete", "pods"),
     ]
 

@@ -1,9 +1,19 @@
 """An in-process stand-in for a Kubernetes API server and one node, for fast tests and
 for running a pipeline without a cluster (``--simulate``).
 
-``FakeCluster`` implements the :class:`~buildruntime.cluster.port.Cluster` port; its
-node really runs each step as a local subprocess. See :mod:`.cluster` for the event loop
-model (a FakeCluster binds to the event loop of its first use).
+:class:`FakeCluster` implements the :class:`~buildruntime.cluster.port.Cluster` port
+(``list``, ``watch``, ``create_pod``, ``patch_pod``, ``delete_pod``, ``stream_logs``);
+its node really runs each step as a local subprocess. Beyond the port it offers
+``faults`` (:class:`Faults`), ``kill_container``, ``requests`` (one :class:`Request`
+per API call), ``open_watches``/``open_log_streams`` and ``history`` (every version of a
+pod as written). A FakeCluster binds to the event loop of its first use; close it with
+``aclose()`` or ``async with``.
+
+The modules, one job each: ``apiserver`` (storage, versions, change history), ``watch``,
+``selectors``, ``patch`` and ``podspec`` (what the API server does to a pod),
+``events`` (the event recorder), ``scheduler``, ``kubelet`` with ``imagepull``,
+``environment``, ``process``, ``podstatus`` and ``logs`` (the node), ``faults``,
+``tasks`` (background work on the caller's event loop), ``cluster`` (the facade).
 """
 
 from buildruntime.cluster.port import Request

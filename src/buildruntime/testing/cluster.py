@@ -60,6 +60,9 @@ class FakeCluster:
     anything else happens), ``open_watches``/``open_log_streams`` (open right now) and
     :meth:`history` (every version of a pod as written: the ground truth).
 
+    It binds to the event loop of its first use (asyncio or trio) and must be closed
+    with :meth:`aclose` (or used as ``async with``), which kills what it started.
+
     ``log_chunk_bytes`` bounds the size of a log chunk; ``watch_cache_size`` the changes
     kept per resource for watches to resume from (older ones answer 410 Gone);
     ``keep_history=False`` stops recording :meth:`history` (for long benchmarks).
