@@ -68,6 +68,24 @@ async def test_multi_step_pipeline_exact_logs_and_exit_codes(target: Target) -> 
     }
 
 
+async def test_dollar_signs_reach_the_shell_untouched(target: Target) -> None:
+    spec = BuildSpec(
+        build_id=_id("dollar"),
+        steps=[
+            _step(
+                "d",
+                "echo $FOO",
+                "echo '$(FOO)'",
+                "echo $((1 + 2))",
+                "echo '$$'",
+                env={"FOO": "bar"},
+            )
+        ],
+    )
+    results = await _run(target, spec)
+    assert results["d"][0] == [b"bar", b"$(FOO)", b"3", b"$$"]
+
+
 async def test_zero_second_container_logs(target: Target) -> None:
     spec = BuildSpec(build_id=_id("zero"), steps=[_step("blink", "echo a; echo b; printf c")])
     results = await _run(target, spec)

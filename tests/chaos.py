@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio
+
 from buildruntime.cluster.port import JSON, Cluster, Resource
 
 
@@ -22,11 +24,14 @@ class ChaosCluster:
         duplicate: bool = True,
         reorder: bool = True,
         sidecar: str | None = None,
+        stall_pods_watch_after: int | None = None,
     ) -> None:
         self.inner = inner
         self.duplicate = duplicate
         self.reorder = reorder
         self.sidecar = sidecar
+        self.stall_after = stall_pods_watch_after
+        self.stalls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -50,7 +55,14 @@ class ChaosCluster:
 
     async def _events(self, resource: Resource, events: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
         held: JSON | None = None
+        delivered = 0
         async for event in events:
+            delivered += 1
+            if resource == "pods" and self.stall_after is not None and delivered > self.stall_after:
+                # Once: the connection goes silent without breaking.
+                self.stall_after = None
+                self.stalls += 1
+                await anyio.sleep_forever()
             if event.get("type") != "BOOKMARK" and event.get("object"):
                 event = {**event, "object": self._mangle(resource, event["object"])}
             if self.sidecar and resource == "events" and event.get("type") == "ADDED":

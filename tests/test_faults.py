@@ -6,6 +6,7 @@ truth (what the steps printed and how they exited)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -115,6 +116,24 @@ async def test_duplicate_and_out_of_order_watch_events_and_a_sidecar(cluster: Fa
     assert not [k for k in kinds if k[0] == "istio-proxy"]
     assert kinds.count((None, "scheduled")) == 1
     assert kinds[-1] == (None, "deleted")
+
+
+async def test_a_stalled_watch_is_detected_and_replaced(cluster: FakeCluster) -> None:
+    chaos = ChaosCluster(cluster, duplicate=False, reorder=False, stall_pods_watch_after=3)
+    settings = dataclasses.replace(FAST_RECOVERY, watch_idle_timeout=1.0)
+    spec = BuildSpec(
+        build_id="stall-1", steps=[step("a", "echo a", "sleep 0.5"), step("b", "exit 4")]
+    )
+    async with Runtime(chaos, namespace="ci", reflector=settings) as rt:  # type: ignore[arg-type]
+        build = await rt.setup_build(spec)
+        with anyio.fail_after(15):
+            outcome = await run_pipeline_on(rt, build)
+    assert chaos.stalls == 1
+    assert {n: (o[0], o[1].exit_code) for n, o in outcome.items()} == {
+        "a": ([b"a"], 0),
+        "b": ([], 4),
+    }
+    assert sum(1 for r in cluster.requests if r.verb == "watch" and r.resource == "pods") == 2
 
 
 async def run_pipeline_on(rt: Runtime, build: object) -> dict[str, tuple[list[bytes], object]]:

@@ -58,6 +58,24 @@ async def test_container_that_prints_three_lines_and_exits_at_once(runtime: Runt
     assert outcome.steps["quick"].result.exit_code == 0
 
 
+async def test_dollar_signs_reach_the_shell_untouched(runtime: Runtime) -> None:
+    spec = BuildSpec(
+        build_id="dollar-1",
+        steps=[
+            step(
+                "d",
+                "echo $FOO",
+                "echo '$(FOO)'",
+                "echo $((1 + 2))",
+                "echo '$$'",
+                env={"FOO": "bar"},
+            )
+        ],
+    )
+    outcome = await run_pipeline(runtime, spec)
+    assert outcome.steps["d"].lines == [b"bar", b"$(FOO)", b"3", b"$$"]
+
+
 async def test_a_megabyte_burst_arrives_byte_for_byte(runtime: Runtime) -> None:
     spec = BuildSpec(build_id="burst-1", steps=[step("burst", "seq 1 170000")])
     outcome = await run_pipeline(runtime, spec)

@@ -10,6 +10,7 @@ starts). ``remove_build`` deletes the pod once every capture has drained.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -97,14 +98,7 @@ class Runtime:
         self.api_timeout = float(api_timeout)
         self._log_memory_limit = log_memory_limit
         base = reflector or ReflectorSettings()
-        self._reflector_settings = ReflectorSettings(
-            resync_period=float(resync_period),
-            watch_timeout=base.watch_timeout,
-            backoff_initial=base.backoff_initial,
-            backoff_max=base.backoff_max,
-            backoff_reset=base.backoff_reset,
-            min_watch_duration=base.min_watch_duration,
-        )
+        self._reflector_settings = dataclasses.replace(base, resync_period=float(resync_period))
         self._owns_cluster = owns_cluster
         self._builds: dict[str, BuildState] = {}
         self._events: Topic[BuildEvent] = Topic(retain=10_000)

@@ -283,7 +283,9 @@ def render_pod(spec: BuildSpec, *, namespace: str, pause_image: str) -> JSON:
         container: dict[str, Any] = {
             "name": step.name,
             "image": placeholder,
-            "args": step.args,
+            # The kubelet expands $(VAR) in args and turns $$ into $: escape every $
+            # so the shell, not the kubelet, gives it meaning.
+            "args": [arg.replace("$", "$$") for arg in step.args],
             "imagePullPolicy": step.pull_policy,
             "env": [{"name": k, "value": v} for k, v in step.env.items()],
             "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -60,6 +60,8 @@ class ReflectorSettings:
     """A failure after this long without one starts the backoff from the beginning."""
     min_watch_duration: float = 1.0
     """A watch that ends normally this soon with no events counts as a failure."""
+    watch_idle_timeout: float = 70.0
+    """A watch that delivers nothing, not even a bookmark, for this long is broken."""
 
 
 class Reflector:
@@ -93,6 +95,8 @@ class Reflector:
         self._relist_from: str | None = "0"  # "0": the first list may come from the watch cache
         self.synced = anyio.Event()
         self.last_error: BaseException | None = None
+        self._last_heard = 0.0
+        self._stalled = False
         self.relists = 0
         self.rewatches = 0
 
@@ -192,9 +196,31 @@ class Reflector:
 
     async def _watch_once(self) -> None:
         """Follow one watch request from the newest resourceVersion seen."""
+        opened = self._last_heard = anyio.current_time()
+        failure: Exception | None = None
+        seen_any = False
+        async with anyio.create_task_group() as guard:
+            guard.start_soon(self._watchdog, guard.cancel_scope)
+            try:
+                seen_any = await self._follow_watch()
+            except Exception as error:  # raised outside, not as a task group's group
+                failure = error
+            guard.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if self._stalled:
+            raise UnavailableError(
+                f"{self._resource} watch silent for {self._settings.watch_idle_timeout:g}s"
+            )
+        if not seen_any and anyio.current_time() - opened < self._settings.min_watch_duration:
+            # An immediately closed, empty watch is a failure in disguise (a proxy
+            # resetting us, an overloaded server): back off rather than spin.
+            raise UnavailableError(f"{self._resource} watch closed at once with no events")
+
+    async def _follow_watch(self) -> bool:
+        """Apply every event of one watch; True if it delivered any."""
         assert self._resource_version is not None
         low, high = self._settings.watch_timeout
-        opened = anyio.current_time()
         seen_any = False
         async with self._cluster.watch(
             self._resource,
@@ -207,6 +233,7 @@ class Reflector:
         ) as events:
             async for event in events:
                 seen_any = True
+                self._last_heard = anyio.current_time()
                 kind = event.get("type")
                 obj = event.get("object") or {}
                 version = (obj.get("metadata") or {}).get("resourceVersion")
@@ -217,7 +244,17 @@ class Reflector:
                     continue
                 if version:
                     self._resource_version = version
-        if not seen_any and anyio.current_time() - opened < self._settings.min_watch_duration:
-            # An immediately closed, empty watch is a failure in disguise (a proxy
-            # resetting us, an overloaded server): back off rather than spin.
-            raise UnavailableError(f"{self._resource} watch closed at once with no events")
+        return seen_any
+
+    async def _watchdog(self, watch_scope: anyio.CancelScope) -> None:
+        """End a watch that has gone silent: bookmarks arrive about once a minute on a
+        healthy watch, so nothing at all for ``watch_idle_timeout`` means a connection
+        that stalled without breaking (a known hang of long-lived HTTP streams)."""
+        self._stalled = False
+        idle = self._settings.watch_idle_timeout
+        while True:
+            await anyio.sleep(max(self._last_heard + idle - anyio.current_time(), 0.01))
+            if anyio.current_time() - self._last_heard >= idle:
+                self._stalled = True
+                watch_scope.cancel()
+                return
