@@ -44,7 +44,7 @@ class SpecError(BuildRuntimeError, ValueError):
     def __init__(self, field: str, problem: str, *, build_id: str | None = None) -> None:
         self.field = field
         self.problem = problem
-        super().__init__(f"{field}: {problem}", build_id=build_id, reason="Invalid")
+        super().__init__(f"{field}: {problem}", build_id=build_id)
 
 
 class AdmissionError(BuildRuntimeError):
