@@ -26,6 +26,10 @@ RESULTS = BENCH_DIR / "RESULTS.md"
 CACHE_DIR = BENCH_DIR / ".cache"
 PROFILES_DIR = BENCH_DIR / "profiles"
 
+LOAD_AT_START = os.getloadavg()
+"""The 1, 5 and 15 minute load averages when the benchmark started: the machine is
+shared, and other work on it slows every figure down."""
+
 LOCAL_PAUSE_IMAGE = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
 KUBECTL_DEFAULT = "/var/cache/buildruntime-cluster/k8s-v1.33.13/bin/kubectl"
 
@@ -183,7 +187,12 @@ def command_line() -> str:
 
 def machine() -> str:
     cpus = os.cpu_count() or 0
-    return f"{cpus} CPUs, Python {sys.version.split()[0]}, {sys.platform}"
+    start = "/".join(f"{x:.1f}" for x in LOAD_AT_START)
+    end = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{cpus} CPUs, Python {sys.version.split()[0]}, {sys.platform}; "
+        f"load average (1/5/15 min) {start} at the start, {end} at the end"
+    )
 
 
 def append_results(title: str, body: str) -> None:
@@ -247,7 +256,8 @@ def fresh_namespace(kubeconfig: str, prefix: str) -> Iterator[ClusterNamespace]:
     (without waiting for its pods to go)."""
     from kubernetes import client, config
 
-    api: Any = config.new_client_from_config(config_file=kubeconfig)
+    new_client: Any = config.new_client_from_config
+    api: Any = new_client(config_file=kubeconfig)
     core: Any = client.CoreV1Api(api)
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name}})

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -71,7 +70,7 @@ CASES: dict[str, tuple[list[str], list[bytes]]] = {
 
 async def completeness(
     cluster: Any, namespace: str, pause_image: str, builds: int, steps: int, lines: int
-) -> tuple[list[list[object]], list[list[object]]]:
+) -> tuple[list[object], list[list[object]]]:
     """Returns (the concurrency row, the per-case rows)."""
     results: dict[tuple[str, str], list[bytes]] = {}
     exit_codes: list[int | None] = []
@@ -367,4 +366,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -94,7 +94,7 @@ class _PodPlan:
                 "f:terminationMessagePath": {},
                 "f:terminationMessagePolicy": {},
             }
-        conditions = {
+        conditions: dict[str, Any] = {
             f'k:{{"type":"{kind}"}}': {
                 ".": {},
                 "f:lastProbeTime": {},

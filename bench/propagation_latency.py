@@ -176,11 +176,14 @@ class WatchObserver(threading.Thread):
         self._response: Any = None
 
     def run(self) -> None:
+        import kubernetes.watch.watch
         from kubernetes import client, config
-        from kubernetes.watch.watch import iter_resp_lines
+
+        iter_resp_lines: Any = kubernetes.watch.watch.iter_resp_lines
 
         try:
-            api: Any = config.new_client_from_config(config_file=self.kubeconfig)
+            new_client: Any = config.new_client_from_config
+            api: Any = new_client(config_file=self.kubeconfig)
             core: Any = client.CoreV1Api(api)
             self._response = core.list_namespaced_pod(
                 self.namespace, watch=True, timeout_seconds=3600, _preload_content=False
@@ -320,4 +323,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -18,7 +18,6 @@ log streams + 1 delete = 6 + 2N, and its watch count does not grow with N.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -148,7 +147,7 @@ def verdicts(rows: list[list[object]]) -> str:
         ours = [r for r in rows if r[0] == target and r[1] == "buildruntime"]
         theirs = {r[2]: r for r in rows if r[0] == target and r[1] == "baseline"}
         exact = all(r[3] == r[4] for r in ours)
-        watches = {r[5 + VERBS.index("watch")] for r in ours}
+        watches = {str(r[5 + VERBS.index("watch")]) for r in ours}
         gets = sum(int(str(r[5 + VERBS.index("get")])) for r in ours)
         largest = max(ours, key=lambda r: int(str(r[2])))
         peer = theirs.get(largest[2])
@@ -214,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
