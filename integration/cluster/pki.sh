@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Generates the cluster's certificates and keys with openssl. Sourced by `up`.
 # gen_pki DIR: creates DIR/{ca,apiserver,admin,kubelet,kubelet-client,scheduler,
 # controller-manager}.{crt,key} and DIR/sa.{key,pub}. Existing files are kept.

@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034
 # Pinned versions and locations shared by up, down and build-k8s.
 K8S_VERSION=v1.33.13
 K8S_MINOR=33
@@ -17,8 +19,7 @@ NODE_NAME=buildruntime-node
 
 PAUSE_IMAGE=localhost/pause:3.10
 BUSYBOX_IMAGES="localhost/busybox:latest docker.io/library/busybox:latest localhost/busybox:1.35 docker.io/library/busybox:1.35"
-IMAGES_REV=1
-IMAGES_DIR="$CACHE_ROOT/images-$IMAGES_REV"
+# images/build output lives in $CACHE_ROOT/images-<hash of its inputs> (set by `up`).
 REGISTRY_ADDR=127.0.0.1:5055
 
 # kube-controller-manager runs only what pods, ServiceAccounts, namespaces, RBAC
