@@ -78,6 +78,10 @@ def event_failure(event: EventSnapshot) -> StepFailure | None:
     return None
 
 
+POD_GONE_FAILURES = frozenset({Failure.POD_DELETED, Failure.EVICTED, Failure.NODE_LOST})
+"""Failures that mean the pod itself went away, not the step."""
+
+
 def parse_time(value: str | None) -> datetime | None:
     """An RFC 3339 timestamp from the API server as an aware datetime."""
     if not value:
@@ -228,7 +232,7 @@ def pod_gone_error(build_id: str, step: str | None, pod: PodSnapshot | None) -> 
             message=pod.message or pod.disruption_message,
         )
     return PodGoneError(
-        "the build's pod was deleted before the step finished",
+        "the build's pod was deleted" + (" before the step finished" if step else ""),
         build_id=build_id,
         step=step,
         reason="Deleted",

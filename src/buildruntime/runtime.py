@@ -403,7 +403,10 @@ class Runtime:
             raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod) from None
         container = view.step_container
         if container is not None and container.phase == "terminated":
-            return diagnosis.step_result(step, container, state.fanout.pod)
+            result = diagnosis.step_result(step, container, state.fanout.pod)
+            if result.failure not in diagnosis.POD_GONE_FAILURES:
+                return result
+            # Killed because the pod was deleted, evicted or lost: that is the news.
         raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod)
 
     async def inspect_container(self, build: Build, step: str) -> StepResult:
