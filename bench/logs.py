@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import sys
 import time
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import _common
@@ -54,6 +57,17 @@ def check_numbers(lines: list[bytes], count: int) -> tuple[int, int, int]:
     return lost, duplicated, disorder
 
 
+def _breaks(lines: list[bytes], limit: int = 4) -> str:
+    """Where a numbered sequence jumps: "after N came M", the first few."""
+    out = []
+    for a, b in itertools.pairwise(lines):
+        if int(b) != int(a) + 1:
+            out.append(f"{int(a)}→{int(b)}")
+            if len(out) >= limit:
+                break
+    return ", ".join(out) or "none"
+
+
 CASES: dict[str, tuple[list[str], list[bytes]]] = {
     "lives 0 s, one line": (["echo only-line"], [b"only-line"]),
     "1 MB in a burst": (
@@ -68,17 +82,43 @@ CASES: dict[str, tuple[list[str], list[bytes]]] = {
 }
 
 
+async def read_back(cluster: Any, namespace: str, pod: str, container: str) -> list[bytes]:
+    """The container's log as the node holds it now (one non-follow read, no
+    timestamps), split into lines like ``tail_container`` does."""
+    data = b""
+    async with cluster.stream_logs(
+        namespace, pod, container, follow=False, timestamps=False
+    ) as chunks:
+        async for chunk in chunks:
+            data += chunk
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def missing_from(got: list[bytes], reference: list[bytes]) -> int:
+    """Lines of ``reference`` that ``got`` lacks (as multisets)."""
+    have = Counter(got)
+    return sum(max(0, n - have[line]) for line, n in Counter(reference).items())
+
+
 async def completeness(
     cluster: Any, namespace: str, pause_image: str, builds: int, steps: int, lines: int
 ) -> tuple[list[object], list[list[object]]]:
-    """Returns (the concurrency row, the per-case rows)."""
+    """Returns (the concurrency row, the per-case rows).
+
+    After each step ends, its log is read back once more from the node (outside the
+    measured path) to tell lines the node never recorded from lines the runtime lost.
+    """
     results: dict[tuple[str, str], list[bytes]] = {}
-    exit_codes: list[int | None] = []
+    node: dict[tuple[str, str], list[bytes]] = {}
 
     async def run_step(rt: Runtime, build: Build, step: str) -> None:
         await rt.run_container(build, step)
         results[(build.build_id, step)] = [line async for line in rt.tail_container(build, step)]
-        exit_codes.append((await rt.wait_container(build, step)).exit_code)
+        await rt.wait_container(build, step)
+        node[(build.build_id, step)] = await read_back(cluster, namespace, build.pod_name, step)
 
     async def run_build(rt: Runtime, spec: BuildSpec) -> None:
         build = await rt.setup_build(spec)
@@ -113,28 +153,43 @@ async def completeness(
                 tg.start_soon(run_build, rt, spec)
         elapsed = time.perf_counter() - started
         await run_build(rt, cases)
-    lost = duplicated = disorder = 0
+    lost = duplicated = disorder = node_lost = runtime_lost = short_steps = 0
     for spec in specs:
         for step in spec.steps:
-            got = results[(spec.build_id, step.name)]
+            key = (spec.build_id, step.name)
+            got, kept = results[key], node[key]
             a, b, c = check_numbers(got, lines)
             lost, duplicated, disorder = lost + a, duplicated + b, disorder + c
+            node_lost += lines - len(kept)
+            runtime_lost += missing_from(got, kept)
+            short_steps += len(kept) < lines
+            if a or b or c:
+                print(
+                    f"  {spec.build_id}/{step.name}: {len(got):,} lines read, the node holds "
+                    f"{len(kept):,}; lost {a:,}, duplicated {b:,}, out of order {c:,}; "
+                    f"last {got[-1:]!r}, breaks: {_breaks(got)}",
+                    file=sys.stderr,
+                )
     total = builds * steps * lines
     received = sum(len(results[(s.build_id, st.name)]) for s in specs for st in s.steps)
     concurrency = [
         f"{builds} builds × {steps} steps at once",
         builds * steps,
         total,
+        total - node_lost,
+        short_steps,
         received,
+        runtime_lost,
         lost,
         duplicated,
         disorder,
-        "yes" if lost == duplicated == disorder == 0 else "NO",
+        "yes" if runtime_lost == duplicated == disorder == 0 else "NO",
         elapsed,
     ]
     case_rows: list[list[object]] = []
     for i, (name, (_, expected)) in enumerate(CASES.items()):
         got = results[(cases.build_id, f"c{i}")]
+        kept = node[(cases.build_id, f"c{i}")]
         case_rows.append(
             [
                 name,
@@ -143,6 +198,7 @@ async def completeness(
                 sum(map(len, expected)),
                 sum(map(len, got)),
                 "yes" if got == expected else "NO",
+                "yes" if kept == expected else "NO",
             ]
         )
     return concurrency, case_rows
@@ -152,16 +208,19 @@ CONCURRENCY_HEADERS = [
     "target",
     "shape",
     "steps",
-    "lines expected",
-    "lines read",
-    "lost",
+    "lines printed",
+    "lines the node kept",
+    "steps cut short by the node",
+    "lines tail delivered",
+    "lost by buildruntime",
+    "lost in all",
     "duplicated",
     "out of order",
-    "complete",
+    "buildruntime complete",
     "seconds",
 ]
 CASE_HEADERS = ["target", "case", "lines expected", "lines read", "bytes expected"]
-CASE_HEADERS += ["bytes read", "byte for byte"]
+CASE_HEADERS += ["bytes read", "byte for byte", "the node's log byte for byte"]
 
 
 # -- throughput (local cluster) --------------------------------------------------------
@@ -228,16 +287,19 @@ async def throughput(kubeconfig: str, megabytes: int) -> list[list[object]]:
                     ns.name, build.pod_name, "big", follow=False, timestamps=True
                 ) as chunks:
                     async for chunk in chunks:
-                        first = chunk.split(b" ", 1)[0]
-                        break
-                start = _stamp(first)
+                        first += chunk
+                        if b" " in first:
+                            break
+                start = _stamp(first.split(b" ", 1)[0])
                 for label, (nbytes, count, end) in (
                     ("live: tail_container (buildruntime)", live["tail"]),
                     ("live: kubectl logs -f, same container", live["kubectl"]),
                 ):
                     rows.append(_row(label, nbytes, count, expected_lines, end - start))
-                finished = (result.finished_at, result.started_at)
-                print(f"the step ran from {finished[1]} to {finished[0]}")
+                print(f"the step ran from {result.started_at} to {result.finished_at}")
+                rotated = _node_log_files(ns.name, build.pod_name, "big")
+                if rotated:
+                    print("the container's log files on the node: " + ", ".join(rotated))
 
                 # The finished log, read again by each reader in turn.
                 begin = time.time()
@@ -296,6 +358,16 @@ async def throughput(kubeconfig: str, megabytes: int) -> list[list[object]]:
         finally:
             await cluster.aclose()
     return rows
+
+
+def _node_log_files(namespace: str, pod: str, container: str) -> list[str]:
+    """The kubelet's files for a container's log (rotated ones too), when this machine
+    is the node (the local cluster keeps them under its state directory)."""
+    root = Path(os.environ.get("BUILDRUNTIME_POD_LOGS", "/var/lib/buildruntime-cluster/pod-logs"))
+    return [
+        f"{path.name} ({path.stat().st_size / 1e6:.0f} MB)"
+        for path in sorted(root.glob(f"{namespace}_{pod}_*/{container}/*"))
+    ]
 
 
 def _row(label: str, nbytes: int, lines: int, expected: int, seconds: float) -> list[object]:
