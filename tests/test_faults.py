@@ -15,8 +15,8 @@ import pytest
 
 from buildruntime import BuildSpec, Runtime
 from buildruntime.testing import FakeCluster
+from buildruntime.testing.chaos import ChaosCluster
 
-from .chaos import ChaosCluster
 from .conftest import FAST_RECOVERY, IMAGES, run_pipeline, step
 
 pytestmark = pytest.mark.anyio

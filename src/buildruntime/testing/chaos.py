@@ -1,4 +1,9 @@
-"""A cluster port wrapper that misbehaves the ways real servers and proxies do."""
+"""A cluster port wrapper that misbehaves the ways real servers and proxies do.
+
+It wraps any :class:`~buildruntime.cluster.port.Cluster` (FakeCluster or a real one), so
+the same misbehaviour can be tested against both: duplicated and reordered watch events,
+an injected sidecar container with its own Warning events, a watch that goes silent.
+"""
 
 from __future__ import annotations
 
