@@ -86,6 +86,15 @@ async def test_dollar_signs_reach_the_shell_untouched(target: Target) -> None:
     assert results["d"][0] == [b"bar", b"$(FOO)", b"3", b"$$"]
 
 
+async def test_a_line_longer_than_the_kubelets_16k_limit_arrives_whole(target: Target) -> None:
+    spec = BuildSpec(
+        build_id=_id("long"),
+        steps=[_step("wide", "head -c 40000 /dev/zero | tr '\\000' x; echo", "echo after")],
+    )
+    results = await _run(target, spec)
+    assert results["wide"][0] == [b"x" * 40000, b"after"]
+
+
 async def test_zero_second_container_logs(target: Target) -> None:
     spec = BuildSpec(build_id=_id("zero"), steps=[_step("blink", "echo a; echo b; printf c")])
     results = await _run(target, spec)

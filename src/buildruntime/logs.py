@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +29,12 @@ import anyio
 from buildruntime.cluster.port import ApiError, Cluster, NotFoundError, UnavailableError
 
 log = logging.getLogger("buildruntime.logs")
+
+KUBELET_FRAGMENT = 16 * 1024
+"""The container runtime splits longer lines into fragments of this size (containerd's
+max_container_log_line_size); the kubelet then stamps each fragment, so with timestamps
+on, a long line reads ``<ts> <16 KiB><ts> <rest>``."""
+_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z ")
 
 DEFAULT_MEMORY_LIMIT = 8 * 1024 * 1024
 """Bytes of log lines a step keeps in memory before spilling the rest to a file."""
@@ -267,7 +274,21 @@ class LogCapture:
                 second, in_second = line_second, 1
             elif line_second == second:
                 in_second += 1
+            if len(content) > KUBELET_FRAGMENT:
+                content = _join_fragments(content)
             fresh.append(content)
         self._second, self._delivered_in_second = second, in_second
         self.buffer.append(fresh)
         return skip
+
+
+def _join_fragments(content: bytes) -> bytes:
+    """Remove the timestamps the kubelet put before each 16 KiB fragment of a long line."""
+    position = KUBELET_FRAGMENT
+    while len(content) > position:
+        stamp = _STAMP.match(content, position)
+        if stamp is None:
+            break
+        content = content[:position] + content[stamp.end() :]
+        position += KUBELET_FRAGMENT
+    return content
