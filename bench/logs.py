@@ -153,7 +153,8 @@ async def completeness(
                 tg.start_soon(run_build, rt, spec)
         elapsed = time.perf_counter() - started
         await run_build(rt, cases)
-    lost = duplicated = disorder = node_lost = runtime_lost = short_steps = 0
+    lost = duplicated = disorder = node_lost = runtime_lost = runtime_extra = 0
+    short_steps = exact = 0
     for spec in specs:
         for step in spec.steps:
             key = (spec.build_id, step.name)
@@ -162,7 +163,9 @@ async def completeness(
             lost, duplicated, disorder = lost + a, duplicated + b, disorder + c
             node_lost += lines - len(kept)
             runtime_lost += missing_from(got, kept)
+            runtime_extra += missing_from(kept, got)
             short_steps += len(kept) < lines
+            exact += got == kept
             if a or b or c:
                 print(
                     f"  {spec.build_id}/{step.name}: {len(got):,} lines read, the node holds "
@@ -179,11 +182,12 @@ async def completeness(
         total - node_lost,
         short_steps,
         received,
+        f"{exact} of {builds * steps}",
         runtime_lost,
+        runtime_extra,
         lost,
         duplicated,
         disorder,
-        "yes" if runtime_lost == duplicated == disorder == 0 else "NO",
         elapsed,
     ]
     case_rows: list[list[object]] = []
@@ -212,11 +216,12 @@ CONCURRENCY_HEADERS = [
     "lines the node kept",
     "steps cut short by the node",
     "lines tail delivered",
+    "steps where tail = the node's log, byte for byte",
     "lost by buildruntime",
-    "lost in all",
-    "duplicated",
-    "out of order",
-    "buildruntime complete",
+    "added by buildruntime",
+    "lost in all (vs printed)",
+    "duplicated (vs printed)",
+    "out of order (vs printed)",
     "seconds",
 ]
 CASE_HEADERS = ["target", "case", "lines expected", "lines read", "bytes expected"]
