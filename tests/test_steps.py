@@ -282,3 +282,23 @@ async def test_request_budget_matches_the_contract(cluster: FakeCluster, steps: 
         ("delete", "pods"): 1,
     }
     assert len(sent) == 6 + 2 * steps  # 1 create, 2 lists, 2 watches, N patches, N logs, 1 delete
+
+
+async def test_a_line_longer_than_16k_arrives_whole(runtime: Runtime, cluster: FakeCluster) -> None:
+    # Like a real node, the fake splits it into 16 KiB fragments, each stamped by the kubelet.
+    spec = BuildSpec(
+        build_id="wide-1",
+        steps=[step("wide", "head -c 40000 /dev/zero | tr '\\000' x; echo", "echo after")],
+    )
+    build = await runtime.setup_build(spec)
+    await runtime.assemble_build(build)
+    await runtime.run_container(build, "wide")
+    await runtime.wait_container(build, "wide")
+    async with cluster.stream_logs("ci", build.pod_name, "wide", follow=False) as chunks:
+        raw = b"".join([chunk async for chunk in chunks])
+    assert raw.count(b"Z ") == 4  # three fragments of one line, and "after"
+    assert [line async for line in runtime.tail_container(build, "wide")] == [
+        b"x" * 40000,
+        b"after",
+    ]
+    await runtime.remove_build(build)

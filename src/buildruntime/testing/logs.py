@@ -21,6 +21,9 @@ from buildruntime.testing.faults import Faults
 from buildruntime.testing.objects import log_time
 from buildruntime.testing.tasks import Notifier
 
+MAX_LINE_SIZE = 16 * 1024
+"""containerd's default max_container_log_line_size."""
+
 
 @dataclass(slots=True)
 class LogLine:
@@ -39,6 +42,11 @@ class ContainerLog:
         self.notifier = Notifier()
 
     def append(self, ns: int, text: bytes, *, complete: bool, stream: str) -> None:
+        # Like containerd's CRI logger: a line longer than max_container_log_line_size
+        # (16 KiB) is stored as partial fragments, each of which the kubelet stamps.
+        while len(text) > MAX_LINE_SIZE:
+            self.lines.append(LogLine(ns, text[:MAX_LINE_SIZE], False, stream))
+            text = text[MAX_LINE_SIZE:]
         self.lines.append(LogLine(ns, text, complete, stream))
         self.notifier.notify()
 
