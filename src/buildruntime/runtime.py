@@ -275,8 +275,8 @@ class Runtime:
                     return
                 if fanout.gone:
                     raise diagnosis.pod_gone_error(state.spec.build_id, None, fanout.pod)
-            # Streams closed: the build was stopped while assembling.
-            raise anyio.get_cancelled_exc_class()
+            # The streams closed: the build was stopped while it was assembling.
+            raise diagnosis.pod_gone_error(state.spec.build_id, None, fanout.pod)
         message = fanout.pod.unschedulable_message if fanout.pod is not None else None
         for event in fanout.pod_events.items_from(0)[0]:
             if event.reason == "FailedScheduling":
@@ -378,6 +378,8 @@ class Runtime:
         record = state.steps[step]
         if record.result is not None and record.result.failure is not None:
             return record.result
+        if not record.patched:
+            raise SpecError("step", f"step {step} was not started: call run_container first")
         if spec.timeout is None:
             return await self._wait_terminated(state, step)
         # Measured on the local clock from when the cache first saw the step start: the
@@ -407,6 +409,15 @@ class Runtime:
             if result.failure not in diagnosis.POD_GONE_FAILURES:
                 return result
             # Killed because the pod was deleted, evicted or lost: that is the news.
+        elif view.failure is not None:
+            # The step image will never run (a failed pull or create).
+            return StepResult(
+                step=step,
+                state="waiting",
+                reason=view.failure.reason,
+                message=view.failure.message,
+                failure=view.failure.failure,
+            )
         raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod)
 
     async def inspect_container(self, build: Build, step: str) -> StepResult:
@@ -539,4 +550,5 @@ class Runtime:
 
 def _terminated_or_gone(view: StepView) -> bool:
     container = view.step_container
-    return view.pod_gone or (container is not None and container.phase == "terminated")
+    terminated = container is not None and container.phase == "terminated"
+    return terminated or view.pod_gone or view.failure is not None
