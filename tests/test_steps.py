@@ -318,3 +318,24 @@ async def test_step_calls_out_of_order_get_a_clear_error(runtime: Runtime) -> No
     await runtime.remove_build(build)
     with pytest.raises(SpecError, match="removed"):
         await runtime.run_container(build, "s")
+
+
+async def test_a_pod_without_the_runtimes_labels_is_never_touched(
+    runtime: Runtime, cluster: FakeCluster
+) -> None:
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "taken-1", "namespace": "ci", "labels": {"app": "someone-else"}},
+        "spec": {"containers": [{"name": "app", "image": "busybox", "args": ["sleep", "30"]}]},
+    }
+    await cluster.create_pod("ci", foreign)
+    build = await runtime.setup_build(BuildSpec(build_id="taken-1", steps=[step("s", "true")]))
+    with pytest.raises(AdmissionError, match="already exists"):
+        await runtime.assemble_build(build)
+    await runtime.remove_build(build)
+    still_there = await cluster.list("pods", "ci", field_selector="metadata.name=taken-1")
+    assert [p["metadata"]["labels"] for p in still_there["items"]] == [{"app": "someone-else"}]
+    touched = [r.verb for r in cluster.requests if r.verb in ("patch", "delete")]
+    assert touched == []
+    await cluster.delete_pod("ci", "taken-1")
