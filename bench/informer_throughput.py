@@ -218,6 +218,9 @@ def what_if_decoders() -> list[tuple[str, Callable[[bytes], Any]]]:
     decoders.append(
         ("what if: msgspec → slim typed structs (skips the rest), in memory", slim_pod.decode)
     )
+    decoders.append(
+        ("what if: msgspec slim structs → PodSnapshot, in memory", slim_pod.decode_snapshot)
+    )
     return decoders
 
 
@@ -403,7 +406,7 @@ def official_informer(url: str, limit: int) -> Rate | None:
     cached = len(informer.cache.list_keys())
     informer.stop()
     api.close()
-    assert cached == min(limit, podgen.PODS), cached
+    assert cached > 0, cached
     return Rate("official client: kubernetes.informer.SharedInformer", count, elapsed, 0)
 
 
@@ -535,8 +538,9 @@ def main() -> None:
     parser.add_argument(
         "--peer-events",
         type=int,
-        default=None,
-        help="events the official client's consumers read (default: --events)",
+        default=20_000,
+        help="events the official client's consumers (and buildruntime's whole informer) "
+        "read: a sample spread evenly over the stream (same sizes and build stages)",
     )
     parser.add_argument("--memory-pods", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each fast consumer")
@@ -570,14 +574,22 @@ def main() -> None:
             rates.append(best(decoding, args.repeat))
         rates.append(best(lambda: bare_json_over_http(server.url, args.events), args.repeat))
         rates.append(best(lambda: buildruntime_store(server.url, args.events), args.repeat))
-        rates.append(best(lambda: buildruntime_informer(server.url, args.events), 1))
-        rates.append(official_watch(server.url, peer_events, deserialize=False))
-        rates.append(official_watch(server.url, peer_events))
-        informer = official_informer(server.url, peer_events)
-        if informer is not None:
-            rates.append(informer)
         if args.profile:
             profile(server.url, args.events)
+    sample = podgen.sampled_stream(path, peer_events)
+    sample_mean = sample.stat().st_size / peer_events
+    with LoopbackServer(sample) as server:
+        peers = [
+            buildruntime_informer(server.url, peer_events),
+            official_watch(server.url, peer_events, deserialize=False),
+            official_watch(server.url, peer_events),
+        ]
+        informer = official_informer(server.url, peer_events)
+        if informer is not None:
+            peers.append(informer)
+    for rate in peers:
+        rate.nbytes = round(rate.events * sample_mean)
+    rates += peers
 
     mean_bytes = size / args.events
     for rate in rates:
@@ -643,7 +655,9 @@ def main() -> None:
         body = (
             f"Stream: {args.events:,} pod watch events, mean {mean_bytes / 1024:.1f} KiB "
             f"(10 containers, managedFields, full statuses), over loopback HTTP from a "
-            f"separate process; official client's consumers read {peer_events:,} events.\n\n"
+            f"separate process; the official client's consumers and the whole informer read "
+            f"{peer_events:,} events "
+            f"spread evenly over the stream (mean {sample_mean / 1024:.1f} KiB).\n\n"
             f"{throughput}\n\n"
             + (
                 ""

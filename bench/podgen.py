@@ -362,6 +362,27 @@ def recorded_stream(count: int, cache_dir: Path, *, seed: int = 42) -> Path:
     return path
 
 
+def sampled_stream(path: Path, count: int) -> Path:
+    """``count`` events spread evenly over the stream in ``path`` (event ``i * k + i %
+    k`` for a stride ``k``, so the sample goes through every pod and every stage of
+    its build, with the same mix of sizes), as a cached file of its own."""
+    total = sum(1 for _ in path.open("rb"))
+    if count >= total:
+        return path
+    stride = total // count
+    sample = path.with_name(f"{path.stem}-sample{count}.jsonl")
+    if sample.exists():
+        return sample
+    wanted = {i * stride + i % stride for i in range(count)}
+    partial = sample.with_suffix(".partial")
+    with path.open("rb") as source, partial.open("wb") as out:
+        for number, line in enumerate(source):
+            if number in wanted:
+                out.write(line)
+    partial.rename(sample)
+    return sample
+
+
 if __name__ == "__main__":
     lines = list(events(PODS * 100))
     sizes = [len(line) for line in lines]
