@@ -339,3 +339,18 @@ async def test_a_pod_without_the_runtimes_labels_is_never_touched(
     touched = [r.verb for r in cluster.requests if r.verb in ("patch", "delete")]
     assert touched == []
     await cluster.delete_pod("ci", "taken-1")
+
+
+async def test_a_log_past_the_memory_limit_spills_to_a_file_and_reads_back_whole(
+    cluster: FakeCluster,
+) -> None:
+    async with Runtime(cluster, namespace="ci", log_memory_limit=10_000) as rt:
+        spec = BuildSpec(build_id="spill-1", steps=[step("big", "seq 1 50000")])
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        await rt.run_container(build, "big")
+        await rt.wait_container(build, "big")
+        expected = [str(i).encode() for i in range(1, 50001)]
+        assert [line async for line in rt.tail_container(build, "big")] == expected
+        assert [line async for line in rt.tail_container(build, "big")] == expected
+        await rt.remove_build(build)

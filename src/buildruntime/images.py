@@ -7,6 +7,7 @@ normalising both sides.
 
 from __future__ import annotations
 
+import functools
 import re
 
 DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
@@ -50,6 +51,7 @@ def _is_registry(first_component: str) -> bool:
     return "." in first_component or ":" in first_component or first_component == "localhost"
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_image(reference: str) -> str:
     """The fully qualified form a kubelet reports.
 

@@ -49,7 +49,7 @@ class LogBuffer:
         self._head_bytes = 0
         self._spill: IO[bytes] | None = None
         self._offsets = array("Q")  # start offset of each spilled line, plus the end
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made when a reader waits
         self.complete = False
         """No line will be added any more: the container ended and its log was read."""
         self.lost_reason: str | None = None
@@ -90,7 +90,7 @@ class LogBuffer:
     async def wait_complete(self) -> None:
         """Return once the log has been read to its end."""
         while not self.complete:
-            await self._changed.wait()
+            await self._wait_change()
 
     def close(self) -> None:
         """Release the spill file (after every tail is done)."""
@@ -99,8 +99,14 @@ class LogBuffer:
             self._spill.close()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
 
     def lines(self, start: int, stop: int) -> list[bytes]:
         """Lines ``start`` up to (not including) ``stop``."""
@@ -127,7 +133,7 @@ class LogBuffer:
                 continue
             if self.complete:
                 return
-            await self._changed.wait()
+            await self._wait_change()
 
 
 def parse_timestamp_ns(stamp: bytes, _cache: dict[bytes, int] = {}) -> int:  # noqa: B006

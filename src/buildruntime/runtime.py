@@ -164,6 +164,8 @@ class Runtime:
                         tg.start_soon(self._remove_quietly, state)
             for state in self._builds.values():
                 state.stop()
+                for buffer in state.buffers.values():
+                    buffer.close()  # spill files go with the runtime
             self._events.close()
         self._task_group = None
 

@@ -124,8 +124,10 @@ class PodFanout:
             self._emit(
                 None, "scheduled", reason="Scheduled", message=f"assigned to {new.node_name}"
             )
+        spec_images = dict(new.spec_images)
+        statuses = {status.name: status for status in new.containers}
         for step in self.steps:
-            self._update_step(step, new)
+            self._update_step(step, new, spec_images.get(step), statuses.get(step))
         if new.deleting or diagnosis.pod_failure(new) is not None:
             self._mark_gone(new)
 
@@ -180,19 +182,31 @@ class PodFanout:
 
     # -- derivation ---------------------------------------------------------------------
 
-    def _update_step(self, step: str, pod: PodSnapshot) -> None:
-        spec_image = pod.spec_image(step)
+    def _update_step(
+        self,
+        step: str,
+        pod: PodSnapshot,
+        spec_image: str | None,
+        container: ContainerSnapshot | None,
+    ) -> None:
         patched = spec_image is not None and spec_image != self.placeholder
-        container = pod.container(step)
         is_step = (
             patched
             and container is not None
             and (container.restart_count >= 1 or not same_image(container.image, self.placeholder))
         )
-        view = StepView(step, container, is_step, patched, self.gone, self._failures.get(step))
+        failure = self._failures.get(step)
         topic = self.states[step]
-        if topic.latest == view:
-            return
+        latest = topic.latest
+        if (
+            latest is not None
+            and latest.container == container
+            and latest.patched == patched
+            and latest.pod_gone == self.gone
+            and latest.failure == failure
+        ):
+            return  # most pod updates leave most steps as they were
+        view = StepView(step, container, is_step, patched, self.gone, failure)
         topic.publish(view)
         if is_step and container is not None:
             self._step_domain_events(step, container, pod)

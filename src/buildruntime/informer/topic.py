@@ -23,7 +23,9 @@ class Topic(Generic[T]):
     def __init__(self, retain: int = 10_000) -> None:
         self._items: deque[T] = deque(maxlen=retain)
         self._first = 0  # sequence number of self._items[0]
-        self._changed = anyio.Event()
+        # Created only when a reader waits: most items are published with nobody
+        # waiting, and an event per publish would cost more than the append.
+        self._changed: anyio.Event | None = None
         self._closed = False
         self.skipped = 0
 
@@ -57,8 +59,9 @@ class Topic(Generic[T]):
             self._wake()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def items_from(self, seq: int) -> tuple[list[T], int]:
         """The retained items from ``seq`` on, and the sequence number after them."""
@@ -72,6 +75,8 @@ class Topic(Generic[T]):
     async def wait_beyond(self, seq: int) -> None:
         """Return once an item with number >= ``seq`` exists or the topic is closed."""
         while seq >= self.next_seq and not self._closed:
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()
 
     async def follow(
