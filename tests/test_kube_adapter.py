@@ -569,6 +569,21 @@ async def test_a_silent_watch_times_out_as_unavailable(any_server: FakeApiServer
     assert got == [added]
 
 
+async def test_a_quiet_events_watch_is_given_until_the_servers_own_end(
+    any_server: FakeApiServer,
+) -> None:
+    # Events get no bookmarks (the API server does not cache them), so silence on an
+    # events watch is normal until its timeoutSeconds: only then is it presumed broken.
+    any_server.route("GET", EVENTS, stalled())
+    async with make_cluster(any_server, watch_read_timeout=0.3) as cluster:
+        started = time.monotonic()
+        with pytest.raises(UnavailableError, match=r"no data for 1\.3 s"):
+            await collect(
+                cluster.watch("events", "ci", resource_version="1", timeout_seconds=1), []
+            )
+        assert 1.2 < time.monotonic() - started < 5
+
+
 def _threads_reading() -> list[str]:
     """Names of the threads whose stack is inside our stream readers right now."""
     names = {t.ident: t.name for t in threading.enumerate()}

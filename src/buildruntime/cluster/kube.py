@@ -54,6 +54,7 @@ from kubernetes.client.exceptions import ApiException
 from .kube_stream import BrokenStream, LineSplitter, StreamConnection, decode_event
 from .port import (
     JSON,
+    RESOURCES_WITHOUT_BOOKMARKS,
     ApiError,
     ConflictError,
     ExpiredError,
@@ -459,6 +460,7 @@ class KubeCluster:
         path_params: dict[str, str],
         query: builtins.list[tuple[str, str]],
         accept: str,
+        read_timeout: float,
     ) -> None:
         """Blocking: open a streamed GET and hand its response to ``connection``.
 
@@ -474,15 +476,15 @@ class KubeCluster:
             query=query,
             body=None,
             content_type=None,
-            timeout=(self.request_timeout, self.watch_read_timeout),
+            timeout=(self.request_timeout, read_timeout),
             accept=accept,
         )
         connection.attach(response)
 
-    def _broken(self, what: str, exc: BaseException) -> UnavailableError:
+    def _broken(self, what: str, exc: BaseException, read_timeout: float) -> UnavailableError:
         if isinstance(exc, TimeoutError | urllib3.exceptions.ReadTimeoutError):
             return UnavailableError(
-                f"{what}: no data for {self.watch_read_timeout:g} s "
+                f"{what}: no data for {read_timeout:g} s "
                 "(not even a bookmark): the connection is presumed broken"
             )
         return UnavailableError(f"{what}: the connection broke: {exc}")
@@ -516,6 +518,7 @@ class _Stream:
         self._query = query
         self._what = what
         self._connection = StreamConnection()
+        self._read_timeout = cluster.watch_read_timeout
         self._counted = False
         self._entered = False
         self._ended = False
@@ -537,6 +540,7 @@ class _Stream:
                     self._path_params,
                     self._query,
                     self._accept,
+                    self._read_timeout,
                 )
             )
         except BaseException:
@@ -564,7 +568,7 @@ class _Stream:
         try:
             return self._connection.read()
         except _TRANSPORT_ERRORS as exc:
-            raise self._cluster._broken(self._what, exc) from exc
+            raise self._cluster._broken(self._what, exc, self._read_timeout) from exc
 
 
 class _Watch(_Stream):
@@ -604,6 +608,11 @@ class _Watch(_Stream):
             f"watch {resource} in {namespace}",
         )
         self._resource = resource
+        if resource in RESOURCES_WITHOUT_BOOKMARKS:
+            # Silence proves nothing on such a watch: wait out the server's own end.
+            timeout = dict(query).get("timeoutSeconds")
+            server_end = float(timeout) if timeout else 1800.0
+            self._read_timeout = server_end + cluster.watch_read_timeout
         self._batch: builtins.list[bytes] = []
         self._next = 0
         self._splitter = LineSplitter()

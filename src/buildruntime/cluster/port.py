@@ -21,6 +21,11 @@ JSON = dict[str, Any]
 
 Resource = Literal["pods", "events"]
 
+RESOURCES_WITHOUT_BOOKMARKS = frozenset({"events"})
+"""The API server serves events straight from etcd, not from its watch cache
+(DefaultWatchCacheSizes gives them 0), so an events watch gets no bookmarks: a quiet
+one is silent until the server ends it after ``timeoutSeconds``."""
+
 
 class Request(NamedTuple):
     """One request sent to the API server, for accounting: ``verb`` is one of list,

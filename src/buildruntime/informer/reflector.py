@@ -32,6 +32,7 @@ from tenacity import (
 )
 
 from buildruntime.cluster.port import (
+    RESOURCES_WITHOUT_BOOKMARKS,
     ApiError,
     Cluster,
     ExpiredError,
@@ -199,10 +200,12 @@ class Reflector:
         opened = self._last_heard = anyio.current_time()
         failure: Exception | None = None
         seen_any = False
+        low, high = self._settings.watch_timeout
+        timeout_seconds = random.randint(low, high)
         async with anyio.create_task_group() as guard:
-            guard.start_soon(self._watchdog, guard.cancel_scope)
+            guard.start_soon(self._watchdog, guard.cancel_scope, timeout_seconds)
             try:
-                seen_any = await self._follow_watch()
+                seen_any = await self._follow_watch(timeout_seconds)
             except Exception as error:  # raised outside, not as a task group's group
                 failure = error
             guard.cancel_scope.cancel()
@@ -217,10 +220,9 @@ class Reflector:
             # resetting us, an overloaded server): back off rather than spin.
             raise UnavailableError(f"{self._resource} watch closed at once with no events")
 
-    async def _follow_watch(self) -> bool:
+    async def _follow_watch(self, timeout_seconds: int) -> bool:
         """Apply every event of one watch; True if it delivered any."""
         assert self._resource_version is not None
-        low, high = self._settings.watch_timeout
         seen_any = False
         async with self._cluster.watch(
             self._resource,
@@ -228,7 +230,7 @@ class Reflector:
             resource_version=self._resource_version,
             label_selector=self._label_selector,
             field_selector=self._field_selector,
-            timeout_seconds=random.randint(low, high),
+            timeout_seconds=timeout_seconds,
             allow_bookmarks=True,
         ) as events:
             async for event in events:
@@ -246,12 +248,15 @@ class Reflector:
                     self._resource_version = version
         return seen_any
 
-    async def _watchdog(self, watch_scope: anyio.CancelScope) -> None:
+    async def _watchdog(self, watch_scope: anyio.CancelScope, timeout_seconds: int) -> None:
         """End a watch that has gone silent: bookmarks arrive about once a minute on a
         healthy watch, so nothing at all for ``watch_idle_timeout`` means a connection
-        that stalled without breaking (a known hang of long-lived HTTP streams)."""
+        that stalled without breaking (a known hang of long-lived HTTP streams). Events
+        get no bookmarks; their watch is given until the server's own end."""
         self._stalled = False
         idle = self._settings.watch_idle_timeout
+        if self._resource in RESOURCES_WITHOUT_BOOKMARKS:
+            idle += timeout_seconds
         while True:
             await anyio.sleep(max(self._last_heard + idle - anyio.current_time(), 0.01))
             if anyio.current_time() - self._last_heard >= idle:
