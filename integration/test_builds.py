@@ -203,3 +203,19 @@ async def test_request_budget_per_build(target: Target, steps: int) -> None:
         ("log", "pods"): steps,
         ("delete", "pods"): 1,
     }
+
+
+@pytest.mark.slow
+async def test_a_quiet_build_longer_than_a_bookmark_interval_keeps_its_budget(
+    target: Target,
+) -> None:
+    # Pods watches get a bookmark a minute; events watches get none: neither may be
+    # mistaken for a stalled connection and re-opened.
+    spec = BuildSpec(build_id=_id("quiet"), steps=[_step("wait", "sleep 80", "echo done")])
+    before = len(target.requests)
+    results = await _run(target, spec)
+    assert results["wait"][0] == [b"done"]
+    sent = Counter((r.verb, r.resource) for r in target.requests[before:])
+    assert sent[("watch", "pods")] == 1
+    assert sent[("watch", "events")] == 1
+    assert sum(sent.values()) == 8

@@ -584,6 +584,25 @@ async def test_a_quiet_events_watch_is_given_until_the_servers_own_end(
         assert 1.2 < time.monotonic() - started < 5
 
 
+async def test_a_silent_log_stream_has_its_own_read_timeout(any_server: FakeApiServer) -> None:
+    # A quiet step is silent as long as it likes: its log stream is reopened after
+    # log_read_timeout, not after the watches' 70 s.
+    any_server.route("GET", PODS + "/p/log", stalled(b"2026-01-01T00:00:00Z hello\n"))
+    async with make_cluster(any_server, watch_read_timeout=5, log_read_timeout=0.3) as cluster:
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            async with cluster.stream_logs("ci", "p", "c") as stream:
+                async for chunk in stream:
+                    chunks.append(chunk)
+
+        started = time.monotonic()
+        with pytest.raises(UnavailableError, match=r"no data for 0\.3 s"):
+            await read()
+        assert time.monotonic() - started < 4
+    assert b"".join(chunks) == b"2026-01-01T00:00:00Z hello\n"
+
+
 def _threads_reading() -> list[str]:
     """Names of the threads whose stack is inside our stream readers right now."""
     names = {t.ident: t.name for t in threading.enumerate()}

@@ -110,14 +110,15 @@ class KubeCluster:
       150 concurrent builds; idle threads cost only their stack reservation.
     - ``request_timeout`` (30 s): total time for a unary call (list, create, patch,
       delete), and the connect timeout of streams.
-    - ``watch_read_timeout`` (70 s): a watch or log stream that delivers no byte for
-      this long is treated as broken and raises
-      :class:`~buildruntime.cluster.port.UnavailableError`. The API server sends a
-      bookmark about every minute on a watch with ``allowWatchBookmarks``, so 70 s of
-      silence means a dead connection (kopf uses the same figure). For a follow log
-      stream of a quiet container it means "check the container and reopen with
-      ``sinceTime``", which also covers follow streams that stall silently (kubernetes
-      #59477, #28369).
+    - ``watch_read_timeout`` (70 s): a watch that delivers no byte for this long is
+      treated as broken and raises :class:`~buildruntime.cluster.port.UnavailableError`.
+      The API server sends a bookmark about every minute on a pods watch with
+      ``allowWatchBookmarks``, so 70 s of silence means a dead connection (kopf uses the
+      same figure). Events get no bookmarks: their watches wait out ``timeoutSeconds``.
+    - ``log_read_timeout`` (300 s): the same for a follow log stream. A quiet container
+      is silent for as long as it likes, so here silence means "reopen with
+      ``sinceTime``" (which also catches streams that stall silently, kubernetes
+      #59477, #28369): one extra request per five quiet minutes.
 
     Accounting, as on the fake cluster: ``requests`` gets one
     :class:`~buildruntime.cluster.port.Request` per HTTP request issued (failed ones
@@ -131,10 +132,11 @@ class KubeCluster:
         stream_threads: int = 512,
         request_timeout: float = 30.0,
         watch_read_timeout: float = 70.0,
+        log_read_timeout: float = 300.0,
     ) -> None:
         if stream_threads < 1:
             raise ValueError("stream_threads must be at least 1")
-        if request_timeout <= 0 or watch_read_timeout <= 0:
+        if min(request_timeout, watch_read_timeout, log_read_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         self._api_client: Any = api_client
         _disable_urllib3_retries(api_client)
@@ -144,6 +146,7 @@ class KubeCluster:
         self.stream_threads = stream_threads
         self.request_timeout = float(request_timeout)
         self.watch_read_timeout = float(watch_read_timeout)
+        self.log_read_timeout = float(log_read_timeout)
         self.requests: builtins.list[Request] = []
         self.open_watches = 0
         self.open_log_streams = 0
@@ -159,6 +162,7 @@ class KubeCluster:
         stream_threads: int = 512,
         request_timeout: float = 30.0,
         watch_read_timeout: float = 70.0,
+        log_read_timeout: float = 300.0,
     ) -> KubeCluster:
         """Load a kubeconfig into a private ``Configuration`` (never the client's
         process-wide default). ``path=None`` means ``$KUBECONFIG`` (read now, and
@@ -178,6 +182,7 @@ class KubeCluster:
             stream_threads=stream_threads,
             request_timeout=request_timeout,
             watch_read_timeout=watch_read_timeout,
+            log_read_timeout=log_read_timeout,
         )
 
     @classmethod
@@ -187,6 +192,7 @@ class KubeCluster:
         stream_threads: int = 512,
         request_timeout: float = 30.0,
         watch_read_timeout: float = 70.0,
+        log_read_timeout: float = 300.0,
     ) -> KubeCluster:
         """Use the pod's service account (token, CA and ``KUBERNETES_SERVICE_HOST``),
         into a private ``Configuration``; the token file is re-read as it rotates."""
@@ -197,6 +203,7 @@ class KubeCluster:
             stream_threads=stream_threads,
             request_timeout=request_timeout,
             watch_read_timeout=watch_read_timeout,
+            log_read_timeout=log_read_timeout,
         )
 
     async def aclose(self) -> None:
@@ -682,6 +689,7 @@ class _LogStream(_Stream):
             query,
             f"log of {namespace}/{pod}",
         )
+        self._read_timeout = cluster.log_read_timeout
 
     async def __aenter__(self) -> _LogStream:
         await self._open()
