@@ -30,7 +30,6 @@ class StepRecord:
     patched: bool = False
     result: StepResult | None = None
     """A result the runtime settled on: a timeout, an image that cannot be pulled."""
-    capture: LogCapture | None = None
     started_at: float | None = None
     """Event-loop time at which the cache first showed the step image running."""
 
@@ -220,7 +219,6 @@ class BuildState:
             step_ended=lambda timeout: self.step_ended(step, timeout),
             pod_gone=lambda: self.fanout.gone,
         )
-        self.steps[step].capture = capture
         await capture.run()
 
 

@@ -58,10 +58,6 @@ class LogBuffer:
     def __len__(self) -> int:
         return len(self._head) + max(len(self._offsets) - 1, 0)
 
-    @property
-    def spilled(self) -> bool:
-        return self._spill is not None
-
     def append(self, lines: list[bytes]) -> None:
         """Add lines (without their newline) and wake the tails."""
         if not lines:
@@ -191,7 +187,6 @@ class LogCapture:
         self._end_grace = end_grace
         self._second = -1  # the latest whole second any delivered line was stamped in
         self._delivered_in_second = 0  # lines delivered stamped in that second
-        self.streams_opened = 0
 
     async def run(self) -> None:
         """Capture until the container's log is read to its end (or the pod vanished)."""
@@ -230,7 +225,6 @@ class LogCapture:
         # the first ones are those delivered before the cut.
         skip = self._delivered_in_second if resuming else 0
         pending = b""
-        self.streams_opened += 1
         async with self._cluster.stream_logs(
             self._namespace,
             self._pod,
