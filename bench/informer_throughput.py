@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -344,6 +345,61 @@ async def _buildruntime_informer(url: str, limit: int) -> Rate:
     return Rate("buildruntime: Reflector → Store → PodFanout (whole informer)", count, elapsed, 0)
 
 
+async def _what_if_msgspec_pipeline(url: str, limit: int) -> Rate:
+    """The same pipeline with the adapter's per-line decoding swapped (in this process
+    only) for msgspec's slim decode, and the store fed ``slim_pod.to_snapshot``: what
+    the hot path would cost if the library decoded straight into its snapshots."""
+    import slim_pod
+
+    import buildruntime.cluster.kube
+    from buildruntime.cluster.kube import KubeCluster
+    from buildruntime.informer.snapshots import PodSnapshot
+
+    kube: Any = buildruntime.cluster.kube
+
+    def decode(line: bytes) -> dict[str, Any]:
+        event = slim_pod.decode(line)
+        return {"type": event.type, "object": event.object}
+
+    pods: dict[str, PodSnapshot] = {}
+    count = 0
+    original = kube.decode_event
+    kube.decode_event = decode
+    try:
+        async with KubeCluster(_api_client(url)) as cluster:
+            started = time.perf_counter()
+            async with cluster.watch("pods", NAMESPACE, resource_version=START_RV) as events:
+                async for event in events:
+                    snap = slim_pod.to_snapshot(event["object"])
+                    old = pods.get(snap.name)
+                    if old is None or int(snap.resource_version) > int(old.resource_version):
+                        pods[snap.name] = snap
+                    count += 1
+                    if count >= limit:
+                        break
+            elapsed = time.perf_counter() - started
+    finally:
+        kube.decode_event = original
+    return Rate(
+        "what if: KubeCluster.watch with msgspec decode → PodSnapshot → cache",
+        count,
+        elapsed,
+        0,
+    )
+
+
+def what_if_msgspec_pipeline(url: str, limit: int) -> Rate | None:
+    try:
+        import slim_pod  # noqa: F401
+    except ImportError:
+        return None
+    import buildruntime.cluster.kube
+
+    if not hasattr(buildruntime.cluster.kube, "decode_event"):
+        return None  # the adapter changed shape
+    return anyio.run(_what_if_msgspec_pipeline, url, limit)
+
+
 def buildruntime_store(url: str, limit: int) -> Rate:
     return anyio.run(_buildruntime_store, url, limit)
 
@@ -512,8 +568,18 @@ def profile(url: str, limit: int) -> None:
         return
     profiler = Profiler(interval=0.0005)
     profiler.start()
-    cluster._open_stream(
-        connection, "watch", watch._path, watch._path_params, watch._query, "application/json"
+    open_stream: Any = cluster._open_stream
+    extra = {}
+    if "read_timeout" in inspect.signature(open_stream).parameters:
+        extra["read_timeout"] = cluster.watch_read_timeout
+    open_stream(
+        connection,
+        "watch",
+        watch._path,
+        watch._path_params,
+        watch._query,
+        "application/json",
+        **extra,
     )
     count = 0
     while count < limit:
@@ -574,6 +640,9 @@ def main() -> None:
             rates.append(best(decoding, args.repeat))
         rates.append(best(lambda: bare_json_over_http(server.url, args.events), args.repeat))
         rates.append(best(lambda: buildruntime_store(server.url, args.events), args.repeat))
+        what_if = what_if_msgspec_pipeline(server.url, args.events)
+        if what_if is not None:
+            rates.append(what_if)
         if args.profile:
             profile(server.url, args.events)
     sample = podgen.sampled_stream(path, peer_events)
