@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from buildruntime.cluster.port import JSON, Cluster, Request, Resource
 
@@ -228,14 +228,19 @@ def require_kubeconfig(target: str) -> str | None:
         return None
     path = os.environ.get("KUBECONFIG")
     if not path:
-        sys.exit(
+        _fail(
             f"--target {target} needs a real cluster: set KUBECONFIG (for the local "
             "cluster: KUBECONFIG=/var/lib/buildruntime-cluster/admin.kubeconfig; start it "
             "with integration/cluster/up), or pass --target fake"
         )
     if not Path(path).exists():
-        sys.exit(f"KUBECONFIG={path} does not exist (is the local cluster up?)")
+        _fail(f"KUBECONFIG={path} does not exist (is the local cluster up?)")
     return path
+
+
+def _fail(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def kubectl_path() -> str:
