@@ -354,3 +354,17 @@ async def test_a_log_past_the_memory_limit_spills_to_a_file_and_reads_back_whole
         assert [line async for line in rt.tail_container(build, "big")] == expected
         assert [line async for line in rt.tail_container(build, "big")] == expected
         await rt.remove_build(build)
+
+
+async def test_a_removed_build_is_held_only_by_its_handle(runtime: Runtime) -> None:
+    import gc
+    import weakref
+
+    outcome = await run_pipeline(
+        runtime, BuildSpec(build_id="forget-1", steps=[step("s", "echo x")])
+    )
+    assert await runtime.inspect_container(outcome.build, "s") == outcome.steps["s"].result
+    held = weakref.ref(outcome.build._state)
+    del outcome
+    gc.collect()
+    assert held() is None, "the runtime still holds a removed build"

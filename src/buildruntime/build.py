@@ -102,6 +102,8 @@ class BuildState:
         self.event_reflector: Reflector | None = None
         self._task_group: TaskGroup | None = None
         self._cancel = anyio.CancelScope()
+        self.owner: object = None
+        """The runtime this build belongs to."""
         self.started = False
         self.removed = False
         self.finished = anyio.Event()

@@ -196,6 +196,7 @@ class Runtime:
             log_memory_limit=self._log_memory_limit,
             runtime_events=self._events,
         )
+        state.owner = self
         self._builds[spec.build_id] = state
         return Build(spec=spec, namespace=self.namespace, pod_manifest=manifest, _state=state)
 
@@ -443,7 +444,7 @@ class Runtime:
         if state.removed:
             return
         if not state.started:
-            state.removed = True
+            self._forget(state)
             state.fanout.close()
             return
         await self._remove(state)
@@ -469,7 +470,7 @@ class Runtime:
                     async for pod in state.fanout.pods.follow(from_latest=True):
                         if pod is None:
                             break
-        state.removed = True
+        self._forget(state)
         state.stop()
         with anyio.CancelScope(shield=True):
             await state.finished.wait()
@@ -481,7 +482,7 @@ class Runtime:
                 await self.cluster.delete_pod(self.namespace, state.spec.pod_name)
         state.stop()
         await state.finished.wait()
-        state.removed = True
+        self._forget(state)
 
     def events(self) -> AsyncIterator[BuildEvent]:
         """Domain events of every build of this runtime, from now on."""
@@ -501,10 +502,17 @@ class Runtime:
             raise SpecError(
                 "build", f"must be a Build from setup_build, not {type(build).__name__}"
             )
-        state = self._builds.get(build.build_id)
-        if state is None or state is not build._state:
+        state = build._state
+        if state.owner is not self:
             raise SpecError("build", f"build {build.build_id} does not belong to this runtime")
         return state
+
+    def _forget(self, state: BuildState) -> None:
+        """A removed build is held only by its handle: what a worker running builds for
+        weeks keeps is what its executors still hold, not every build it ever ran."""
+        state.removed = True
+        if self._builds.get(state.spec.build_id) is state:
+            del self._builds[state.spec.build_id]
 
     def _step(self, state: BuildState, step: str) -> StepSpec:
         try:

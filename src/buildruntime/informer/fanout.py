@@ -77,7 +77,8 @@ class PodFanout:
         self.step_events: dict[str, Topic[EventSnapshot]] = {s: Topic(retain=1_000) for s in steps}
         self.pod_events: Topic[EventSnapshot] = Topic(retain=1_000)
         self.build_events: Topic[BuildEvent] = Topic(retain=10_000)
-        self.pods: Topic[PodSnapshot | None] = Topic(retain=100)
+        # Readers want the latest pod or wait for one condition: a few snapshots do.
+        self.pods: Topic[PodSnapshot | None] = Topic(retain=4)
         """The build-level stream: every snapshot of the pod, None once it is deleted."""
         self._also_publish = publish or []
         self._emitted: set[tuple[str | None, str]] = set()
