@@ -15,6 +15,7 @@ A final line without a newline is delivered once the container is known to have 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -132,26 +133,24 @@ class LogBuffer:
             await self._wait_change()
 
 
-def parse_timestamp_ns(stamp: bytes, _cache: dict[bytes, int] = {}) -> int:  # noqa: B006
-    """Nanoseconds since the epoch of a kubelet log timestamp (RFC 3339, UTC, up to ns).
+@functools.lru_cache(maxsize=4096)
+def _epoch_second(whole_second: bytes) -> int:
+    return int(datetime.fromisoformat(whole_second.decode()).replace(tzinfo=UTC).timestamp())
 
-    The whole-second part repeats from line to line, so its parse is cached.
-    """
-    seconds_part = stamp[:19]
-    seconds = _cache.get(seconds_part)
-    if seconds is None:
-        seconds = int(datetime.fromisoformat(seconds_part.decode()).replace(tzinfo=UTC).timestamp())
-        if len(_cache) > 4096:
-            _cache.clear()
-        _cache[seconds_part] = seconds
+
+def timestamp_second(stamp: bytes) -> int:
+    """The whole second, since the epoch, of a kubelet log timestamp (RFC 3339, UTC, up
+    to ns): all that ``sinceTime`` can express. The second repeats from line to line,
+    so its parse is cached. Raises ValueError for anything that is not a timestamp."""
     fraction = stamp[20:].rstrip(b"Z") if stamp[19:20] == b"." else b""
-    nanos = int(fraction.ljust(9, b"0")[:9]) if fraction else 0
-    return seconds * 1_000_000_000 + nanos
+    if fraction and not fraction.isdigit():
+        raise ValueError(f"not a timestamp: {stamp[:40]!r}")
+    return _epoch_second(stamp[:19])
 
 
-def since_time_of(stamp_ns: int) -> str:
-    """``sinceTime`` for a resume: the whole second the last delivered line fell in."""
-    return datetime.fromtimestamp(stamp_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def since_time_of(second: int) -> str:
+    """``sinceTime`` for a resume from the whole second the last delivered line fell in."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class LogCapture:
@@ -220,7 +219,7 @@ class LogCapture:
     async def _read_once(self) -> bool:
         """One log request; True when the log has been read to its end."""
         resuming = self._second >= 0
-        since = since_time_of(self._second * 1_000_000_000) if resuming else None
+        since = since_time_of(self._second) if resuming else None
         # The server returns every line stamped in or after that second, in file order;
         # the first ones are those delivered before the cut.
         skip = self._delivered_in_second if resuming else 0
@@ -262,7 +261,7 @@ class LogCapture:
             space = raw.find(b" ")
             stamp, content = (raw, b"") if space < 0 else (raw[:space], raw[space + 1 :])
             try:
-                line_second = parse_timestamp_ns(stamp) // 1_000_000_000
+                line_second = timestamp_second(stamp)
             except ValueError:
                 log.warning("log line of %s/%s without a timestamp", self._pod, self._container)
                 fresh.append(raw)
