@@ -28,15 +28,18 @@ import pytest
 
 from buildruntime.cluster import kube_stream
 from buildruntime.cluster.kube import KubeCluster
-from buildruntime.cluster.kube_stream import Dechunker, LineSplitter, decode_event
+from buildruntime.cluster.kube_stream import Dechunker, LineSplitter
 from buildruntime.cluster.port import (
     ApiError,
     ConflictError,
     ExpiredError,
     NotFoundError,
     Request,
+    Resource,
     UnavailableError,
 )
+from buildruntime.cluster.watch_events import decode_event
+from buildruntime.informer.decoders import EVENT_EVENTS, POD_EVENTS, SnapshotDecoder
 
 pytestmark = pytest.mark.anyio
 
@@ -510,6 +513,41 @@ async def test_watch_error_event_410_is_expired(server: FakeApiServer) -> None:
         assert cluster.open_watches == 0
     assert got == [added]
     assert caught.value.status == 410
+    assert caught.value.message == "too old resource version: 1 (11)"
+
+
+@pytest.mark.parametrize(
+    ("resource", "path", "decoder"),
+    [("pods", PODS, POD_EVENTS), ("events", EVENTS, EVENT_EVENTS)],
+)
+async def test_typed_watch_decodes_snapshots_and_raises_410(
+    server: FakeApiServer, resource: Resource, path: str, decoder: SnapshotDecoder[Any]
+) -> None:
+    # A Status fails the strict pod decoder but fits the event one (its fields are all
+    # optional there): both must end in ExpiredError, never in a cached "object".
+    obj = (
+        pod("p", "11")
+        if resource == "pods"
+        else {
+            "metadata": {"name": "e", "uid": "e1", "resourceVersion": "11"},
+            "involvedObject": {"name": "p"},
+            "reason": "Pulled",
+        }
+    )
+    error = {
+        "type": "ERROR",
+        "object": status_object(410, "Expired", "too old resource version: 1 (11)"),
+    }
+    server.route(
+        "GET", path, chunked(line({"type": "ADDED", "object": obj}), b"garbage\n", line(error))
+    )
+    async with make_cluster(server) as cluster:
+        got: list[Any] = []
+        with pytest.raises(ExpiredError) as caught:
+            await collect(cluster.watch(resource, "ci", resource_version="1", decoder=decoder), got)
+        assert cluster.open_watches == 0
+    assert [(e.type, e.object.resource_version) for e in got] == [("ADDED", "11")]
+    assert got[0].object == decoder.from_item(obj)
     assert caught.value.message == "too old resource version: 1 (11)"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -13,8 +12,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from buildruntime.cluster.port import JSON, Cluster
 from buildruntime.errors import SpecError
 from buildruntime.events import BuildEvent
+from buildruntime.informer.decoders import EVENT_EVENTS, POD_EVENTS
 from buildruntime.informer.fanout import PodFanout, StepView
 from buildruntime.informer.reflector import Reflector, ReflectorSettings
+from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Store
 from buildruntime.informer.topic import Topic
 from buildruntime.labels import build_selector
@@ -95,11 +96,12 @@ class BuildState:
             "pods",
             namespace,
             label_selector=build_selector(spec.build_id),
+            decoder=POD_EVENTS,
             replace=self._replace_pods,
             apply=self._apply_pod,
             settings=reflector_settings,
         )
-        self.event_reflector: Reflector | None = None
+        self.event_reflector: Reflector[EventSnapshot] | None = None
         self._task_group: TaskGroup | None = None
         self._cancel = anyio.CancelScope()
         self.owner: object = None
@@ -110,21 +112,21 @@ class BuildState:
 
     # -- store → fan-out --------------------------------------------------------------
 
-    def _replace_pods(self, items: list[dict[str, Any]]) -> None:
+    def _replace_pods(self, items: list[PodSnapshot]) -> None:
         for delta in self.store.replace_pods(items):
             self.fanout.on_pod(delta)
 
-    def _apply_pod(self, kind: str, obj: dict[str, Any]) -> None:
-        delta = self.store.apply_pod(kind, obj)
+    def _apply_pod(self, kind: str, pod: PodSnapshot) -> None:
+        delta = self.store.apply_pod(kind, pod)
         if delta is not None:
             self.fanout.on_pod(delta)
 
-    def _replace_events(self, items: list[dict[str, Any]]) -> None:
+    def _replace_events(self, items: list[EventSnapshot]) -> None:
         for delta in self.store.replace_events(items):
             self.fanout.on_event(delta)
 
-    def _apply_event(self, kind: str, obj: dict[str, Any]) -> None:
-        delta = self.store.apply_event(kind, obj)
+    def _apply_event(self, kind: str, event: EventSnapshot) -> None:
+        delta = self.store.apply_event(kind, event)
         if delta is not None:
             self.fanout.on_event(delta)
 
@@ -166,6 +168,7 @@ class BuildState:
             "events",
             self.namespace,
             field_selector=selector,
+            decoder=EVENT_EVENTS,
             replace=self._replace_events,
             apply=self._apply_event,
             settings=self._settings,

@@ -22,13 +22,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import anyio
 from cachetools import TTLCache
 
 from buildruntime.cluster.port import Cluster
 from buildruntime.events import BuildEvent
+from buildruntime.informer.decoders import EVENT_EVENTS, POD_EVENTS
 from buildruntime.informer.fanout import PodFanout
 from buildruntime.informer.reflector import Reflector, ReflectorSettings
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
@@ -81,6 +82,7 @@ class NamespaceMonitor:
             "pods",
             namespace,
             label_selector=managed_selector(),
+            decoder=POD_EVENTS,
             replace=self._replace_pods,
             apply=self._apply_pod,
             settings=settings,
@@ -90,6 +92,7 @@ class NamespaceMonitor:
             "events",
             namespace,
             field_selector="involvedObject.kind=Pod",
+            decoder=EVENT_EVENTS,
             replace=self._replace_events,
             apply=self._apply_event,
             settings=settings,
@@ -141,12 +144,12 @@ class NamespaceMonitor:
 
     # -- pods -------------------------------------------------------------------------
 
-    def _replace_pods(self, items: list[dict[str, Any]]) -> None:
+    def _replace_pods(self, items: list[PodSnapshot]) -> None:
         for delta in self.store.replace_pods(items):
             self._on_pod(delta)
 
-    def _apply_pod(self, kind: str, obj: dict[str, Any]) -> None:
-        delta = self.store.apply_pod(kind, obj)
+    def _apply_pod(self, kind: str, pod: PodSnapshot) -> None:
+        delta = self.store.apply_pod(kind, pod)
         if delta is not None:
             self._on_pod(delta)
 
@@ -183,12 +186,12 @@ class NamespaceMonitor:
 
     # -- events -----------------------------------------------------------------------
 
-    def _replace_events(self, items: list[dict[str, Any]]) -> None:
+    def _replace_events(self, items: list[EventSnapshot]) -> None:
         for delta in self.store.replace_events(items):
             self._on_event(delta)
 
-    def _apply_event(self, kind: str, obj: dict[str, Any]) -> None:
-        delta = self.store.apply_event(kind, obj)
+    def _apply_event(self, kind: str, event: EventSnapshot) -> None:
+        delta = self.store.apply_event(kind, event)
         if delta is not None:
             self._on_event(delta)
 

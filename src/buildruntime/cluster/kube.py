@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 import anyio.to_thread
@@ -51,21 +51,29 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from .kube_stream import BrokenStream, LineSplitter, StreamConnection, decode_event
+from .kube_stream import BrokenStream, LineSplitter, StreamConnection
 from .port import (
     JSON,
     RESOURCES_WITHOUT_BOOKMARKS,
     ApiError,
-    ConflictError,
     ExpiredError,
-    NotFoundError,
     Request,
     Resource,
     UnavailableError,
+    error_for_status,
+)
+from .watch_events import (
+    TypedWatchEvent,
+    WatchDecoder,
+    decode_event,
+    decode_typed_event,
+    watch_error,
 )
 
 if TYPE_CHECKING:
-    from .port import Cluster
+    pass
+
+E = TypeVar("E", bound=TypedWatchEvent)
 
 __all__ = ["KubeCluster"]
 
@@ -311,6 +319,7 @@ class KubeCluster:
 
     # -- streams -----------------------------------------------------------------
 
+    @overload
     def watch(
         self,
         resource: Resource,
@@ -321,7 +330,35 @@ class KubeCluster:
         field_selector: str | None = None,
         timeout_seconds: int | None = None,
         allow_bookmarks: bool = True,
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+        decoder: None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]: ...
+
+    @overload
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+        decoder: WatchDecoder[E],
+    ) -> AbstractAsyncContextManager[AsyncIterator[E]]: ...
+
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+        decoder: WatchDecoder[E] | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         """``GET ...?watch=true``: see :class:`_Watch` for what the iterator does."""
         _check_resource(resource)
         query = _query(
@@ -332,7 +369,7 @@ class KubeCluster:
             fieldSelector=field_selector,
             timeoutSeconds=timeout_seconds,
         )
-        return _Watch(self, resource, namespace, query)
+        return _Watch(self, resource, namespace, query, decoder)
 
     def stream_logs(
         self,
@@ -579,14 +616,17 @@ class _Stream:
 
 
 class _Watch(_Stream):
-    """A watch: an async iterator of ``{"type": ..., "object": {...}}`` dicts.
+    """A watch: an async iterator of ``{"type": ..., "object": {...}}`` dicts, or of
+    what its decoder makes of each line (:mod:`~buildruntime.cluster.watch_events`).
 
     - Each worker-thread hop reads every byte that has arrived (up to 256 KiB) and
       splits it on ``b"\\n"``; a line split across reads waits for its newline. Each
-      ``__anext__`` then decodes one line with ``json.loads`` (see
-      :func:`~buildruntime.cluster.kube_stream.decode_event` for why one at a time);
-      a malformed line is logged and skipped. Beyond ``json.loads``, an event costs
-      a list index and one comparison.
+      ``__anext__`` then decodes one line, on the event loop. One at a time rather
+      than a whole read's worth at once: decoded pods kept alive in a batch make every
+      young-generation collection of the cyclic GC walk them, which costs more than
+      the decoding itself (measured: 17 dict pods of 15 KiB alive at a time decode
+      about 30 % slower than one at a time). A malformed line is logged and skipped.
+      Beyond the decoding, an event costs a list index and one comparison.
     - A normal end of the body (the server's ``timeoutSeconds``, or the API server
       closing watches on shutdown) ends the iteration; the reflector re-watches from
       the last resourceVersion.
@@ -606,6 +646,7 @@ class _Watch(_Stream):
         resource: str,
         namespace: str,
         query: builtins.list[tuple[str, str]],
+        decoder: WatchDecoder[Any] | None,
     ) -> None:
         super().__init__(
             cluster,
@@ -620,6 +661,7 @@ class _Watch(_Stream):
             timeout = dict(query).get("timeoutSeconds")
             server_end = float(timeout) if timeout else 1800.0
             self._read_timeout = server_end + cluster.watch_read_timeout
+        self._decoder = decoder
         self._batch: builtins.list[bytes] = []
         self._next = 0
         self._splitter = LineSplitter()
@@ -631,19 +673,26 @@ class _Watch(_Stream):
     def __aiter__(self) -> _Watch:
         return self
 
-    async def __anext__(self) -> JSON:
+    async def __anext__(self) -> Any:
+        decoder = self._decoder
         while True:
             batch = self._batch
             index = self._next
             if index < len(batch):
                 self._next = index + 1
-                event = decode_event(batch[index])
-                if event is None:
-                    continue
-                if event["type"] == "ERROR":
+                try:
+                    if decoder is not None:
+                        event: Any = decode_typed_event(batch[index], decoder)
+                    else:
+                        event = decode_event(batch[index])
+                        if event is not None and event["type"] == "ERROR":
+                            raise watch_error(event.get("object"))
+                except ApiError:
                     self._ended = True
                     self._batch = []
-                    raise _watch_error(event.get("object"))
+                    raise
+                if event is None:
+                    continue
                 return event
             if self._ended:
                 raise StopAsyncIteration
@@ -781,33 +830,4 @@ def _error_for_status(status: int, http_reason: str, body: bytes | str | None) -
         return UnavailableError(f"{status} {reason}: {message}")
     if status == 410:
         return ExpiredError(message) if message else ExpiredError()
-    return _api_error(status, reason, message)
-
-
-def _api_error(status: int, reason: str, message: str) -> ApiError:
-    if status == 404:
-        return NotFoundError(message, reason or "NotFound")
-    if status == 409:
-        return ConflictError(message, reason or "AlreadyExists")
-    return ApiError(status, reason, message)
-
-
-def _watch_error(status: Any) -> ApiError:
-    """The exception for an ``ERROR`` watch event, whose object is a ``Status``."""
-    if not isinstance(status, dict):
-        return ApiError(500, "InternalError", f"watch ERROR event without a Status: {status!r}")
-    try:
-        code = int(status.get("code") or 0)
-    except (TypeError, ValueError):
-        code = 0
-    reason = str(status.get("reason") or "")
-    message = str(status.get("message") or "")
-    if code == 410 or (code == 0 and reason in ("Expired", "Gone")):
-        return ExpiredError(message) if message else ExpiredError()
-    return _api_error(code or 500, reason or "InternalError", message)
-
-
-if TYPE_CHECKING:
-
-    def _conforms(cluster: KubeCluster) -> Cluster:
-        return cluster
+    return error_for_status(status, reason, message)

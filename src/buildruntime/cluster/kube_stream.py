@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
-import json
 import logging
 import socket
 import ssl
@@ -36,8 +35,6 @@ from typing import Any
 import anyio
 
 logger = logging.getLogger("buildruntime.cluster")
-
-JSON = dict[str, Any]
 
 READ_SIZE = 256 * 1024
 """Bytes asked for per read. Large, so that one thread hop carries every event that has
@@ -207,8 +204,8 @@ class LineSplitter:
     object per line). A line split across reads waits in :attr:`_pending` until its
     newline arrives; empty lines are dropped.
 
-    Splitting happens in the worker thread, decoding does not: see
-    :func:`decode_event`.
+    Splitting happens in the worker thread; decoding happens on the event loop, one
+    line at a time as the consumer asks for it (see ``kube._Watch``).
     """
 
     __slots__ = ("_pending",)
@@ -238,28 +235,6 @@ class LineSplitter:
         rest = b"".join(self._pending)
         self._pending = []
         return [rest] if rest.strip() else []
-
-
-def decode_event(line: bytes) -> JSON | None:
-    """``json.loads`` one watch line; None (and a warning) if it is not an event.
-
-    Called one line at a time as the consumer asks for the next event, rather than a
-    whole read's worth at once: decoded pods kept alive in a batch make every young
-    generation collection of the cyclic GC walk them, which costs more than the
-    decoding itself (measured: 17 pods of 15 KiB alive at a time decode about 30 %
-    slower than one at a time). A malformed line (a proxy's garbage, a truncated
-    write) is skipped so that it never ends the stream.
-    """
-    try:
-        event = json.loads(line)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        if line.strip():
-            logger.warning("skipping a watch line that is not JSON: %.200r", line)
-        return None
-    if type(event) is dict and "type" in event:
-        return event
-    logger.warning("skipping a watch line that is not an event: %.200r", line)
-    return None
 
 
 class StreamConnection:

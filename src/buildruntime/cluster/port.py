@@ -1,7 +1,8 @@
 """The port to the Kubernetes API server: the few calls the informer and the runtime need.
 
 Everything crosses this boundary as plain dicts, in the JSON shape the API server speaks,
-so the hot path (watch events into the cache) never builds heavy model objects. Two
+except watch events for the informer, which a decoder turns straight into its typed
+snapshots, so the hot path (watch events into the cache) never builds heavy objects. Two
 implementations exist: :mod:`buildruntime.cluster.kube` (the official client against a
 real API server) and :class:`buildruntime.testing.FakeCluster` (in memory).
 
@@ -14,12 +15,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, overload
+
+if TYPE_CHECKING:
+    from .watch_events import TypedWatchEvent, WatchDecoder
 
 JSON = dict[str, Any]
 """A Kubernetes object or list as decoded JSON."""
 
 Resource = Literal["pods", "events"]
+
+E = TypeVar("E", bound="TypedWatchEvent")
 
 RESOURCES_WITHOUT_BOOKMARKS = frozenset({"events"})
 """The API server serves events straight from etcd, not from its watch cache
@@ -76,6 +82,17 @@ class ExpiredError(ApiError):
         super().__init__(410, "Expired", message)
 
 
+def error_for_status(status: int, reason: str, message: str) -> ApiError:
+    """The :class:`ApiError` (or subclass) for an error status from the API server."""
+    if status == 404:
+        return NotFoundError(message, reason or "NotFound")
+    if status == 409:
+        return ConflictError(message, reason or "AlreadyExists")
+    if status == 410:
+        return ExpiredError(message) if message else ExpiredError()
+    return ApiError(status, reason, message)
+
+
 class UnavailableError(Exception):
     """The API server could not be reached or the connection broke (refused, reset,
     timed out, 5xx, 429). Transient: callers retry with backoff."""
@@ -100,6 +117,7 @@ class Cluster(Protocol):
         """
         ...
 
+    @overload
     def watch(
         self,
         resource: Resource,
@@ -110,8 +128,44 @@ class Cluster(Protocol):
         field_selector: str | None = None,
         timeout_seconds: int | None = None,
         allow_bookmarks: bool = True,
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
-        """A watch from ``resource_version``: yields ``{"type": ..., "object": {...}}``.
+        decoder: None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]: ...
+
+    @overload
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+        decoder: WatchDecoder[E],
+    ) -> AbstractAsyncContextManager[AsyncIterator[E]]: ...
+
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+        decoder: WatchDecoder[E] | None = None,
+    ) -> (
+        AbstractAsyncContextManager[AsyncIterator[JSON]]
+        | AbstractAsyncContextManager[AsyncIterator[E]]
+    ):
+        """A watch from ``resource_version``.
+
+        Without a ``decoder`` it yields each event as the API server sent it, decoded
+        as a dict: ``{"type": ..., "object": {...}}``. With one, each line goes through
+        the decoder (see :mod:`buildruntime.cluster.watch_events`) and the iterator
+        yields what it returns: the informer's typed snapshots, never a full dict.
 
         Types are ADDED, MODIFIED, DELETED and BOOKMARK. The iterator ends when the
         server ends the watch normally; it raises :class:`ExpiredError` for a 410 (HTTP

@@ -125,7 +125,7 @@ class PodFanout:
             self._emit(
                 None, "scheduled", reason="Scheduled", message=f"assigned to {new.node_name}"
             )
-        spec_images = dict(new.spec_images)
+        spec_images = new.spec_images
         statuses = {status.name: status for status in new.containers}
         for step in self.steps:
             self._update_step(step, new, spec_images.get(step), statuses.get(step))

@@ -21,7 +21,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 import anyio
 from tenacity import (
@@ -39,6 +39,7 @@ from buildruntime.cluster.port import (
     Resource,
     UnavailableError,
 )
+from buildruntime.informer.decoders import S, SnapshotDecoder
 
 log = logging.getLogger("buildruntime.informer")
 
@@ -65,11 +66,12 @@ class ReflectorSettings:
     """A watch that delivers nothing, not even a bookmark, for this long is broken."""
 
 
-class Reflector:
+class Reflector(Generic[S]):
     """List and watch one resource for one selector, feeding ``apply``/``replace``.
 
-    ``replace(items)`` receives a full list; ``apply(type, object)`` one watch event.
+    ``replace(items)`` receives a full list; ``apply(type, snapshot)`` one watch event.
     Both are synchronous, so an event is in the cache before the next one is read.
+    ``decoder`` turns watch lines and list items into the resource's snapshots.
     """
 
     def __init__(
@@ -78,8 +80,9 @@ class Reflector:
         resource: Resource,
         namespace: str,
         *,
-        replace: Callable[[list[dict[str, Any]]], None],
-        apply: Callable[[str, dict[str, Any]], None],
+        decoder: SnapshotDecoder[S],
+        replace: Callable[[list[S]], None],
+        apply: Callable[[str, S], None],
         label_selector: str | None = None,
         field_selector: str | None = None,
         settings: ReflectorSettings | None = None,
@@ -87,6 +90,7 @@ class Reflector:
         self._cluster = cluster
         self._resource: Resource = resource
         self._namespace = namespace
+        self._decoder = decoder
         self._replace = replace
         self._apply = apply
         self._label_selector = label_selector
@@ -158,7 +162,7 @@ class Reflector:
             # The version asked for is compacted already: a consistent read never is.
             self._relist_from = None
             listing = await self._list()
-        self._replace(list(listing.get("items") or ()))
+        self._replace([self._decoder.from_item(item) for item in listing.get("items") or ()])
         self._resource_version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
         # Later relists ask for at least what was seen, like client-go's relistResourceVersion.
         self._relist_from = self._resource_version
@@ -232,13 +236,14 @@ class Reflector:
             field_selector=self._field_selector,
             timeout_seconds=timeout_seconds,
             allow_bookmarks=True,
+            decoder=self._decoder,
         ) as events:
             async for event in events:
                 seen_any = True
                 self._last_heard = anyio.current_time()
-                kind = event.get("type")
-                obj = event.get("object") or {}
-                version = (obj.get("metadata") or {}).get("resourceVersion")
+                kind = event.type
+                obj = event.object
+                version = obj.resource_version
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._apply(kind, obj)
                 elif kind != "BOOKMARK":

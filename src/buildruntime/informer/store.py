@@ -12,14 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from buildruntime.informer.snapshots import (
-    EventSnapshot,
-    PodSnapshot,
-    event_snapshot,
-    pod_snapshot,
-)
+from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 
 S = TypeVar("S", PodSnapshot, EventSnapshot)
 
@@ -53,9 +48,8 @@ class Store:
 
     # Pods: keyed by name, so a pod recreated under the same name shows as a uid change.
 
-    def apply_pod(self, kind: str, obj: dict[str, Any]) -> Delta[PodSnapshot] | None:
+    def apply_pod(self, kind: str, new: PodSnapshot) -> Delta[PodSnapshot] | None:
         """Apply one watch event (ADDED, MODIFIED or DELETED) for a pod."""
-        new = pod_snapshot(obj)
         old = self.pods.get(new.name)
         if kind == "DELETED":
             if old is None or old.uid != new.uid:
@@ -71,9 +65,9 @@ class Store:
         self.pods[new.name] = new
         return Delta(old, new)
 
-    def replace_pods(self, items: Iterable[dict[str, Any]]) -> list[Delta[PodSnapshot]]:
+    def replace_pods(self, items: Iterable[PodSnapshot]) -> list[Delta[PodSnapshot]]:
         """A relist: cache exactly ``items``, returning every difference."""
-        fresh = {snap.name: snap for snap in map(pod_snapshot, items)}
+        fresh = {snap.name: snap for snap in items}
         deltas: list[Delta[PodSnapshot]] = []
         for name, gone in list(self.pods.items()):
             if name not in fresh:
@@ -93,9 +87,8 @@ class Store:
 
     # Events: keyed by uid; a repeated event is the same object with a higher count.
 
-    def apply_event(self, kind: str, obj: dict[str, Any]) -> Delta[EventSnapshot] | None:
+    def apply_event(self, kind: str, new: EventSnapshot) -> Delta[EventSnapshot] | None:
         """Apply one watch event for a core/v1 Event."""
-        new = event_snapshot(obj)
         old = self.events.get(new.uid)
         if kind == "DELETED":
             # Events expire (TTL, one hour by default); that is not news for a build.
@@ -106,10 +99,10 @@ class Store:
         self.events[new.uid] = new
         return Delta(old, new)
 
-    def replace_events(self, items: Iterable[dict[str, Any]]) -> list[Delta[EventSnapshot]]:
+    def replace_events(self, items: Iterable[EventSnapshot]) -> list[Delta[EventSnapshot]]:
         """A relist of events: new and changed ones come back as deltas; vanished ones
         are dropped silently (they expired)."""
-        fresh = {snap.uid: snap for snap in map(event_snapshot, items)}
+        fresh = {snap.uid: snap for snap in items}
         deltas: list[Delta[EventSnapshot]] = []
         for uid, new in fresh.items():
             old = self.events.get(uid)

@@ -277,10 +277,13 @@ class APIServer:
             store.changes.clear()
 
 
-def watch_event(change: Change, namespace: str, labels: Selector, fields: Selector) -> JSON | None:
+def watch_event(
+    change: Change, namespace: str, labels: Selector, fields: Selector
+) -> tuple[str, str] | None:
     """What a watcher with these filters sees of one change (the watch cache's
-    ``convertToWatchEvent``): an object that starts matching is ADDED, one that stops
-    matching is DELETED with its previous content at the change's resourceVersion."""
+    ``convertToWatchEvent``), as (type, the object's JSON): an object that starts
+    matching is ADDED, one that stops matching is DELETED with its previous content at
+    the change's resourceVersion."""
     if namespace and change.namespace != namespace:
         return None
     now = change.type != DELETED and labels.matches(change.labels) and fields.matches(change.fields)
@@ -292,14 +295,14 @@ def watch_event(change: Change, namespace: str, labels: Selector, fields: Select
         and fields.matches(change.prev_fields)
     )
     if now and not before:
-        return {"type": ADDED, "object": objects.load(change.raw)}
+        return ADDED, change.raw
     if now and before:
-        return {"type": MODIFIED, "object": objects.load(change.raw)}
+        return MODIFIED, change.raw
     if before:
         if change.type == DELETED:
-            return {"type": DELETED, "object": objects.load(change.raw)}
+            return DELETED, change.raw
         assert change.prev_raw is not None
         obj: Any = objects.load(change.prev_raw)
         obj["metadata"]["resourceVersion"] = str(change.rv)
-        return {"type": DELETED, "object": obj}
+        return DELETED, objects.dump(obj)
     return None

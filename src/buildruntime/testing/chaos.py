@@ -8,6 +8,7 @@ an injected sidecar container with its own Warning events, a watch that goes sil
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import anyio
 
 from buildruntime.cluster.port import JSON, Cluster, Resource
+from buildruntime.cluster.watch_events import WatchDecoder, decode_typed_event
 
 
 class ChaosCluster:
@@ -48,15 +50,28 @@ class ChaosCluster:
 
     def watch(
         self, resource: Resource, namespace: str, **kwargs: Any
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         return self._watch(resource, namespace, **kwargs)
 
     @asynccontextmanager
     async def _watch(
         self, resource: Resource, namespace: str, **kwargs: Any
-    ) -> AsyncIterator[AsyncIterator[JSON]]:
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        # The mangling works on dicts: take them from the inner watch and hand each
+        # mangled event to the caller's decoder as the JSON line a server would send.
+        decoder: WatchDecoder[Any] | None = kwargs.pop("decoder", None)
         async with self.inner.watch(resource, namespace, **kwargs) as events:
-            yield self._events(resource, events)
+            mangled = self._events(resource, events)
+            yield mangled if decoder is None else self._decoded(mangled, decoder)
+
+    @staticmethod
+    async def _decoded(
+        events: AsyncIterator[JSON], decoder: WatchDecoder[Any]
+    ) -> AsyncIterator[Any]:
+        async for event in events:
+            decoded = decode_typed_event(json.dumps(event).encode(), decoder)
+            if decoded is not None:
+                yield decoded
 
     async def _events(self, resource: Resource, events: AsyncIterator[JSON]) -> AsyncIterator[JSON]:
         held: JSON | None = None

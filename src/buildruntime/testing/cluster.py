@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
+from typing import Any, TypeVar, overload
 
 import anyio
 
@@ -30,6 +31,7 @@ from buildruntime.cluster.port import (
     Resource,
     UnavailableError,
 )
+from buildruntime.cluster.watch_events import TypedWatchEvent, WatchDecoder
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import APIServer
@@ -43,6 +45,8 @@ from buildruntime.testing.scheduler import Scheduler
 from buildruntime.testing.selectors import parse_field_selector, parse_label_selector
 from buildruntime.testing.tasks import SystemTasks
 from buildruntime.testing.watch import WatchContext, WatchStream
+
+E = TypeVar("E", bound=TypedWatchEvent)
 
 _RESOURCES = ("pods", "events")
 
@@ -169,6 +173,7 @@ class FakeCluster:
         fields = parse_field_selector(field_selector, store.supported_fields)
         return self._server.list_objects(resource, namespace, labels, fields)
 
+    @overload
     def watch(
         self,
         resource: Resource,
@@ -179,7 +184,35 @@ class FakeCluster:
         field_selector: str | None = None,
         timeout_seconds: int | None = None,
         allow_bookmarks: bool = True,
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+        decoder: None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]: ...
+
+    @overload
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+        decoder: WatchDecoder[E],
+    ) -> AbstractAsyncContextManager[AsyncIterator[E]]: ...
+
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+        decoder: WatchDecoder[E] | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         async def begin() -> None:
             await self._request("watch", resource)
             self._check_resource(resource)
@@ -197,6 +230,7 @@ class FakeCluster:
             timeout_seconds,
             allow_bookmarks,
             self._bookmark_interval,
+            decoder,
         )
 
     async def get_pod(self, namespace: str, name: str) -> JSON:

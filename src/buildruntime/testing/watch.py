@@ -14,10 +14,12 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
 import anyio
 
 from buildruntime.cluster.port import ApiError, ExpiredError
+from buildruntime.cluster.watch_events import WatchDecoder, decode_typed_event
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import (
     ADDED,
@@ -29,7 +31,6 @@ from buildruntime.testing.apiserver import (
     watch_event,
 )
 from buildruntime.testing.faults import Faults
-from buildruntime.testing.objects import JSON
 from buildruntime.testing.selectors import (
     Selector,
     labels_of,
@@ -43,10 +44,12 @@ MAX_BACKLOG = 100_000
 
 
 class WatchStream:
-    """One open watch; iterate it for ``{"type": ..., "object": ...}`` events.
+    """One open watch; iterate it for ``{"type": ..., "object": ...}`` events, or, with
+    a decoder, for what the decoder makes of each event's JSON line (as a real API
+    server's watch body carries it).
 
     New changes are pushed to it by the store at write time (filtered, then queued) and
-    wake only this watch; the objects are copied when they are delivered.
+    wake only this watch; the objects are copied (or decoded) when they are delivered.
     """
 
     def __init__(
@@ -61,16 +64,18 @@ class WatchStream:
         timeout_seconds: int | None,
         allow_bookmarks: bool,
         bookmark_interval: float,
+        decoder: WatchDecoder[Any] | None = None,
     ) -> None:
         self._server = server
         self._store = store
+        self._decoder = decoder
         self._faults = faults
         self._namespace = namespace
         self._labels = labels
         self._fields = fields
         self._allow_bookmarks = allow_bookmarks
         self._bookmark_interval = bookmark_interval
-        self._initial: deque[JSON] = deque()
+        self._initial: deque[tuple[str, str]] = deque()
         self._queue: deque[Change] = deque()
         self._notifier = Notifier()
         self._expired: ExpiredError | None = None
@@ -84,7 +89,7 @@ class WatchStream:
             for key in sorted(store.objects):
                 obj = store.objects[key]
                 if matches(namespace, labels, fields, key[0], labels_of(obj), store.fields_of(obj)):
-                    self._initial.append({"type": ADDED, "object": objects.load(store.raws[key])})
+                    self._initial.append((ADDED, store.raws[key]))
             return
         try:
             rv = int(resource_version)
@@ -144,7 +149,18 @@ class WatchStream:
     def __aiter__(self) -> WatchStream:
         return self
 
-    async def __anext__(self) -> JSON:
+    async def __anext__(self) -> Any:
+        while True:
+            kind, raw = await self._next_event()
+            if self._decoder is None:
+                return {"type": kind, "object": objects.load(raw)}
+            line = f'{{"type":"{kind}","object":{raw}}}'.encode()
+            event = decode_typed_event(line, self._decoder)
+            if event is not None:
+                return event
+
+    async def _next_event(self) -> tuple[str, str]:
+        """The next event's type and object JSON."""
         while True:
             if self._error is not None:
                 error, self._ended = self._error, True
@@ -168,14 +184,12 @@ class WatchStream:
                 raise StopAsyncIteration
             if self._allow_bookmarks and now >= self._next_bookmark:
                 self._next_bookmark = now + self._bookmark_interval
-                return {
-                    "type": "BOOKMARK",
-                    "object": {
-                        "kind": self._store.kind,
-                        "apiVersion": "v1",
-                        "metadata": {"resourceVersion": str(self._server.rv)},
-                    },
+                bookmark = {
+                    "kind": self._store.kind,
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(self._server.rv)},
                 }
+                return "BOOKMARK", objects.dump(bookmark)
             wake = self._deadline
             if self._allow_bookmarks:
                 wake = min(wake, self._next_bookmark)
@@ -200,8 +214,10 @@ class WatchContext:
         timeout_seconds: int | None,
         allow_bookmarks: bool,
         bookmark_interval: float,
+        decoder: WatchDecoder[Any] | None = None,
     ) -> None:
         self._begin = begin
+        self._decoder = decoder
         self._server = server
         self._faults = faults
         self._registry = registry
@@ -215,7 +231,7 @@ class WatchContext:
         self._bookmark_interval = bookmark_interval
         self._stream: WatchStream | None = None
 
-    async def __aenter__(self) -> AsyncIterator[JSON]:
+    async def __aenter__(self) -> AsyncIterator[Any]:
         await self._begin()
         store = self._server.store(self._resource)
         stream = WatchStream(
@@ -229,6 +245,7 @@ class WatchContext:
             self._timeout_seconds,
             self._allow_bookmarks,
             self._bookmark_interval,
+            self._decoder,
         )
         self._stream = stream
         self._registry.add(stream)
