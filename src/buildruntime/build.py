@@ -196,7 +196,7 @@ class BuildState:
         pod gone."""
         with anyio.move_on_after(within):
             try:
-                await self.wait_step(step, _ended)
+                await self.wait_step(step, lambda view: view.ended)
             except anyio.EndOfStream:
                 return True
             return True
@@ -207,7 +207,7 @@ class BuildState:
         run; finish the buffer if the step can no longer start."""
         buffer = self.buffers[step]
         try:
-            view = await self.wait_step(step, _started_or_hopeless)
+            view = await self.wait_step(step, lambda view: view.started or view.pod_gone)
         except anyio.EndOfStream:
             buffer.finish()
             return
@@ -225,15 +225,3 @@ class BuildState:
             pod_gone=lambda: self.fanout.gone,
         )
         await capture.run()
-
-
-def _ended(view: StepView) -> bool:
-    container = view.step_container
-    return view.pod_gone or (container is not None and container.phase == "terminated")
-
-
-def _started_or_hopeless(view: StepView) -> bool:
-    container = view.step_container
-    if container is not None and container.phase in ("running", "terminated"):
-        return True
-    return view.pod_gone

@@ -47,7 +47,6 @@ from buildruntime.errors import (
 )
 from buildruntime.events import BuildEvent
 from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
-from buildruntime.informer.fanout import StepView
 from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.informer.topic import Topic
 from buildruntime.logs import DEFAULT_MEMORY_LIMIT
@@ -403,7 +402,7 @@ class Runtime:
 
     async def _wait_terminated(self, state: BuildState, step: str) -> StepResult:
         try:
-            view = await state.wait_step(step, _terminated_or_gone)
+            view = await state.wait_step(step, lambda view: view.settled)
         except anyio.EndOfStream:
             raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod) from None
         container = view.step_container
@@ -556,9 +555,3 @@ class Runtime:
                 message=str(error),
             ) from error
         raise AssertionError("unreachable")
-
-
-def _terminated_or_gone(view: StepView) -> bool:
-    container = view.step_container
-    terminated = container is not None and container.phase == "terminated"
-    return terminated or view.pod_gone or view.failure is not None

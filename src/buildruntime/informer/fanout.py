@@ -49,6 +49,24 @@ class StepView:
         """The step image's container status, or None while only the placeholder exists."""
         return self.container if self.is_step else None
 
+    @property
+    def started(self) -> bool:
+        """The step image's container has started (and may have ended since)."""
+        container = self.step_container
+        return container is not None and container.phase in ("running", "terminated")
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will happen to the step's container: it terminated, or the pod
+        is gone with it."""
+        container = self.step_container
+        return self.pod_gone or (container is not None and container.phase == "terminated")
+
+    @property
+    def settled(self) -> bool:
+        """The step's result is known: it ended, or a Warning event said it never will run."""
+        return self.ended or self.failure is not None
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -191,11 +209,6 @@ class PodFanout:
         container: ContainerSnapshot | None,
     ) -> None:
         patched = spec_image is not None and spec_image != self.placeholder
-        is_step = (
-            patched
-            and container is not None
-            and (container.restart_count >= 1 or not same_image(container.image, self.placeholder))
-        )
         failure = self._failures.get(step)
         topic = self.states[step]
         latest = topic.latest
@@ -207,6 +220,11 @@ class PodFanout:
             and latest.failure == failure
         ):
             return  # most pod updates leave most steps as they were
+        is_step = (
+            patched
+            and container is not None
+            and (container.restart_count >= 1 or not same_image(container.image, self.placeholder))
+        )
         view = StepView(step, container, is_step, patched, self.gone, failure)
         topic.publish(view)
         if is_step and container is not None:
