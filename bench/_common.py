@@ -97,7 +97,8 @@ class CountingCluster:
         field_selector: str | None = None,
         timeout_seconds: int | None = None,
         allow_bookmarks: bool = True,
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
+        decoder: Any = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         self.requests.append(Request("watch", resource))
         return self.inner.watch(
             resource,
@@ -107,6 +108,7 @@ class CountingCluster:
             field_selector=field_selector,
             timeout_seconds=timeout_seconds,
             allow_bookmarks=allow_bookmarks,
+            decoder=decoder,
         )
 
     async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
