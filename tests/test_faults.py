@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from buildruntime import BuildSpec, Runtime
+from buildruntime.errors import BuildRuntimeError, PodGoneError
 from buildruntime.testing import FakeCluster
 from buildruntime.testing.chaos import ChaosCluster
 
@@ -205,3 +206,44 @@ async def test_remove_build_treats_a_pod_already_gone_as_done(
     with anyio.fail_after(5):
         await runtime.remove_build(build)
         await runtime.remove_build(build)
+
+
+class _BugInOneWatch:
+    """A port whose pod watch for one build fails with an error no retry can fix (what a
+    bug in a watch, or in a wrapper around the port, looks like to the runtime)."""
+
+    def __init__(self, inner: FakeCluster, build_id: str) -> None:
+        self.inner = inner
+        self.build_id = build_id
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def watch(self, resource: str, namespace: str, **kwargs: object) -> object:
+        if resource == "pods" and self.build_id in str(kwargs.get("label_selector")):
+            raise RuntimeError("the watch is broken")
+        return self.inner.watch(resource, namespace, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_build_whose_watch_fails_unexpectedly_says_so_and_spares_the_others(
+    cluster: FakeCluster,
+) -> None:
+    broken = BuildSpec(build_id="broken", steps=[step("a", "echo a")])
+    healthy = BuildSpec(build_id="healthy", steps=[step("a", "echo fine")])
+    async with Runtime(_BugInOneWatch(cluster, "broken"), namespace="ci") as rt:  # type: ignore[arg-type]
+        build = await rt.setup_build(broken)
+        with pytest.raises(BuildRuntimeError) as caught:
+            await rt.assemble_build(build)
+        # The cause is named, not disguised as a deleted pod.
+        assert not isinstance(caught.value, PodGoneError)
+        assert str(caught.value) == (
+            "build broken: the build's watches stopped on an unexpected error: "
+            "the watch is broken (RuntimeError)"
+        )
+        assert isinstance(caught.value.__cause__, RuntimeError)
+        await rt.remove_build(build)
+        # Another build of the same runtime runs to the end, untouched.
+        outcome = await run_pipeline(rt, healthy)
+        assert outcome.steps["a"].lines == [b"fine"]
+        assert outcome.steps["a"].result.exit_code == 0
+    assert cluster.open_watches == cluster.open_log_streams == 0

@@ -3,14 +3,16 @@ log captures, all living in one task group that removing the build cancels."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from buildruntime import diagnosis
 from buildruntime.cluster.port import JSON, Cluster
-from buildruntime.errors import SpecError
+from buildruntime.errors import BuildRuntimeError, SpecError
 from buildruntime.events import BuildEvent
 from buildruntime.informer.decoders import EVENT_EVENTS, POD_EVENTS
 from buildruntime.informer.fanout import PodFanout, StepView
@@ -22,6 +24,8 @@ from buildruntime.labels import build_selector
 from buildruntime.logs import LogBuffer, LogCapture
 from buildruntime.results import StepResult
 from buildruntime.spec import BuildSpec
+
+log = logging.getLogger("buildruntime")
 
 
 @dataclass
@@ -109,6 +113,9 @@ class BuildState:
         self.started = False
         self.removed = False
         self.finished = anyio.Event()
+        self.crash: Exception | None = None
+        """What stopped the build's watches and captures, if not its removal: a bug, not
+        a fault of the cluster (those are retried)."""
 
     # -- store → fan-out --------------------------------------------------------------
 
@@ -144,6 +151,17 @@ class BuildState:
                         tg.start_soon(self._capture_when_started, name)
                     task_status.started()
                     await anyio.sleep_forever()
+        except Exception as error:
+            # Contained here, so that one build's failure neither cancels the other
+            # builds of the runtime nor hides behind "the pod was deleted": the step
+            # APIs waiting on this build raise it (see gone_error).
+            leaves = error.exceptions if isinstance(error, ExceptionGroup) else (error,)
+            self.crash = leaves[0] if len(leaves) == 1 else error
+            log.error(
+                "build %s: its watches stopped on an unexpected error",
+                self.spec.build_id,
+                exc_info=self.crash,
+            )
         finally:
             self._task_group = None
             for buffer in self.buffers.values():
@@ -174,6 +192,20 @@ class BuildState:
             settings=self._settings,
         )
         self._task_group.start_soon(self.event_reflector.run)
+
+    def gone_error(self, step: str | None) -> BuildRuntimeError:
+        """The error for a step API that found the build's streams ended or its pod gone."""
+        if self.crash is not None:
+            error = BuildRuntimeError(
+                "the build's watches stopped on an unexpected error",
+                build_id=self.spec.build_id,
+                step=step,
+                reason=type(self.crash).__name__,
+                message=str(self.crash),
+            )
+            error.__cause__ = self.crash
+            return error
+        return diagnosis.pod_gone_error(self.spec.build_id, step, self.fanout.pod)
 
     def stop(self) -> None:
         """Cancel every task of the build (watches, captures)."""

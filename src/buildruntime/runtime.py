@@ -276,9 +276,9 @@ class Runtime:
                 if pod is not None and pod.scheduled:
                     return
                 if fanout.gone:
-                    raise diagnosis.pod_gone_error(state.spec.build_id, None, fanout.pod)
+                    raise state.gone_error(None)
             # The streams closed: the build was stopped while it was assembling.
-            raise diagnosis.pod_gone_error(state.spec.build_id, None, fanout.pod)
+            raise state.gone_error(None)
         message = fanout.pod.unschedulable_message if fanout.pod is not None else None
         for event in fanout.pod_events.items_from(0)[0]:
             if event.reason == "FailedScheduling":
@@ -303,7 +303,7 @@ class Runtime:
         record = state.steps[step]
         if not record.patched:
             if state.fanout.gone:
-                raise diagnosis.pod_gone_error(build.build_id, step, state.fanout.pod)
+                raise state.gone_error(step)
             patch = {"spec": {"containers": [{"name": step, "image": spec.image}]}}
 
             async def send() -> dict[str, Any]:
@@ -355,7 +355,7 @@ class Runtime:
                 )
             if view.pod_gone:
                 break
-        raise diagnosis.pod_gone_error(build_id, spec.name, state.fanout.pod)
+        raise state.gone_error(spec.name)
 
     def tail_container(self, build: Build, step: str) -> AsyncIterator[bytes]:
         """The step's log lines (bytes, newline stripped) from the first to the last.
@@ -404,7 +404,7 @@ class Runtime:
         try:
             view = await state.wait_step(step, lambda view: view.settled)
         except anyio.EndOfStream:
-            raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod) from None
+            raise state.gone_error(step) from None
         container = view.step_container
         if container is not None and container.phase == "terminated":
             result = diagnosis.step_result(step, container, state.fanout.pod)
@@ -420,7 +420,7 @@ class Runtime:
                 message=view.failure.message,
                 failure=view.failure.failure,
             )
-        raise diagnosis.pod_gone_error(state.spec.build_id, step, state.fanout.pod)
+        raise state.gone_error(step)
 
     async def inspect_container(self, build: Build, step: str) -> StepResult:
         """The step's current state, from the cache. Sends nothing."""
