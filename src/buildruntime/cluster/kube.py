@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -63,7 +63,6 @@ from .port import (
     error_for_status,
 )
 from .watch_events import (
-    TypedWatchEvent,
     WatchDecoder,
     decode_event,
     decode_typed_event,
@@ -73,7 +72,6 @@ from .watch_events import (
 if TYPE_CHECKING:
     pass
 
-E = TypeVar("E", bound=TypedWatchEvent)
 
 __all__ = ["KubeCluster"]
 
@@ -319,7 +317,6 @@ class KubeCluster:
 
     # -- streams -----------------------------------------------------------------
 
-    @overload
     def watch(
         self,
         resource: Resource,
@@ -330,34 +327,7 @@ class KubeCluster:
         field_selector: str | None = None,
         timeout_seconds: int | None = None,
         allow_bookmarks: bool = True,
-        decoder: None = None,
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]: ...
-
-    @overload
-    def watch(
-        self,
-        resource: Resource,
-        namespace: str,
-        *,
-        resource_version: str,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: int | None = None,
-        allow_bookmarks: bool = True,
-        decoder: WatchDecoder[E],
-    ) -> AbstractAsyncContextManager[AsyncIterator[E]]: ...
-
-    def watch(
-        self,
-        resource: Resource,
-        namespace: str,
-        *,
-        resource_version: str,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: int | None = None,
-        allow_bookmarks: bool = True,
-        decoder: WatchDecoder[E] | None = None,
+        decoder: WatchDecoder[Any] | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         """``GET ...?watch=true``: see :class:`_Watch` for what the iterator does."""
         _check_resource(resource)

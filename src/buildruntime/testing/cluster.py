@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import anyio
 
@@ -31,7 +31,7 @@ from buildruntime.cluster.port import (
     Resource,
     UnavailableError,
 )
-from buildruntime.cluster.watch_events import TypedWatchEvent, WatchDecoder
+from buildruntime.cluster.watch_events import WatchDecoder
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import APIServer
@@ -46,8 +46,6 @@ from buildruntime.testing.selectors import parse_field_selector, parse_label_sel
 from buildruntime.testing.tasks import SystemTasks
 from buildruntime.testing.watch import WatchContext, WatchStream
 
-E = TypeVar("E", bound=TypedWatchEvent)
-
 _RESOURCES = ("pods", "events")
 
 
@@ -60,7 +58,7 @@ class FakeCluster:
     pull takes; ``bookmark_interval`` how often watches get a BOOKMARK.
 
     Beyond the port: ``faults`` (see :class:`~buildruntime.testing.faults.Faults`),
-    :meth:`kill_container`, ``requests`` (one :class:`Request` per call, appended before
+    :meth:`kill_container`, :meth:`rotate_log`, ``requests`` (one :class:`Request` per call, appended before
     anything else happens), ``open_watches``/``open_log_streams`` (open right now) and
     :meth:`history` (every version of a pod as written: the ground truth).
 
@@ -173,7 +171,6 @@ class FakeCluster:
         fields = parse_field_selector(field_selector, store.supported_fields)
         return self._server.list_objects(resource, namespace, labels, fields)
 
-    @overload
     def watch(
         self,
         resource: Resource,
@@ -184,34 +181,7 @@ class FakeCluster:
         field_selector: str | None = None,
         timeout_seconds: int | None = None,
         allow_bookmarks: bool = True,
-        decoder: None = None,
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]: ...
-
-    @overload
-    def watch(
-        self,
-        resource: Resource,
-        namespace: str,
-        *,
-        resource_version: str,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: int | None = None,
-        allow_bookmarks: bool = True,
-        decoder: WatchDecoder[E],
-    ) -> AbstractAsyncContextManager[AsyncIterator[E]]: ...
-
-    def watch(
-        self,
-        resource: Resource,
-        namespace: str,
-        *,
-        resource_version: str,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: int | None = None,
-        allow_bookmarks: bool = True,
-        decoder: WatchDecoder[E] | None = None,
+        decoder: WatchDecoder[Any] | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         async def begin() -> None:
             await self._request("watch", resource)
@@ -371,6 +341,13 @@ class FakeCluster:
         it terminated with ``reason`` and ``exit_code``; returns once it is reported."""
         self._tasks.check_loop()
         await self._kubelet.kill_container(namespace, pod, container, reason, exit_code)
+
+    def rotate_log(self, namespace: str, pod: str, container: str) -> None:
+        """Rotate a running container's log now, as the kubelet does once its file passes
+        ``containerLogMaxSize``: requests read only the new file from then on (see
+        :mod:`buildruntime.testing.logs` for what open follow streams do)."""
+        self._tasks.check_loop()
+        self._kubelet.log_for(namespace, pod, container).rotate()
 
     def history(self, namespace: str, pod: str) -> builtins.list[JSON]:
         """Every version of the pod named ``pod`` ever written (across uids), in
