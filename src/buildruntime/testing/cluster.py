@@ -58,9 +58,10 @@ class FakeCluster:
     pull takes; ``bookmark_interval`` how often watches get a BOOKMARK.
 
     Beyond the port: ``faults`` (see :class:`~buildruntime.testing.faults.Faults`),
-    :meth:`kill_container`, :meth:`rotate_log`, ``requests`` (one :class:`Request` per call, appended before
-    anything else happens), ``open_watches``/``open_log_streams`` (open right now) and
-    :meth:`history` (every version of a pod as written: the ground truth).
+    :meth:`kill_container`, :meth:`rotate_log`, ``requests`` (one :class:`Request` per
+    call, appended before anything else happens), ``open_watches``/``open_log_streams``
+    (open right now) and :meth:`history` (every version of a pod as written: the ground
+    truth).
 
     It binds to the event loop of its first use (asyncio or trio) and must be closed
     with :meth:`aclose` (or used as ``async with``), which kills what it started.

@@ -1,7 +1,8 @@
 """Injected faults: what goes wrong between a client and a real API server.
 
 ``drop_watches``, ``expire`` and ``cut_logs`` act once, at once; ``outage`` lasts its
-seconds; ``latency``, ``deny_create`` and ``unschedulable`` hold until :meth:`clear`.
+seconds; ``latency``, ``deny_create``, ``unschedulable`` and ``slow_logs`` hold until
+:meth:`clear`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Faults:
         self.latency_seconds = 0.0
         self.create_denial: str | None = None
         self.unschedulable_message: str | None = None
+        self.log_bytes_per_second: float | None = None
         self._outage_until = 0.0
 
     # ------------------------------------------------------------ one-shot
@@ -76,11 +78,18 @@ class Faults:
         self.unschedulable_message = message
         self._changed()
 
+    def slow_logs(self, bytes_per_second: float) -> None:
+        """Log streams send at most ``bytes_per_second`` (nothing at all for 0) until
+        :meth:`clear`, as a kubelet that serves a burst slower than the step writes it;
+        nothing is lost, they go on from where they were."""
+        self.log_bytes_per_second = bytes_per_second
+
     def clear(self) -> None:
         """Lift every lasting fault (an outage in progress included)."""
         self.latency_seconds = 0.0
         self.create_denial = None
         self.unschedulable_message = None
+        self.log_bytes_per_second = None
         self._outage_until = 0.0
         self._changed()
 

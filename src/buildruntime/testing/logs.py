@@ -6,16 +6,26 @@ request serves one instance as a byte stream: ``<RFC 3339 nano> <line>\\n`` with
 timestamps, the raw line otherwise; a final line without a newline is sent without one.
 Chunks coalesce whatever is available (up to a chunk size), so they do not follow line
 boundaries and a consumer must parse the stream. ``sinceTime`` has one-second
-granularity. With ``follow`` the stream stays open while the instance runs and ends
-after its last line once it has terminated.
+granularity and filters line by line. With ``follow`` the stream stays open while the
+instance runs and ends after its last line once it has terminated.
+
+Rotation (kubelet 1.33 ``ContainerLogManager`` and cri-client ``ReadLogs``): the node
+renames a running container's log file and the runtime starts a new one; a request
+reads only the file current when it opens. A follow stream creates its file watch the
+first time it reaches the end of its file: after that, each rotation makes it reopen
+the then-current file from its start once it reaches the end of the one it has. A
+stream that was behind since it opened never learns of a rotation: it reads the old
+file to its end, then ends if the container is no longer running or waits, sending
+nothing, until it stops (or until a later rotation).
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+
+import anyio
 
 from buildruntime.testing.faults import Faults
 from buildruntime.testing.objects import log_time
@@ -23,6 +33,8 @@ from buildruntime.testing.tasks import Notifier
 
 MAX_LINE_SIZE = 16 * 1024
 """containerd's default max_container_log_line_size."""
+
+_SLOW_TICK = 0.02  # seconds between chunks of a stream under ``slow_logs``
 
 
 @dataclass(slots=True)
@@ -34,10 +46,13 @@ class LogLine:
 
 
 class ContainerLog:
-    """The output of one container instance."""
+    """The output of one container instance: every line it wrote, in the node's files."""
 
     def __init__(self) -> None:
         self.lines: list[LogLine] = []
+        self.file_starts = [0]
+        """Index in :attr:`lines` of each file's first line; the last is the current file.
+        Rotated files stay on the node, but no request reads them."""
         self.finished = False
         self.notifier = Notifier()
 
@@ -54,8 +69,21 @@ class ContainerLog:
         self.finished = True
         self.notifier.notify()
 
-    def index_since(self, since_ns: int) -> int:
-        return bisect.bisect_left(self.lines, since_ns, key=lambda line: line.ns)
+    @property
+    def rotations(self) -> int:
+        return len(self.file_starts) - 1
+
+    def rotate(self) -> None:
+        """Start a new file, as the kubelet does once the current one passes
+        ``containerLogMaxSize`` (only for a running container)."""
+        if self.finished:
+            raise ValueError("the kubelet rotates the logs of running containers only")
+        self.file_starts.append(len(self.lines))
+        self.notifier.notify()
+
+    def file_end(self, file: int) -> int:
+        """Index after the last line of file number ``file`` (so far, for the current)."""
+        return self.file_starts[file + 1] if file < self.rotations else len(self.lines)
 
 
 class LogStream:
@@ -76,7 +104,10 @@ class LogStream:
         self._follow = follow
         self._timestamps = timestamps
         self._chunk_bytes = max(1, chunk_bytes)
-        self._index = 0 if since_ns is None else log.index_since(since_ns)
+        self._since_ns = since_ns
+        self._file = log.rotations  # the file it opened: the current one
+        self._index = log.file_starts[self._file]
+        self._watched_rotations: int | None = None  # rotations before its watch began
         self._pending = b""
         self._half: bytes | None = None
         self._error: Exception | None = None
@@ -94,7 +125,7 @@ class LogStream:
         if self._error is not None or self._done:
             return
         data = self._pending
-        if not data and self._index < len(self._log.lines):
+        if not data and self._index < self._log.file_end(self._file):
             data = self._format(self._log.lines[self._index])
         if len(data) > 1:
             self._half = data[: len(data) // 2]
@@ -107,20 +138,53 @@ class LogStream:
         self._pending = b""
         self._log.notifier.notify()
 
-    def _collect(self) -> bytes:
+    def _collect(self, limit: int) -> bytes:
         parts = [self._pending] if self._pending else []
         size = len(self._pending)
         self._pending = b""
         lines = self._log.lines
-        while size < self._chunk_bytes and self._index < len(lines):
-            data = self._format(lines[self._index])
+        end = self._log.file_end(self._file)
+        since = self._since_ns
+        while size < limit and self._index < end:
+            line = lines[self._index]
             self._index += 1
+            if since is not None and line.ns < since:
+                continue
+            data = self._format(line)
             parts.append(data)
             size += len(data)
         chunk = b"".join(parts)
-        if len(chunk) > self._chunk_bytes:
-            chunk, self._pending = chunk[: self._chunk_bytes], chunk[self._chunk_bytes :]
+        if len(chunk) > limit:
+            chunk, self._pending = chunk[:limit], chunk[limit:]
         return chunk
+
+    async def _limit(self) -> int | None:
+        """The most bytes the next chunk may carry under ``slow_logs`` (waiting its turn
+        first); None while a stalled stream must send nothing."""
+        rate = self._faults.log_bytes_per_second
+        if rate is None:
+            return self._chunk_bytes
+        await anyio.sleep(_SLOW_TICK)
+        if rate <= 0:
+            return None
+        return max(1, min(self._chunk_bytes, int(rate * _SLOW_TICK)))
+
+    def _at_file_end(self) -> bool:
+        """At the end of its file, following: False when the stream should read on."""
+        log = self._log
+        if self._watched_rotations is None:
+            # ReadLogs starts watching the log directory at its first end of file, then
+            # reads again (a write may have come in between).
+            self._watched_rotations = log.rotations
+            return False
+        if log.rotations > self._watched_rotations:
+            # A new file was created since the watch began: reopen the log path, which
+            # is the current file (already a later one if the stream is far behind).
+            self._watched_rotations += 1
+            self._file = log.rotations
+            self._index = log.file_starts[self._file]
+            return False
+        return True
 
     def __aiter__(self) -> LogStream:
         return self
@@ -136,13 +200,19 @@ class LogStream:
             if self._done:
                 raise StopAsyncIteration
             self._faults.check_available()
-            chunk = self._collect()
+            limit = await self._limit()
+            if limit is None or self._error is not None or self._done:
+                continue
+            chunk = self._collect(limit)
             if chunk:
                 return chunk
             if not self._follow or self._log.finished:
+                # Without follow, or once the container stopped: the end of the file the
+                # request has open is the end of the stream (rotated or not).
                 self._done = True
                 raise StopAsyncIteration
-            await self._log.notifier.wait()
+            if self._at_file_end():
+                await self._log.notifier.wait()
 
 
 class LogContext:
