@@ -8,9 +8,17 @@ which any number of tails read from line 1.
 
 The stream is asked for with ``follow`` and ``timestamps``. When it is cut while the
 container still runs, the capture reopens it with ``sinceTime`` (which has one-second
-granularity on a real API server), drops the lines it already delivered by comparing
-timestamps (and counting lines that share the last delivered timestamp), and goes on.
-A final line without a newline is delivered once the container is known to have ended.
+granularity on a real API server) and drops the lines it already delivered by their
+full nanosecond timestamps (see :class:`LogCapture`). A final line without a newline
+is delivered once the container is known to have ended.
+
+The kubelet rotates a running container's log file once it passes
+``containerLogMaxSize`` and serves only the current file. A follow stream that was
+behind at the rotation reads the old file to its end and then ends (the container
+has exited) or goes silent (it still runs), so once the container has ended the
+capture reads the current file once more. Lines only in rotated files cannot be read
+through the API at all: when a resumed read shows they were skipped, the capture says
+so in the log (see :data:`MISSING_PREFIX`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import re
 import tempfile
 from array import array
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import IO
@@ -153,11 +162,75 @@ def since_time_of(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+STAMP_WIDTH = len("2006-01-02T15:04:05.000000000Z")
+"""The kubelet writes every log timestamp with exactly nine fractional digits (its
+``RFC3339NanoFixed``), so for one time zone (UTC, which nodes use and the parsing here
+assumes) byte order is time order."""
+
+RECENT_LINES = 256
+"""Delivered lines remembered for a resume: enough to cover stdout and stderr lines
+written out of stamp order (microseconds apart at most), bounded in memory."""
+_KEY_BYTES = 1024  # a line is remembered by its stamp and up to this much of its text
+
+ROTATION_CHECK_BYTES = 1024 * 1024
+"""Below this much output no log file can have been rotated (the kubelet rotates at
+``containerLogMaxSize``, 10 MiB by default; a smaller setting than this is not
+covered), so a step that printed less needs no read after its end."""
+_CRI_LINE_OVERHEAD = len("stdout F ")  # what a line takes in the node's file beyond our copy
+
+ROTATION_GAP_NS = 3 * 1_000_000_000
+"""The kubelet looks at a container's log size once per ``containerLogMonitorInterval``
+(3 s at the least, 10 s by default), so a current file that starts less than this
+after the last line read from the file before it has (barring a delayed check) no
+whole rotated file between them."""
+
+IDLE_AT_END = 2.0
+"""Seconds without a byte after which a follow stream is taken to be waiting at the
+end of its file: the kubelet sends what its file holds at once and looks for more at
+least every second, so a stream cut after such a silence had read its file to the end."""
+
+MISSING_PREFIX = b"[buildruntime] "
+"""Start of the one line the capture adds to a step's log where the node had rotated
+lines away before they could be read: the lines it prints are all a user sees, and a
+log with a silent hole would look complete."""
+
+
 class LogCapture:
     """Reads one step's log into its buffer, resuming after cuts, until the step ends.
 
     ``step_ended()`` waits until the cache shows the step's container terminated or the
     pod gone, returning False if that does not happen within the time given.
+
+    **Resuming.** A read with ``sinceTime`` (whole seconds) returns the lines of the
+    node's *current* log file stamped in or after that second, in file order (the
+    kubelet filters line by line). That file may be the one read before, or a newer
+    one after a rotation, which does not hold every line of the resumed second; so the
+    lines already delivered are recognised by their full nanosecond stamps, not by
+    their position in the second. The runtime (containerd) stamps each line when it
+    reads it and writes it under a lock shared by stdout and stderr, so within one
+    stream stamps follow file order, while a stdout and a stderr line can be written
+    in the opposite order to their stamps (by the microseconds between stamping and
+    writing). Hence, for the first lines of a resumed read:
+
+    - the first line stamped after everything delivered ends the overlap: it has not
+      been delivered, and nothing after it in the file has been either;
+    - a line stamped exactly like the newest delivered line is skipped as many times
+      as lines with that stamp were delivered (stamps can repeat on a coarse clock);
+    - a line stamped earlier is skipped when it is one of the last
+      :data:`RECENT_LINES` delivered (matched by stamp and text) or older than all of
+      them; otherwise it is a line of the other stream written after the last
+      delivered one, and is delivered.
+
+    **Rotation.** If the first line of a resumed read is new (or the read is empty),
+    the node's current file no longer holds the last delivered line: it was rotated
+    since. Lines between the two files are lost if the previous stream stopped short
+    of the end of its file (it was cut while bytes were flowing), and may be lost if
+    the gap is long enough for a whole rotated file (:data:`ROTATION_GAP_NS`); either
+    way one line starting with :data:`MISSING_PREFIX` says which span is missing, and
+    the buffer's ``lost_reason`` says the same. A follow stream that ended at the end
+    of a file the node had rotated is followed, once the container has ended, by one
+    plain read of the current file (only for logs of :data:`ROTATION_CHECK_BYTES` or
+    more, so small steps keep one log request).
     """
 
     def __init__(
@@ -184,8 +257,23 @@ class LogCapture:
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self._end_grace = end_grace
-        self._second = -1  # the latest whole second any delivered line was stamped in
-        self._delivered_in_second = 0  # lines delivered stamped in that second
+        # What has been delivered.
+        self._last = b""  # the newest stamp delivered (fixed width); b"" before any line
+        self._at_last = 0  # lines delivered stamped exactly self._last
+        self._recent: deque[bytes] = deque(maxlen=RECENT_LINES)  # keys of the latest lines
+        self._file_bytes = 0  # at least the bytes the node's files hold of what was read
+        self._at_file_end = True  # the last delivered line was the last of its file
+        self._carry = b""  # a final partial line of a stream that ended, not yet delivered
+        self._missing: list[str] = []
+        # The read in progress.
+        self._overlap = False  # still judging lines that may have been delivered
+        self._judged = False  # a stamped line of this read was judged
+        self._fresh_lines = False  # this read delivered a line
+        self._start_last = b""
+        self._start_at_last = 0
+        self._seen_at_last = 0
+        self._remaining: Counter[bytes] | None = None
+        self._low = b""
 
     async def run(self) -> None:
         """Capture until the container's log is read to its end (or the pod vanished)."""
@@ -194,7 +282,7 @@ class LogCapture:
             while True:
                 try:
                     if await self._read_once():
-                        self.buffer.finish()
+                        self.buffer.finish(lost_reason="; ".join(self._missing) or None)
                         return
                     delay = self._retry_delay
                 except NotFoundError:
@@ -217,68 +305,248 @@ class LogCapture:
             self.buffer.finish()
 
     async def _read_once(self) -> bool:
-        """One log request; True when the log has been read to its end."""
-        resuming = self._second >= 0
-        since = since_time_of(self._second) if resuming else None
-        # The server returns every line stamped in or after that second, in file order;
-        # the first ones are those delivered before the cut.
-        skip = self._delivered_in_second if resuming else 0
+        """One follow request (and the read after the end it may need); True when the
+        log has been read to its end."""
+        ended_before = await self._step_ended(0)
+        pending = await self._read(follow=True)
+        # The server ended the stream: the container has ended, or the stream stalled
+        # (a proxy, or the end of a file the node rotated). Only the cache can tell which.
+        if not await self._step_ended(self._end_grace):
+            self._overlap = False
+            if pending:
+                self._carry = pending  # sent again by the resume if the file still holds it
+            return False
+        if not ended_before and self._last and self._file_bytes >= ROTATION_CHECK_BYTES:
+            # The stream may have been reading a file the node had rotated while the
+            # stream was behind (kubelet ReadLogs keeps the file it opened, and only a
+            # stream that had caught up with it notices the new one): the rest is in the
+            # node's current file, which a read from now on returns. A read opened after
+            # the container ended needs none: the node rotates only running containers.
+            self._overlap = False  # the read below is the one that reads to the end
+            if pending:
+                self._carry = pending
+            pending = await self._read(follow=False)
+        if pending:
+            # A final line without a newline: complete now that the container ended.
+            self._take([pending])
+        self._end_read()
+        if self._carry:
+            self.buffer.append([self._carry_line()])
+            self._carry = b""
+        return True
+
+    async def _read(self, *, follow: bool) -> bytes:
+        """One log request; returns what followed the last newline when the stream
+        ended normally (a final line without one)."""
+        resuming = bool(self._last)
+        self._overlap = resuming
+        self._judged = self._fresh_lines = False
+        self._start_last, self._start_at_last = self._last, self._at_last
+        self._seen_at_last = 0
+        self._remaining = None
+        if not resuming:
+            self._carry = b""  # the read starts at the first line: it sends it again
         pending = b""
         async with self._cluster.stream_logs(
             self._namespace,
             self._pod,
             self._container,
-            follow=True,
+            follow=follow,
             timestamps=True,
-            since_time=since,
+            since_time=since_time_of(timestamp_second(self._last)) if resuming else None,
         ) as chunks:
-            async for chunk in chunks:
-                data = pending + chunk if pending else chunk
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    pending = data
-                    continue
-                pending = data[cut + 1 :]
-                skip = self._take(data[:cut].split(b"\n"), skip)
-        # The server ended the stream: the container has ended, or the stream stalled
-        # (log rotation, a proxy). Only the cache can tell which.
-        if not await self._step_ended(self._end_grace):
-            return False
-        if pending:
-            # A final line without a newline: complete now that the container ended.
-            self._take([pending], skip)
-        return True
-
-    def _take(self, raw_lines: list[bytes], skip: int) -> int:
-        """Deliver the lines not delivered before a cut; returns how many are still to skip.
-
-        Timestamps are not strictly ordered (stdout and stderr are stamped separately),
-        so lines are matched by position within the resumed second, not by timestamp.
-        """
-        fresh: list[bytes] = []
-        second, in_second = self._second, self._delivered_in_second
-        for raw in raw_lines:
-            space = raw.find(b" ")
-            stamp, content = (raw, b"") if space < 0 else (raw[:space], raw[space + 1 :])
+            heard = anyio.current_time()
             try:
-                line_second = timestamp_second(stamp)
-            except ValueError:
-                log.warning("log line of %s/%s without a timestamp", self._pod, self._container)
-                fresh.append(raw)
-                continue
-            if skip > 0 and line_second >= self._second:
-                skip -= 1
-                continue
-            if line_second > second:
-                second, in_second = line_second, 1
-            elif line_second == second:
-                in_second += 1
+                async for chunk in chunks:
+                    heard = anyio.current_time()
+                    data = pending + chunk if pending else chunk
+                    cut = data.rfind(b"\n")
+                    if cut < 0:
+                        pending = data
+                        continue
+                    pending = data[cut + 1 :]
+                    lines = data[:cut].split(b"\n")
+                    self._file_bytes += cut + 1 + _CRI_LINE_OVERHEAD * len(lines)
+                    self._take(lines)
+            except BaseException:
+                if self._fresh_lines:
+                    self._at_file_end = anyio.current_time() - heard >= IDLE_AT_END
+                raise
+        self._at_file_end = True
+        return pending
+
+    def _end_read(self) -> None:
+        """A read ended normally after the container ended, so it read the node's file to
+        its end: if it had nothing at all for a resume, that file is newer than the last
+        delivered line's (which it would have held). (A stream that ends while the
+        container runs may have been closed by a proxy before its first byte.)"""
+        if self._overlap and not self._judged:
+            fresh: list[bytes] = []
+            self._rotated_away(None, fresh)
+            self.buffer.append(fresh)
+        self._overlap = False
+
+    def _take(self, raw_lines: list[bytes]) -> None:
+        """Deliver the lines of a read that were not delivered before."""
+        fresh: list[bytes] = []
+        start = self._judge_overlap(raw_lines, fresh) if self._overlap else 0
+        if start == len(raw_lines):
+            self.buffer.append(fresh)
+            return
+        self._fresh_lines = True
+        last, at_last = self._last, self._at_last
+        irregular = False
+        for raw in raw_lines[start:] if start else raw_lines:
+            if (  # inline _fixed(raw): this loop sees every line
+                len(raw) > STAMP_WIDTH
+                and raw[STAMP_WIDTH] == 32  # " "
+                and raw[STAMP_WIDTH - 1] == 90  # "Z"
+                and raw[19] == 46  # "."
+                and raw[10] == 84  # "T"
+            ):
+                stamp, content = raw[:STAMP_WIDTH], raw[STAMP_WIDTH + 1 :]
+            else:
+                irregular = True
+                parsed = _parse_stamp(raw)
+                if parsed is None:
+                    log.warning("log line of %s/%s without a timestamp", self._pod, self._container)
+                    fresh.append(raw)
+                    continue
+                stamp, content = parsed
+            if stamp > last:
+                last, at_last = stamp, 1
+            elif stamp == last:
+                at_last += 1
             if len(content) > KUBELET_FRAGMENT:
                 content = _join_fragments(content)
             fresh.append(content)
-        self._second, self._delivered_in_second = second, in_second
+        self._last, self._at_last = last, at_last
+        tail = raw_lines[max(start, len(raw_lines) - RECENT_LINES) :]
+        if irregular:
+            self._recent.extend(key for key in map(_key, tail) if key is not None)
+        else:
+            self._recent.extend([raw[:_KEY_BYTES] for raw in tail])
         self.buffer.append(fresh)
-        return skip
+
+    def _judge_overlap(self, raw_lines: list[bytes], fresh: list[bytes]) -> int:
+        """Skip the lines of a resumed read that were delivered before (see the class
+        docstring); returns the index of the first line after the overlap."""
+        for index, raw in enumerate(raw_lines):
+            parsed = _parse_stamp(raw)
+            if parsed is None:
+                if not self._judged:
+                    # The rest of a long line whose first 16 KiB fragment was stamped
+                    # before sinceTime: the kubelet skips that fragment and sends the
+                    # rest unstamped. The line was delivered whole before.
+                    continue
+                log.warning("log line of %s/%s without a timestamp", self._pod, self._container)
+                fresh.append(raw)
+                continue
+            stamp, content = parsed
+            first = not self._judged
+            self._judged = True
+            if stamp > self._start_last:
+                self._overlap = False
+                if first:
+                    self._rotated_away(stamp, fresh)
+                else:
+                    self._carry = b""
+                return index
+            if stamp == self._start_last and self._seen_at_last < self._start_at_last:
+                self._seen_at_last += 1
+                self._carry = b""
+                continue
+            if self._remaining is None:
+                self._remaining = Counter(self._recent)
+                self._low = min((key[:STAMP_WIDTH] for key in self._recent), default=stamp)
+            key = _key(raw)
+            if key is not None and self._remaining[key] > 0:
+                self._remaining[key] -= 1
+                self._carry = b""
+                continue
+            if stamp < self._low:
+                self._carry = b""
+                continue
+            # Stamped before the newest delivered line, yet not delivered: a line of the
+            # other stream (stdout or stderr) written after the last delivered one.
+            if first:
+                self._rotated_away(stamp, fresh)
+            self._fresh_lines = True
+            if stamp == self._last:
+                self._at_last += 1
+            if key is not None:
+                self._recent.append(key)
+            fresh.append(_join_fragments(content) if len(content) > KUBELET_FRAGMENT else content)
+        return len(raw_lines)
+
+    def _rotated_away(self, first_stamp: bytes | None, fresh: list[bytes]) -> None:
+        """A resumed read starts after the last delivered line: the node's file that held
+        it was rotated. Say which lines, if any, could not be read."""
+        if self._carry:
+            # The end of the old file: a partial line whose rest the new file starts with
+            # (or a line of the other stream does); delivered as it is, not joined.
+            fresh.append(self._carry_line())
+            self._carry = b""
+        short = not self._at_file_end
+        gap = first_stamp is not None and (
+            _stamp_ns(first_stamp) - _stamp_ns(self._start_last) >= ROTATION_GAP_NS
+        )
+        if not (short or gap):
+            return
+        after = self._start_last.decode()
+        if first_stamp is None:
+            what = f"log lines written after {after} are missing"
+        else:
+            verb = "are" if short else "may be"
+            what = (
+                f"log lines written after {after} and before {first_stamp.decode()} {verb} missing"
+            )
+        reason = f"{what}: the node rotated the log file that held them before they were read"
+        log.warning("%s/%s: %s", self._pod, self._container, reason)
+        self._missing.append(reason)
+        fresh.append(MISSING_PREFIX + reason.encode())
+
+    def _carry_line(self) -> bytes:
+        parsed = _parse_stamp(self._carry)
+        return self._carry if parsed is None else parsed[1]
+
+
+def _fixed(raw: bytes) -> bool:
+    """Whether a line starts with a fixed-width stamp and a space (the kubelet's form)."""
+    return (
+        len(raw) > STAMP_WIDTH
+        and raw[STAMP_WIDTH] == 32
+        and raw[STAMP_WIDTH - 1] == 90
+        and raw[19] == 46
+        and raw[10] == 84
+    )
+
+
+def _parse_stamp(raw: bytes) -> tuple[bytes, bytes] | None:
+    """(the fixed-width stamp, the text) of a line as the log endpoint sends it with
+    timestamps; None for a line that does not start with a timestamp."""
+    if _fixed(raw):
+        return raw[:STAMP_WIDTH], raw[STAMP_WIDTH + 1 :]
+    match = _STAMP.match(raw)
+    if match is None:
+        return None
+    # Another server may trim the fraction's zeros: pad it so that stamps compare as time.
+    whole, _, fraction = raw[: match.end() - 2].partition(b".")
+    return whole + b"." + fraction.ljust(9, b"0") + b"Z", raw[match.end() :]
+
+
+def _key(raw: bytes) -> bytes | None:
+    """How a delivered line is remembered: its fixed-width stamp and (the start of) its
+    text, exactly as sent."""
+    if _fixed(raw):
+        return raw[:_KEY_BYTES]
+    parsed = _parse_stamp(raw)
+    return None if parsed is None else (parsed[0] + b" " + parsed[1])[:_KEY_BYTES]
+
+
+def _stamp_ns(stamp: bytes) -> int:
+    """Nanoseconds since the epoch of a fixed-width stamp."""
+    return timestamp_second(stamp) * 1_000_000_000 + int(stamp[20:29])
 
 
 def _join_fragments(content: bytes) -> bytes:
