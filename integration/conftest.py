@@ -4,28 +4,45 @@
 against the cluster KUBECONFIG names, through a TCP proxy the tests control;
 ``BUILDRUNTIME_TARGET=fake`` runs the very same tests on FakeCluster, so the two cannot
 drift apart unnoticed. Tests talk to a :class:`Target`, which does the outside actions
-(cutting connections, deleting a pod as someone else would) in the way each target can.
+(cutting connections, deleting a pod as someone else would, restarting the API server,
+compacting its storage, injecting sidecars at admission) in the way each target can.
+
+On the local cluster of ``integration/cluster/`` every outside action is real (its
+scripts restart kube-apiserver and compact etcd). On another cluster (kind, say) the
+actions that need control of the control plane skip with the reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import anyio
 import pytest
 
 from buildruntime import Runtime
 from buildruntime.cluster.port import Request
 from buildruntime.informer.reflector import ReflectorSettings
 
+from .admission import InjectingCluster, SidecarWebhook
 from .tcp_proxy import TcpProxy
 
 BUSYBOX = "busybox"
 LOCAL_PAUSE_IMAGE = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
 RECOVERY = ReflectorSettings(backoff_initial=0.1, backoff_max=1.0)
+CLUSTER_SCRIPTS = Path(__file__).parent / "cluster"
+APISERVER_START = 2.5
+"""Seconds the local kube-apiserver takes from its start to a ready /readyz; FakeCluster
+stays unreachable that much longer when "restarted"."""
+JSON = dict[str, Any]
 
 
 def target_kind() -> str:
@@ -69,6 +86,74 @@ class Target:
         """An API outage: cut everything and refuse new connections for ``seconds``."""
         raise NotImplementedError
 
+    def require_control(self, what: str) -> None:
+        """Skip the test when this target cannot do ``what`` to its control plane (a
+        cluster other than the local one); call it before the build starts."""
+
+    def hold_connections(self) -> AbstractAsyncContextManager[None]:
+        """Hold the runtime off the API server for the block: every open watch and log
+        stream is cut and new connections are refused until the block ends, while the
+        server, the node and outside actions go on."""
+        raise NotImplementedError
+
+    async def compact_and_expire(self) -> None:
+        """Compact the API server's storage past every resourceVersion handed out so
+        far: a watch resuming from one that the server serves from storage gets 410
+        Gone (on the real cluster: events; pods come from the watch cache's history)."""
+        raise NotImplementedError
+
+    async def restart_apiserver(self, *, down: float) -> Outage:
+        """Stop the API server (a crash), keep it down ``down`` seconds, start it again
+        (which takes a few seconds more); returns once it is ready, with the wall-clock
+        times of the outage."""
+        raise NotImplementedError
+
+    def inject_sidecars(self, containers: list[JSON]) -> AbstractAsyncContextManager[list[str]]:
+        """While the block runs, every pod of the runtime created in the namespace gets
+        ``containers`` added at admission, as a service mesh injects its proxy. Yields
+        the names of the pods mutated so far. Make the runtime inside the block."""
+        raise NotImplementedError
+
+    async def create_event(
+        self,
+        pod: str,
+        *,
+        type: str,
+        reason: str,
+        message: str,
+        container: str | None = None,
+    ) -> None:
+        """Post a core/v1 Event about ``pod`` (``container``: its fieldPath is
+        ``spec.containers{container}``) from outside the runtime, as some other
+        component would."""
+        raise NotImplementedError
+
+    async def read_pod(self, name: str) -> JSON | None:
+        """The pod as the API server stores it now, read outside the runtime's port
+        (the ground truth); None when it does not exist."""
+        raise NotImplementedError
+
+    async def pod_until(self, name: str, condition: Callable[[JSON], bool]) -> JSON:
+        """Poll the ground truth until ``condition(pod)`` holds (bound it with
+        ``anyio.fail_after``)."""
+        while True:
+            pod = await self.read_pod(name)
+            if pod is not None and condition(pod):
+                return pod
+            await anyio.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Outage:
+    """When an API server outage began and ended (wall clock, UTC)."""
+
+    started: datetime
+    ended: datetime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
 
 class FakeTarget(Target):
     kind = "fake"
@@ -76,7 +161,8 @@ class FakeTarget(Target):
     def __init__(self) -> None:
         from buildruntime.testing import FakeCluster
 
-        self.cluster = FakeCluster(images={BUSYBOX})
+        self.fake = FakeCluster(images={BUSYBOX})
+        self.cluster = self.fake
         self.namespace = "integration"
         self.pause_image = None
 
@@ -90,6 +176,60 @@ class FakeTarget(Target):
     def refuse_connections(self, seconds: float) -> None:
         self.cluster.faults.outage(seconds)
 
+    @asynccontextmanager
+    async def hold_connections(self) -> AsyncIterator[None]:
+        self.fake.faults.outage(24 * 3600)
+        try:
+            yield
+        finally:
+            self.fake.faults.clear()
+
+    async def compact_and_expire(self) -> None:
+        # FakeCluster has no watch cache in front of its storage: every watch resuming
+        # from an old version gets 410, pods as well as events.
+        self.fake.faults.expire()
+
+    async def restart_apiserver(self, *, down: float) -> Outage:
+        # What a restart amounts to for a client: connections refused while the server
+        # is stopped and while it starts, then a server whose watch history starts
+        # afresh (old versions answer 410).
+        started = _now()
+        self.fake.faults.outage(down + APISERVER_START)
+        self.fake.faults.expire()
+        await anyio.sleep(down + APISERVER_START)
+        return Outage(started, _now())
+
+    @asynccontextmanager
+    async def inject_sidecars(self, containers: list[JSON]) -> AsyncIterator[list[str]]:
+        original = self.cluster
+        injecting = InjectingCluster(original, containers)
+        self.cluster = injecting
+        try:
+            yield injecting.injected
+        finally:
+            self.cluster = original
+
+    async def create_event(
+        self,
+        pod: str,
+        *,
+        type: str,
+        reason: str,
+        message: str,
+        container: str | None = None,
+    ) -> None:
+        current = await self.read_pod(pod)
+        assert current is not None, f"pod {pod} does not exist"
+        # FakeCluster has no API to post an Event: its recorder is what its own kubelet
+        # and scheduler post through (aggregating repeats as client-go's recorder does).
+        self.fake._recorder.record(
+            current, reason, message, type=type, component="integration-test", container=container
+        )
+
+    async def read_pod(self, name: str) -> JSON | None:
+        versions = self.fake.history(self.namespace, name)
+        return versions[-1] if versions else None
+
 
 class ClusterTarget(Target):
     kind = "cluster"
@@ -101,12 +241,14 @@ class ClusterTarget(Target):
 
         configuration = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        self.local = is_local_cluster(configuration)
         configuration.host = proxy.url
         self.proxy = proxy
         self.cluster = KubeCluster(client.ApiClient(configuration))
         self.namespace = namespace
         self.pause_image = LOCAL_PAUSE_IMAGE
         self._outside = KubeCluster.from_kubeconfig(kubeconfig)
+        self._admin = config.new_client_from_config(config_file=kubeconfig)
 
     async def delete_pod_from_outside(self, name: str) -> None:
         await self._outside.delete_pod(self.namespace, name)
@@ -117,9 +259,185 @@ class ClusterTarget(Target):
     def refuse_connections(self, seconds: float) -> None:
         self.proxy.refuse(seconds)
 
+    def require_control(self, what: str) -> None:
+        if not self.local:
+            pytest.skip(
+                f"{what} needs the local cluster of integration/cluster/ (its control "
+                "scripts and its API server on this machine); KUBECONFIG names another"
+            )
+
+    @asynccontextmanager
+    async def hold_connections(self) -> AsyncIterator[None]:
+        self.proxy.refuse(24 * 3600)
+        try:
+            yield
+        finally:
+            self.proxy.refuse(0)  # lets new connections through again
+
+    async def compact_and_expire(self) -> None:
+        self.require_control("compacting etcd")
+        await anyio.run_process([str(CLUSTER_SCRIPTS / "compact-etcd")], check=True)
+
+    async def restart_apiserver(self, *, down: float) -> Outage:
+        self.require_control("restarting kube-apiserver")
+        old_pid = _apiserver_pid()
+        # A write after everything the runtime has seen, as a live cluster always has
+        # (node leases, other pods): the restarted API server's watch cache starts at
+        # the newest revision, so a watch from an older one gets 410.
+        await self._write_marker()
+        started = _now()
+        done = await anyio.run_process(
+            [str(CLUSTER_SCRIPTS / "restart-apiserver"), "--down", f"{down:g}"], check=True
+        )
+        ended = _now()
+        new_pid = int(done.stdout.split()[-1])
+        assert new_pid != old_pid, f"kube-apiserver still runs as pid {old_pid}"
+        assert _apiserver_pid() == new_pid
+        return Outage(started, ended)
+
+    async def _write_marker(self) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self._admin)
+        body = {"metadata": {"generateName": "marker-"}, "data": {"at": _now().isoformat()}}
+        await anyio.to_thread.run_sync(
+            lambda: core.create_namespaced_config_map(self.namespace, body)
+        )
+
+    @asynccontextmanager
+    async def inject_sidecars(self, containers: list[JSON]) -> AsyncIterator[list[str]]:
+        from kubernetes import client
+
+        # The API server calls the webhook on 127.0.0.1: only ours runs on this machine.
+        self.require_control("a sidecar-injecting webhook on this machine's loopback")
+        admission = client.AdmissionregistrationV1Api(self._admin)
+        name = f"buildruntime-it-sidecars-{self.namespace}"
+        with SidecarWebhook(containers) as webhook:
+            config = webhook.configuration(name, self.namespace)
+            await anyio.to_thread.run_sync(
+                lambda: admission.create_mutating_webhook_configuration(config)
+            )
+            try:
+                await self._wait_until_injecting([c["name"] for c in containers])
+                yield webhook.mutated
+            finally:
+                await anyio.to_thread.run_sync(
+                    lambda: admission.delete_mutating_webhook_configuration(name)
+                )
+
+    async def _wait_until_injecting(self, names: list[str]) -> None:
+        """The API server picks a new webhook configuration up from its informer a
+        moment later: dry-run a pod of the runtime until the sidecars show up in it."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self._admin)
+        probe = {
+            "metadata": {
+                "generateName": "sidecar-probe-",
+                "labels": {"app.kubernetes.io/managed-by": "buildruntime"},
+            },
+            "spec": {"containers": [{"name": "probe", "image": BUSYBOX}]},
+        }
+
+        def dry_run() -> list[str]:
+            response = core.create_namespaced_pod(
+                self.namespace, probe, dry_run="All", _preload_content=False
+            )
+            return [c["name"] for c in json.loads(response.data)["spec"]["containers"]]
+
+        with anyio.fail_after(30):
+            while not set(names) <= set(await anyio.to_thread.run_sync(dry_run)):
+                await anyio.sleep(0.2)
+
+    async def create_event(
+        self,
+        pod: str,
+        *,
+        type: str,
+        reason: str,
+        message: str,
+        container: str | None = None,
+    ) -> None:
+        from kubernetes import client
+
+        current = await self.read_pod(pod)
+        assert current is not None, f"pod {pod} does not exist"
+        involved: JSON = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "namespace": self.namespace,
+            "name": pod,
+            "uid": current["metadata"]["uid"],
+        }
+        if container is not None:
+            involved["fieldPath"] = f"spec.containers{{{container}}}"
+        now = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{pod}.", "namespace": self.namespace},
+            "involvedObject": involved,
+            "type": type,
+            "reason": reason,
+            "message": message,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": "integration-test"},
+        }
+        core = client.CoreV1Api(self._admin)
+        await anyio.to_thread.run_sync(lambda: core.create_namespaced_event(self.namespace, body))
+
+    async def read_pod(self, name: str) -> JSON | None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self._admin)
+
+        def read() -> JSON | None:
+            try:
+                response = core.read_namespaced_pod(name, self.namespace, _preload_content=False)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            pod: JSON = json.loads(response.data)
+            return pod
+
+        return await anyio.to_thread.run_sync(read)
+
     async def aclose(self) -> None:
         await self.cluster.aclose()
         await self._outside.aclose()
+        self._admin.close()
+
+
+def _state_root() -> Path:
+    return Path(os.environ.get("BUILDRUNTIME_CLUSTER_STATE", "/var/lib/buildruntime-cluster"))
+
+
+def _run_root() -> Path:
+    return Path(os.environ.get("BUILDRUNTIME_CLUSTER_RUN", "/run/buildruntime-cluster"))
+
+
+def _apiserver_pid() -> int | None:
+    try:
+        return int((_run_root() / "pids" / "kube-apiserver.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_local_cluster(configuration: Any) -> bool:
+    """Whether a loaded kubeconfig names the cluster integration/cluster/up runs here:
+    its API server on 127.0.0.1:6443, trusted through that cluster's own CA, with the
+    pid files the control scripts use."""
+    if urlparse(str(configuration.host)).netloc != "127.0.0.1:6443":
+        return False
+    if _apiserver_pid() is None or not configuration.ssl_ca_cert:
+        return False
+    try:
+        ca = (_state_root() / "pki" / "ca.crt").read_bytes()
+        return Path(configuration.ssl_ca_cert).read_bytes().strip() == ca.strip()
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +454,7 @@ def cluster_namespace() -> Iterator[tuple[str, str] | None]:
     namespace = f"it-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": namespace}})
     try:
+        _wait_for_default_service_account(core, namespace)
         yield kubeconfig, namespace
     finally:
         core.delete_namespace(namespace)
@@ -157,6 +476,26 @@ async def target(cluster_namespace: tuple[str, str] | None) -> AsyncIterator[Tar
             yield real
         finally:
             await real.aclose()
+
+
+def _wait_for_default_service_account(core: Any, namespace: str) -> None:
+    """Pods cannot be created in a namespace before kube-controller-manager has made
+    its ``default`` ServiceAccount. That takes milliseconds, except just after an API
+    server restart (another run's fault test): the controller's watches back off for up
+    to half a minute before they reconnect."""
+    import time
+
+    from kubernetes.client.exceptions import ApiException
+
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            core.read_namespaced_service_account("default", namespace)
+            return
+        except ApiException as error:
+            if error.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def _server_of(kubeconfig: str) -> str:

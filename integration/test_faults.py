@@ -1,22 +1,30 @@
 """The fault matrix against a real API server: connections cut, refused and stalled by a
-TCP proxy between the client and the API server (on FakeCluster: its own faults).
+TCP proxy between the client and the API server; a real 410 Gone from an etcd compaction;
+kube-apiserver killed and restarted; sidecars injected by a mutating admission webhook
+(on FakeCluster: its own faults and the same injection in its create).
 
-Each test compares what the user of the API observed (every log line, every result)
-with what the steps printed and how they exited: the same lines, once, in order."""
+Each test compares what the user of the API observed (every log line, every result,
+the build's events) with what the steps printed and how they exited: the same lines,
+once, in order."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 
 import anyio
 import pytest
 
-from buildruntime import BuildSpec, StepSpec
+from buildruntime import Build, BuildEvent, BuildSpec, Failure, StepResult, StepSpec
+from buildruntime.cluster.port import Request
 from buildruntime.testing.chaos import ChaosCluster
 
-from .conftest import BUSYBOX, RECOVERY, Target
+from .admission import EARLY_EXIT_SIDECAR, PROXY_SIDECAR, SIDECARS
+from .conftest import BUSYBOX, JSON, RECOVERY, Outage, Target
+from .observe import ExpiryRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -119,3 +127,302 @@ async def test_duplicated_and_reordered_watch_events(target: Target) -> None:
         await _build_under(target, anyio.sleep_forever, count=10, pause=0.01)
     finally:
         target.cluster = original
+
+
+# ---------------------------------------------------------------- the control plane itself
+
+
+@dataclasses.dataclass
+class Observed:
+    """What the user of the API saw of one build."""
+
+    lines: dict[str, list[bytes]]
+    results: dict[str, StepResult]
+    events: list[BuildEvent]
+    requests: list[Request]
+    open_after: tuple[int, int]
+    """Watches and log streams still open once the runtime was closed."""
+
+
+async def _observe(
+    target: Target,
+    spec: BuildSpec,
+    fault: Callable[[Build, dict[str, list[bytes]]], Awaitable[None]],
+    **settings: object,
+) -> Observed:
+    """Run every step in order, tailing each, while ``fault`` acts on the build (it is
+    given the lines delivered so far, step by step, as they arrive); the fault must
+    have finished by the time the last step has (it is waited for)."""
+    lines: dict[str, list[bytes]] = {}
+    results: dict[str, StepResult] = {}
+    async with target.runtime(**settings) as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        async with anyio.create_task_group() as faults:
+            done = anyio.Event()
+
+            async def act() -> None:
+                await fault(build, lines)
+                done.set()
+
+            faults.start_soon(act)
+            for step in spec.steps:
+                await rt.run_container(build, step.name)
+                delivered = lines[step.name] = []
+                async for line in rt.tail_container(build, step.name):
+                    delivered.append(line)
+                results[step.name] = await rt.wait_container(build, step.name)
+            with anyio.fail_after(60):
+                await done.wait()
+        await rt.remove_build(build)
+        events = [event async for event in build.events()]
+    return Observed(
+        lines,
+        results,
+        events,
+        target.requests,
+        (target.cluster.open_watches, target.cluster.open_log_streams),
+    )
+
+
+async def _delivered(lines: dict[str, list[bytes]], step: str, line: bytes) -> None:
+    """Wait until the runtime has delivered ``line`` of ``step`` to the user."""
+    while line not in lines.get(step, ()):
+        await anyio.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _through(target: Target, wrapper: object) -> Iterator[None]:
+    """Runtimes made in the block talk to the cluster through ``wrapper``."""
+    original = target.cluster
+    target.cluster = wrapper
+    try:
+        yield
+    finally:
+        target.cluster = original
+
+
+RESTART_DOWN = 1.0
+"""Seconds kube-apiserver stays stopped before it starts again (it then needs about
+2.5 s to be ready). The outage must outlast the end of step a, but no longer than that:
+while the API server is away the kubelet's watches back off (client-go's reflector:
+0.8 s doubling to 30 s, times up to 2 for jitter, reset only after 2 minutes without a
+failure), and the build waits for the kubelet to see the next step's patch and the
+pod's deletion. Measured here: 3 to 15 s after a single restart, up to a minute when
+restarts follow each other within two minutes."""
+
+
+def _step_image_status(pod: JSON, step: str) -> JSON:
+    """The step's container status once it runs the step image (busybox, not the
+    placeholder), else {}."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == step and "busybox" in (status.get("image") or ""):
+            return dict(status)
+    return {}
+
+
+def _container_state(pod: JSON, name: str) -> JSON:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == name:
+            return dict(status.get("state") or {})
+    return {}
+
+
+def _runs(step: str) -> Callable[[JSON], bool]:
+    return lambda pod: "running" in (_step_image_status(pod, step).get("state") or {})
+
+
+def _ended(step: str) -> Callable[[JSON], bool]:
+    return lambda pod: "terminated" in (_step_image_status(pod, step).get("state") or {})
+
+
+def _ticks(name: str, count: int) -> list[bytes]:
+    return [f"{name}-{i}".encode() for i in range(1, count + 1)]
+
+
+def _kinds(events: list[BuildEvent], step: str | None) -> list[str]:
+    return [e.kind for e in events if e.step == step]
+
+
+def _step_transitions(events: list[BuildEvent], step: str) -> list[str]:
+    """The step's started/completed/failed events, in order (pulls vary by target)."""
+    return [k for k in _kinds(events, step) if k in ("started", "completed", "failed")]
+
+
+async def test_a_real_410_gone_after_etcd_is_compacted_while_the_watches_are_held_off(
+    target: Target,
+) -> None:
+    """Watches held off while the build moves on and an outside Warning is posted; etcd
+    compacted past every version the runtime holds; when the watches resume, the
+    events watch (served by etcd, not the watch cache) gets 410 Gone, the runtime
+    relists and misses nothing."""
+    target.require_control("compacting etcd")
+    spec = BuildSpec(
+        build_id=f"gone-{uuid.uuid4().hex[:6]}",
+        steps=[_ticker("a", 40, 0.1), _ticker("b", 20, 0.05)],
+    )
+    marker = f"posted while the runtime's watches were held off ({spec.build_id})"
+
+    async def compaction(build: Build, lines: dict[str, list[bytes]]) -> None:
+        with anyio.fail_after(30):
+            await target.pod_until(build.pod_name, _runs("a"))
+        async with target.hold_connections():
+            with anyio.fail_after(30):
+                # A state change the watches miss: step a ends while they are held off.
+                await target.pod_until(build.pod_name, _ended("a"))
+            # An event they miss (pod-level, so it becomes a warning of the build).
+            await target.create_event(
+                build.pod_name, type="Warning", reason="HeldOff", message=marker
+            )
+            await target.compact_and_expire()
+
+    recorder = ExpiryRecorder(target.cluster)
+    with _through(target, recorder):
+        seen = await _observe(target, spec, compaction)
+
+    assert seen.lines == {"a": _ticks("a", 40), "b": _ticks("b", 20)}
+    assert {n: (r.exit_code, r.failure) for n, r in seen.results.items()} == {
+        "a": (0, None),
+        "b": (0, None),
+    }
+    # The proof that a real 410 happened: the events watch that resumed from a
+    # compacted version was answered 410 Gone, and the runtime listed events again.
+    assert recorder.expired_on("events"), recorder.expired
+    assert seen.requests.count(Request("list", "events")) >= 2
+    # Nothing missed, nothing twice: the event posted during the hold, found by the
+    # relist, is reported once; each step started and completed once.
+    warnings = [(e.step, e.reason, e.message) for e in seen.events if e.kind == "warning"]
+    assert warnings == [(None, "HeldOff", marker)]
+    assert _step_transitions(seen.events, "a") == ["started", "completed"]
+    assert _step_transitions(seen.events, "b") == ["started", "completed"]
+    assert seen.events[-1].kind == "deleted"
+    assert seen.open_after == (0, 0)
+
+
+async def test_kube_apiserver_killed_and_restarted_while_a_step_runs_and_finishes(
+    target: Target,
+) -> None:
+    """A real outage: kube-apiserver killed while step a prints, kept down until after
+    a has ended, then started again with the same command line. The restarted server's
+    watch cache starts afresh, so the pods watch resuming from its old version gets
+    410; the runtime relists, resumes the log from where it was cut, and runs b."""
+    target.require_control("restarting kube-apiserver")
+    spec = BuildSpec(
+        build_id=f"restart-{uuid.uuid4().hex[:6]}",
+        steps=[_ticker("a", 40, 0.1), _ticker("b", 20, 0.05)],
+    )
+    outages: list[Outage] = []
+
+    async def restart(build: Build, lines: dict[str, list[bytes]]) -> None:
+        with anyio.fail_after(30):
+            # About 1.5 s before a ends: kill kube-apiserver and keep it down long
+            # enough for a to end meanwhile.
+            await _delivered(lines, "a", b"a-25")
+        outages.append(await target.restart_apiserver(down=RESTART_DOWN))
+
+    recorder = ExpiryRecorder(target.cluster)
+    with _through(target, recorder):
+        seen = await _observe(target, spec, restart, api_timeout=90)
+
+    assert seen.lines == {"a": _ticks("a", 40), "b": _ticks("b", 20)}
+    assert {n: (r.exit_code, r.failure) for n, r in seen.results.items()} == {
+        "a": (0, None),
+        "b": (0, None),
+    }
+    # Step a really ended while the API server was down (the kubelet's finishedAt has
+    # whole seconds).
+    (outage,) = outages
+    finished = seen.results["a"].finished_at
+    assert isinstance(finished, datetime)
+    assert outage.started.replace(microsecond=0) <= finished <= outage.ended
+    assert seen.requests.count(Request("list", "pods")) >= 2
+    assert recorder.expired_on("pods"), recorder.expired
+    assert _step_transitions(seen.events, "a") == ["started", "completed"]
+    assert _step_transitions(seen.events, "b") == ["started", "completed"]
+    assert seen.events[-1].kind == "deleted"
+    assert seen.open_after == (0, 0)
+
+
+async def test_sidecars_injected_at_admission_are_not_steps(target: Target) -> None:
+    """A mutating admission webhook adds two containers that are not steps: a chatty
+    proxy that runs throughout and a check that fails at once. They run with their own
+    statuses and events, and Warnings about them are posted; the steps' results, logs
+    and the build's events are exactly those of the steps."""
+    target.require_control("injecting sidecars at admission")
+    spec = BuildSpec(
+        build_id=f"sidecar-{uuid.uuid4().hex[:6]}",
+        steps=[
+            _ticker("a", 20, 0.05),
+            StepSpec(name="b", image=BUSYBOX, commands=["echo b-1", "exit 2"]),
+        ],
+    )
+    truth: list[JSON] = []
+
+    async def sidecar_warnings(build: Build, lines: dict[str, list[bytes]]) -> None:
+        with anyio.fail_after(60):
+            # Both sidecars ran as the kubelet runs any container: the proxy still
+            # runs, the check has failed.
+            truth.append(
+                await target.pod_until(
+                    build.pod_name,
+                    lambda pod: (
+                        "running" in _container_state(pod, PROXY_SIDECAR)
+                        and _container_state(pod, EARLY_EXIT_SIDECAR)
+                        .get("terminated", {})
+                        .get("exitCode")
+                        == 1
+                    ),
+                )
+            )
+        await target.create_event(
+            build.pod_name,
+            type="Warning",
+            reason="BackOff",
+            message=f"Back-off restarting failed container {PROXY_SIDECAR}",
+            container=PROXY_SIDECAR,
+        )
+        await target.create_event(
+            build.pod_name,
+            type="Warning",
+            reason="Failed",
+            message=f'Failed to pull image "docker.io/istio/proxyv2:1.0" for {EARLY_EXIT_SIDECAR}',
+            container=EARLY_EXIT_SIDECAR,
+        )
+        # Posted last: once the runtime reports it, the events watch has delivered the
+        # sidecar Warnings before it.
+        await target.create_event(
+            build.pod_name, type="Warning", reason="AfterSidecars", message="marker"
+        )
+        with anyio.fail_after(30):
+            async for event in build.events():
+                if event.reason == "AfterSidecars":
+                    break
+
+    async with target.inject_sidecars(SIDECARS) as injected:
+        seen = await _observe(target, spec, sidecar_warnings)
+        assert spec.pod_name in injected
+
+    assert seen.lines == {"a": _ticks("a", 20), "b": [b"b-1"]}
+    assert {n: (r.exit_code, r.reason, r.failure) for n, r in seen.results.items()} == {
+        "a": (0, "Completed", None),
+        "b": (2, "Error", Failure.APP_ERROR),
+    }
+    (pod,) = truth
+    assert {c["name"] for c in pod["spec"]["containers"]} == {
+        "a",
+        "b",
+        PROXY_SIDECAR,
+        EARLY_EXIT_SIDECAR,
+    }
+    # The build's events are the steps' and the pod's only: no sidecar step, no
+    # sidecar Warning turned into a step failure or a build warning.
+    assert {e.step for e in seen.events} <= {None, "a", "b"}
+    assert [(e.step, e.reason) for e in seen.events if e.kind == "warning"] == [
+        (None, "AfterSidecars")
+    ]
+    assert _step_transitions(seen.events, "a") == ["started", "completed"]
+    assert _step_transitions(seen.events, "b") == ["started", "failed"]
+    assert not [e for e in seen.events if PROXY_SIDECAR in f"{e.message}{e.reason}"]
+    assert not [e for e in seen.events if EARLY_EXIT_SIDECAR in f"{e.message}{e.reason}"]
+    assert seen.events[-1].kind == "deleted"
+    assert seen.open_after == (0, 0)
