@@ -155,27 +155,28 @@ async def _observe(
     have finished by the time the last step has (it is waited for)."""
     lines: dict[str, list[bytes]] = {}
     results: dict[str, StepResult] = {}
-    async with target.runtime(**settings) as rt:
-        build = await rt.setup_build(spec)
-        await rt.assemble_build(build)
-        async with anyio.create_task_group() as faults:
-            done = anyio.Event()
+    # A bound on the whole build: a hang fails the test instead of stalling the suite.
+    with anyio.fail_after(BUILD_BOUND):
+        async with target.runtime(**settings) as rt:
+            build = await rt.setup_build(spec)
+            await rt.assemble_build(build)
+            async with anyio.create_task_group() as faults:
+                done = anyio.Event()
 
-            async def act() -> None:
-                await fault(build, lines)
-                done.set()
+                async def act() -> None:
+                    await fault(build, lines)
+                    done.set()
 
-            faults.start_soon(act)
-            for step in spec.steps:
-                await rt.run_container(build, step.name)
-                delivered = lines[step.name] = []
-                async for line in rt.tail_container(build, step.name):
-                    delivered.append(line)
-                results[step.name] = await rt.wait_container(build, step.name)
-            with anyio.fail_after(60):
+                faults.start_soon(act)
+                for step in spec.steps:
+                    await rt.run_container(build, step.name)
+                    delivered = lines[step.name] = []
+                    async for line in rt.tail_container(build, step.name):
+                        delivered.append(line)
+                    results[step.name] = await rt.wait_container(build, step.name)
                 await done.wait()
-        await rt.remove_build(build)
-        events = [event async for event in build.events()]
+            await rt.remove_build(build)
+            events = [event async for event in build.events()]
     return Observed(
         lines,
         results,
@@ -201,6 +202,9 @@ def _through(target: Target, wrapper: object) -> Iterator[None]:
     finally:
         target.cluster = original
 
+
+BUILD_BOUND = 180.0
+"""Seconds a build under a fault may take before the test fails as a hang."""
 
 RESTART_DOWN = 1.0
 """Seconds kube-apiserver stays stopped before it starts again (it then needs about
