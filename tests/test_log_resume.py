@@ -195,12 +195,16 @@ async def test_a_long_gap_before_the_current_file_may_hide_a_rotated_one() -> No
     assert buffer.lost_reason == notice[len(MISSING_PREFIX) :].decode()
 
 
-async def test_a_partial_line_at_the_end_of_a_rotated_file_is_kept() -> None:
-    # The old file ends with the first fragment of a line without its newline; the
-    # current file starts with the rest (or with a line of the other stream).
+async def test_a_line_cut_by_the_rotation_is_delivered_whole() -> None:
+    # containerd cuts the line it is writing when the log is reopened: the old file ends
+    # with its first part (a P record, sent without a newline), the new file starts with
+    # the rest (as seen on the local cluster at every rotation under a burst).
     old, old_lines = burst(1, 9_000, "a")
     cluster = ScriptedLogs(
-        [Read(old + at(1, 999_000_000) + b" part", ends_step=True), Read(line(at(2, 0), "rest"))]
+        [
+            Read(old + at(1, 999_000_000) + b" 0123456789ab", ends_step=True),
+            Read(line(at(1, 999_000_500), "cdef") + line(at(2, 0), "next")),
+        ]
     )
     buffer = await capture(cluster)
-    assert buffer.lines(0, len(buffer)) == [*old_lines, b"part", b"rest"]
+    assert buffer.lines(0, len(buffer)) == [*old_lines, b"0123456789abcdef", b"next"]

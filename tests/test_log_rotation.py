@@ -184,3 +184,37 @@ async def test_lines_rotated_away_before_a_resume_are_shown_missing(
     assert match is not None, notice
     assert match.group(1) < match.group(2)
     await runtime.remove_build(build)
+
+
+async def test_a_stream_left_waiting_at_the_end_of_a_rotated_file_is_read_again(
+    runtime: Runtime, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    # The stream was behind at the rotation, so after the old file it waits while the
+    # step goes on in the new one; at the next rotation the kubelet's stream would jump
+    # to the newest file, past b... A new read after a second of silence gets b.. live.
+    cluster.faults.slow_logs(0)
+    build = await start(
+        runtime,
+        "rotate-stall",
+        printing("a", 12_000),
+        handshake(tmp_path, "a"),
+        printing("b", 100),
+        handshake(tmp_path, "b"),
+        printing("c", 100),
+    )
+    tail = Tail(runtime, build)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tail.run)
+        await wait_for(tmp_path / "a")
+        cluster.rotate_log("ci", build.pod_name, "s")
+        await anyio.Path(tmp_path / "go-a").touch()
+        await wait_for(tmp_path / "b")
+        cluster.faults.clear()
+        await tail.reached(12_100)
+        assert tail.lines == lines("a", 12_000) + lines("b", 100)
+        cluster.rotate_log("ci", build.pod_name, "s")
+        await anyio.Path(tmp_path / "go-b").touch()
+    assert tail.lines == lines("a", 12_000) + lines("b", 100) + lines("c", 100)
+    # The stream, the read after its silence, the read after the step ended.
+    assert sum(1 for r in cluster.requests if r.verb == "log") == 3
+    await runtime.remove_build(build)

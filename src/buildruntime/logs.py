@@ -15,16 +15,17 @@ is delivered once the container is known to have ended.
 The kubelet rotates a running container's log file once it passes
 ``containerLogMaxSize`` and serves only the current file. A follow stream that was
 behind at the rotation reads the old file to its end and then ends (the container
-has exited) or goes silent (it still runs), so once the container has ended the
-capture reads the current file once more. Lines only in rotated files cannot be read
-through the API at all: when a resumed read shows they were skipped, the capture says
-so in the log (see :data:`MISSING_PREFIX`).
+has exited) or goes silent (it still runs), so the capture reads the current file
+again once the container has ended, or once such a stream goes quiet. Lines only in
+rotated files cannot be read through the API at all: when a resumed read shows they
+were skipped, the capture says so in the log (see :data:`MISSING_PREFIX`).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import tempfile
@@ -189,6 +190,17 @@ IDLE_AT_END = 2.0
 end of its file: the kubelet sends what its file holds at once and looks for more at
 least every second, so a stream cut after such a silence had read its file to the end."""
 
+STALL_SILENCE = 1.0
+"""Seconds of silence after a backlog (:data:`STALL_BURST_BYTES` received without a
+pause) after which a follow stream is read again. A kubelet stream that was behind the
+step when the node rotated its log reads the old file to its end and then waits,
+sending nothing, while the step writes to the new file; at the next rotation it jumps
+to the newest file, past the one in between (seen on kubelet 1.33). A new request
+reads the current file from the last delivered second instead; a step that merely went
+quiet after a burst costs one request."""
+STALL_BURST_BYTES = 1024 * 1024
+BURST_PAUSE = 0.25  # a gap between chunks that ends a burst
+
 MISSING_PREFIX = b"[buildruntime] "
 """Start of the one line the capture adds to a step's log where the node had rotated
 lines away before they could be read: the lines it prints are all a user sees, and a
@@ -227,10 +239,12 @@ class LogCapture:
     of the end of its file (it was cut while bytes were flowing), and may be lost if
     the gap is long enough for a whole rotated file (:data:`ROTATION_GAP_NS`); either
     way one line starting with :data:`MISSING_PREFIX` says which span is missing, and
-    the buffer's ``lost_reason`` says the same. A follow stream that ended at the end
-    of a file the node had rotated is followed, once the container has ended, by one
-    plain read of the current file (only for logs of :data:`ROTATION_CHECK_BYTES` or
-    more, so small steps keep one log request).
+    the buffer's ``lost_reason`` says the same. Otherwise a line the rotation cut in
+    two (the old file ends without its newline) is delivered whole. Two reads make a
+    stream that was behind the step at a rotation complete: after the step ended, one
+    plain read of the current file (for logs of :data:`ROTATION_CHECK_BYTES` or more,
+    so small steps keep one log request), and while it runs, a new read when the
+    stream goes quiet after a backlog (:data:`STALL_SILENCE`).
     """
 
     def __init__(
@@ -264,6 +278,7 @@ class LogCapture:
         self._file_bytes = 0  # at least the bytes the node's files hold of what was read
         self._at_file_end = True  # the last delivered line was the last of its file
         self._carry = b""  # a final partial line of a stream that ended, not yet delivered
+        self._join = b""  # a partial line the next delivered line completes
         self._missing: list[str] = []
         # The read in progress.
         self._overlap = False  # still judging lines that may have been delivered
@@ -309,6 +324,9 @@ class LogCapture:
         log has been read to its end."""
         ended_before = await self._step_ended(0)
         pending = await self._read(follow=True)
+        if pending is None:
+            self._overlap = False
+            return False
         # The server ended the stream: the container has ended, or the stream stalled
         # (a proxy, or the end of a file the node rotated). Only the cache can tell which.
         if not await self._step_ended(self._end_grace):
@@ -330,14 +348,16 @@ class LogCapture:
             # A final line without a newline: complete now that the container ended.
             self._take([pending])
         self._end_read()
-        if self._carry:
-            self.buffer.append([self._carry_line()])
-            self._carry = b""
+        leftover = self._join or (self._carry_line() if self._carry else b"")
+        if leftover:
+            self.buffer.append([leftover])
+        self._carry = self._join = b""
         return True
 
-    async def _read(self, *, follow: bool) -> bytes:
+    async def _read(self, *, follow: bool) -> bytes | None:
         """One log request; returns what followed the last newline when the stream
-        ended normally (a final line without one)."""
+        ended normally (a final line without one), None when it was given up as stalled
+        at the end of a rotated file (see :data:`STALL_SILENCE`)."""
         resuming = bool(self._last)
         self._overlap = resuming
         self._judged = self._fresh_lines = False
@@ -356,9 +376,37 @@ class LogCapture:
             since_time=since_time_of(timestamp_second(self._last)) if resuming else None,
         ) as chunks:
             heard = anyio.current_time()
+            burst = 0  # bytes received with no pause since the stream last paused
+            iterator = aiter(chunks)
             try:
-                async for chunk in chunks:
-                    heard = anyio.current_time()
+                while True:
+                    stall_check = (
+                        follow
+                        and burst >= STALL_BURST_BYTES
+                        and self._file_bytes >= ROTATION_CHECK_BYTES
+                    )
+                    with anyio.move_on_after(STALL_SILENCE if stall_check else math.inf) as quiet:
+                        try:
+                            chunk = await anext(iterator)
+                        except StopAsyncIteration:
+                            break
+                    if quiet.cancelled_caught:
+                        # Behind the step, then nothing: the end of a file the node may
+                        # have rotated, where the kubelet's stream waits for the step to
+                        # stop (and then jumps to the newest file, past any between).
+                        log.info(
+                            "log stream of %s/%s went quiet after a backlog: reading the "
+                            "node's current log file again",
+                            self._pod,
+                            self._container,
+                        )
+                        self._at_file_end = True
+                        if pending:
+                            self._carry = pending
+                        return None
+                    now = anyio.current_time()
+                    burst = len(chunk) if now - heard >= BURST_PAUSE else burst + len(chunk)
+                    heard = now
                     data = pending + chunk if pending else chunk
                     cut = data.rfind(b"\n")
                     if cut < 0:
@@ -394,6 +442,7 @@ class LogCapture:
             self.buffer.append(fresh)
             return
         self._fresh_lines = True
+        join_at = len(fresh) if self._join else -1
         last, at_last = self._last, self._at_last
         irregular = False
         for raw in raw_lines[start:] if start else raw_lines:
@@ -421,6 +470,9 @@ class LogCapture:
                 content = _join_fragments(content)
             fresh.append(content)
         self._last, self._at_last = last, at_last
+        if join_at >= 0:
+            fresh[join_at] = self._join + fresh[join_at]
+            self._join = b""
         tail = raw_lines[max(start, len(raw_lines) - RECENT_LINES) :]
         if irregular:
             self._recent.extend(key for key in map(_key, tail) if key is not None)
@@ -476,23 +528,33 @@ class LogCapture:
                 self._at_last += 1
             if key is not None:
                 self._recent.append(key)
-            fresh.append(_join_fragments(content) if len(content) > KUBELET_FRAGMENT else content)
+            if len(content) > KUBELET_FRAGMENT:
+                content = _join_fragments(content)
+            fresh.append(self._join + content)
+            self._join = b""
         return len(raw_lines)
 
     def _rotated_away(self, first_stamp: bytes | None, fresh: list[bytes]) -> None:
         """A resumed read starts after the last delivered line: the node's file that held
         it was rotated. Say which lines, if any, could not be read."""
-        if self._carry:
-            # The end of the old file: a partial line whose rest the new file starts with
-            # (or a line of the other stream does); delivered as it is, not joined.
-            fresh.append(self._carry_line())
-            self._carry = b""
+        carry = self._carry_line() if self._carry else None
+        self._carry = b""
         short = not self._at_file_end
         gap = first_stamp is not None and (
             _stamp_ns(first_stamp) - _stamp_ns(self._start_last) >= ROTATION_GAP_NS
         )
         if not (short or gap):
+            if carry is not None and first_stamp is not None:
+                # The old file ended inside a line: containerd cuts the line it is writing
+                # when the kubelet has it reopen the log (a P record at the end of the old
+                # file, the rest first in the new one). A stream that follows the
+                # rotation sends the two as one line; so does this.
+                self._join = carry
+            elif carry is not None:
+                fresh.append(carry)
             return
+        if carry is not None:
+            fresh.append(carry)
         after = self._start_last.decode()
         if first_stamp is None:
             what = f"log lines written after {after} are missing"
