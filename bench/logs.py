@@ -7,7 +7,9 @@
    capture (``LogCapture`` → ``LogBuffer`` → ``follow()``, what ``tail_container``
    reads), and with the adapter's raw byte stream (no line handling: the transport's
    ceiling). Live figures run from the container's first log line (its CRI timestamp)
-   to the reader's last byte.
+   to the reader's last byte. The node's own log files of the step (the kubelet
+   rotates at ``containerLogMaxSize``; rotated files are gzipped) are read back before
+   the pod is removed, and ``tail_container`` is judged against the lines they hold.
 2. Completeness: 100 steps at once (10 builds × 10 steps, all steps of a build started
    together), each printing the numbers 1 to 10,000, read through ``tail_container``;
    every line is checked: lost, duplicated, out of order. Plus the DESIGN.md cases: a
@@ -23,6 +25,7 @@ Targets (DESIGN.md): 100% of lines, byte for byte; 100 concurrent steps.
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import os
 import sys
@@ -37,7 +40,7 @@ import anyio
 
 from buildruntime import Build, BuildSpec, Runtime, StepSpec
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
-from buildruntime.logs import LogBuffer, LogCapture
+from buildruntime.logs import MISSING_PREFIX, LogBuffer, LogCapture
 
 LINE = ("0123456789abcdef" * 7)[:99]  # 99 bytes + newline = 100 bytes a line
 BURST_LINE = "x" * 999
@@ -249,11 +252,15 @@ async def _read_process(argv: list[str]) -> tuple[int, int, float]:
     return nbytes, newlines, time.time()
 
 
-async def throughput(kubeconfig: str, megabytes: int) -> list[list[object]]:
+async def throughput(
+    kubeconfig: str, megabytes: int
+) -> tuple[list[list[object]], list[list[object]]]:
+    """(the reader rows, the rows of the node's log files and the tail judged by them)."""
     total = megabytes * 1_000_000
     expected_lines = total // 100
     kubectl = [_common.kubectl_path(), "--kubeconfig", kubeconfig]
     rows: list[list[object]] = []
+    node_rows: list[list[object]] = []
     with _common.fresh_namespace(kubeconfig, "bench-logs") as ns:
         cluster = _common.kube_cluster(kubeconfig)
         spec = BuildSpec(
@@ -273,15 +280,24 @@ async def throughput(kubeconfig: str, megabytes: int) -> list[list[object]]:
                 async def kubectl_live() -> None:
                     live["kubectl"] = await _read_process(argv)
 
+                notices: list[bytes] = []
+
                 async def tail_live() -> None:
                     count = nbytes = wrong = 0
+                    odd: list[bytes] = []
                     async for line in rt.tail_container(build, "big"):
+                        if line.startswith(MISSING_PREFIX):
+                            notices.append(line)  # the runtime's, not the step's
+                            continue
                         count += 1
                         nbytes += len(line) + 1
-                        wrong += line != LINE.encode()
+                        if line != LINE.encode():
+                            wrong += 1
+                            if len(odd) < 3:
+                                odd.append(line[:200])
                     live["tail"] = (nbytes, count, time.time())
                     if wrong:
-                        print(f"warning: {wrong} lines differ from the printed line")
+                        print(f"warning: {wrong} lines differ from the printed line: {odd}")
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(tail_live)
@@ -302,9 +318,21 @@ async def throughput(kubeconfig: str, megabytes: int) -> list[list[object]]:
                 ):
                     rows.append(_row(label, nbytes, count, expected_lines, end - start))
                 print(f"the step ran from {result.started_at} to {result.finished_at}")
-                rotated = _node_log_files(ns.name, build.pod_name, "big")
-                if rotated:
-                    print("the container's log files on the node: " + ", ".join(rotated))
+                files = _node_log_files(ns.name, build.pod_name, "big")
+                if files:
+                    node_rows.extend([name, size / 1e6, lines] for name, size, lines in files)
+                    held = sum(lines for _, _, lines in files)
+                    tail_lines = live["tail"][1]
+                    node_rows.append(
+                        [
+                            "tail_container, live, judged by the node's files",
+                            live["tail"][0] / 1e6,
+                            f"{tail_lines:,} of {held:,} (lost {max(held - tail_lines, 0):,}, "
+                            f"added {max(tail_lines - held, 0):,}; {len(notices)} notices)",
+                        ]
+                    )
+                for notice in notices:
+                    print(notice.decode())
 
                 # The finished log, read again by each reader in turn.
                 begin = time.time()
@@ -362,17 +390,30 @@ async def throughput(kubeconfig: str, megabytes: int) -> list[list[object]]:
                 await rt.remove_build(build)
         finally:
             await cluster.aclose()
-    return rows
+    return rows, node_rows
 
 
-def _node_log_files(namespace: str, pod: str, container: str) -> list[str]:
-    """The kubelet's files for a container's log (rotated ones too), when this machine
-    is the node (the local cluster keeps them under its state directory)."""
+def _node_log_files(namespace: str, pod: str, container: str) -> list[tuple[str, int, int]]:
+    """(name, bytes, lines) of the kubelet's files for a container's log, rotated ones
+    first (oldest first, gzipped but the latest), when this machine is the node (the
+    local cluster keeps them under its state directory)."""
     root = Path(os.environ.get("BUILDRUNTIME_POD_LOGS", "/var/lib/buildruntime-cluster/pod-logs"))
-    return [
-        f"{path.name} ({path.stat().st_size / 1e6:.0f} MB)"
-        for path in sorted(root.glob(f"{namespace}_{pod}_*/{container}/*"))
-    ]
+    paths = sorted(root.glob(f"{namespace}_{pod}_*/{container}/*"))
+    # N.log.<timestamp>[.gz] sort by their timestamps; N.log, the current file, is last.
+    paths.sort(key=lambda path: (path.name.endswith(".log"), path.name))
+    out = []
+    for path in paths:
+        opener = gzip.open if path.suffix == ".gz" else open
+        lines = 0
+        with opener(path, "rb") as data:
+            for record in data:
+                # <stamp> stdout|stderr F|P <text>: a P record is part of a line.
+                if record.split(b" ", 3)[2:3] == [b"F"]:
+                    lines += 1
+                else:
+                    print(f"{path.name}: a record that is not a full line: {record[:200]!r}")
+        out.append((path.name, path.stat().st_size, lines))
+    return out
 
 
 def _row(label: str, nbytes: int, lines: int, expected: int, seconds: float) -> list[object]:
@@ -380,13 +421,19 @@ def _row(label: str, nbytes: int, lines: int, expected: int, seconds: float) -> 
 
 
 THROUGHPUT_HEADERS = ["reader", "MB read", "lines", "lines missing", "seconds", "MB/s"]
+NODE_HEADERS = ["the node's log files of the step (oldest first)", "MB", "lines"]
 
 
 # -- main -------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace, kubeconfig: str | None) -> dict[str, list[list[object]]]:
-    out: dict[str, list[list[object]]] = {"throughput": [], "concurrency": [], "cases": []}
+    out: dict[str, list[list[object]]] = {
+        "throughput": [],
+        "node": [],
+        "concurrency": [],
+        "cases": [],
+    }
     builds, steps = (int(n) for n in args.shape.split("x"))
     if args.target in ("fake", "both"):
         async with _common.fake_cluster(keep_history=False) as fake:
@@ -410,7 +457,7 @@ async def run(args: argparse.Namespace, kubeconfig: str | None) -> dict[str, lis
         out["cases"] += [["cluster", *case] for case in cases]
         print(_common.table(CONCURRENCY_HEADERS, out["concurrency"][-1:]), flush=True)
         if args.mb > 0:
-            out["throughput"] = await throughput(kubeconfig, args.mb)
+            out["throughput"], out["node"] = await throughput(kubeconfig, args.mb)
     return out
 
 
@@ -430,6 +477,8 @@ def main() -> None:
             f"Throughput, one step printing {args.mb} MB of 100-byte lines (local cluster):\n\n"
             + _common.table(THROUGHPUT_HEADERS, out["throughput"])
         )
+    if out["node"]:
+        parts.append(_common.table(NODE_HEADERS, out["node"]))
     parts.append(
         f"Completeness, {args.shape} steps at once, {args.lines:,} lines each:\n\n"
         + _common.table(CONCURRENCY_HEADERS, out["concurrency"])
