@@ -19,6 +19,7 @@ from buildruntime.cluster.port import (
     UnavailableError,
 )
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
+from buildruntime.informer.decoders import POD_EVENTS
 from buildruntime.testing import FakeCluster, Request
 
 JSON = dict[str, Any]
@@ -308,14 +309,24 @@ async def test_a_version_older_than_the_watch_cache_is_gone() -> None:
 
 
 async def test_bookmarks_carry_the_current_resource_version(cluster: FakeCluster) -> None:
-    rv = (await cluster.list("events", NS))["metadata"]["resourceVersion"]
+    rv = (await cluster.list("pods", NS))["metadata"]["resourceVersion"]
     with anyio.fail_after(2):
-        async with cluster.watch("events", NS, resource_version=rv) as watch:
+        async with cluster.watch("pods", NS, resource_version=rv) as watch:
             event = await anext(watch)
+        async with cluster.watch("pods", NS, resource_version=rv, decoder=POD_EVENTS) as typed:
+            decoded = await anext(typed)
+    # As the API server writes it: the Pod's zero value, nil slices and times as null.
     assert event == {
         "type": "BOOKMARK",
-        "object": {"kind": "Event", "apiVersion": "v1", "metadata": {"resourceVersion": rv}},
+        "object": {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": rv, "creationTimestamp": None},
+            "spec": {"containers": None},
+            "status": {},
+        },
     }
+    assert (decoded.type, decoded.object.resource_version) == ("BOOKMARK", rv)
 
 
 async def test_selectors_on_list_and_watch(cluster: FakeCluster) -> None:

@@ -239,3 +239,17 @@ def test_snapshots_are_immutable() -> None:
     assert isinstance(pod, PodSnapshot)
     with pytest.raises(AttributeError):
         pod.metadata = pod.metadata  # type: ignore[misc]
+
+
+def test_a_real_pods_bookmark_decodes_to_its_resource_version() -> None:
+    # What kube-apiserver 1.33 sends: a nil slice is written as null.
+    line = (
+        b'{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1","metadata":'
+        b'{"resourceVersion":"2137","creationTimestamp":null},"spec":{"containers":null},'
+        b'"status":{}}}'
+    )
+    event = decode_typed_event(line, POD_EVENTS)
+    assert event is not None
+    assert (event.type, event.object.resource_version) == ("BOOKMARK", "2137")
+    assert (event.object.containers, event.object.spec_images) == ((), {})
+    assert event.object.label("x") is None

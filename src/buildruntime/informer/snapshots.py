@@ -103,8 +103,11 @@ class PodMetadata(_Frozen, frozen=True):
     uid: str = ""
     resource_version: str = ""
     deletion_timestamp: str | None = None
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
+    # Collections are nullable: Go writes an empty slice or map that lacks omitempty as
+    # null (a pods BOOKMARK carries "spec": {"containers": null}), and a schema that
+    # refused null would drop the whole event.
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
 
 
 class SpecContainer(_Frozen, frozen=True):
@@ -114,7 +117,7 @@ class SpecContainer(_Frozen, frozen=True):
 
 class PodSpecView(_Frozen, frozen=True):
     node_name: str | None = None
-    containers: tuple[SpecContainer, ...] = ()
+    containers: tuple[SpecContainer, ...] | None = None
 
 
 class PodCondition(_Frozen, frozen=True):
@@ -128,8 +131,8 @@ class PodStatusView(_Frozen, frozen=True):
     phase: str | None = None
     reason: str | None = None
     message: str | None = None
-    conditions: tuple[PodCondition, ...] = ()
-    container_statuses: tuple[ContainerSnapshot, ...] = ()
+    conditions: tuple[PodCondition, ...] | None = None
+    container_statuses: tuple[ContainerSnapshot, ...] | None = None
 
 
 class PodSnapshot(_Frozen, frozen=True):
@@ -177,25 +180,27 @@ class PodSnapshot(_Frozen, frozen=True):
 
     @property
     def containers(self) -> tuple[ContainerSnapshot, ...]:
-        return self.status.container_statuses
+        return self.status.container_statuses or ()
 
     @property
     def spec_images(self) -> dict[str, str]:
         """Each container's image as the spec names it, by container name."""
-        return {container.name: container.image for container in self.spec.containers}
+        return {container.name: container.image for container in self.spec.containers or ()}
 
     @property
     def scheduled(self) -> bool:
         if self.spec.node_name:
             return True
-        return any(c.type == "PodScheduled" and c.status == "True" for c in self.status.conditions)
+        return any(
+            c.type == "PodScheduled" and c.status == "True" for c in self.status.conditions or ()
+        )
 
     @property
     def unschedulable_message(self) -> str | None:
         """Why the scheduler could not place the pod, while it is not placed."""
         if self.scheduled:
             return None
-        for condition in self.status.conditions:
+        for condition in self.status.conditions or ():
             if condition.type == "PodScheduled" and condition.reason == "Unschedulable":
                 return condition.message or "the pod is unschedulable"
         return None
@@ -203,28 +208,30 @@ class PodSnapshot(_Frozen, frozen=True):
     @property
     def disruption_message(self) -> str | None:
         """Why the pod is being disrupted (evicted, preempted), from DisruptionTarget."""
-        for condition in self.status.conditions:
+        for condition in self.status.conditions or ():
             if condition.type == "DisruptionTarget" and condition.status == "True":
                 return condition.message or condition.reason
         return None
 
     def spec_image(self, container: str) -> str | None:
-        for spec in self.spec.containers:
+        for spec in self.spec.containers or ():
             if spec.name == container:
                 return spec.image
         return None
 
     def container(self, name: str) -> ContainerSnapshot | None:
-        for status in self.status.container_statuses:
+        for status in self.status.container_statuses or ():
             if status.name == name:
                 return status
         return None
 
     def label(self, key: str) -> str | None:
-        return self.metadata.labels.get(key)
+        labels = self.metadata.labels
+        return labels.get(key) if labels else None
 
     def annotation(self, key: str) -> str | None:
-        return self.metadata.annotations.get(key)
+        annotations = self.metadata.annotations
+        return annotations.get(key) if annotations else None
 
 
 class EventMetadata(_Frozen, frozen=True):

@@ -31,6 +31,7 @@ from buildruntime.testing.apiserver import (
     watch_event,
 )
 from buildruntime.testing.faults import Faults
+from buildruntime.testing.objects import JSON
 from buildruntime.testing.selectors import (
     Selector,
     labels_of,
@@ -184,16 +185,32 @@ class WatchStream:
                 raise StopAsyncIteration
             if self._allow_bookmarks and now >= self._next_bookmark:
                 self._next_bookmark = now + self._bookmark_interval
-                bookmark = {
-                    "kind": self._store.kind,
-                    "apiVersion": "v1",
-                    "metadata": {"resourceVersion": str(self._server.rv)},
-                }
-                return "BOOKMARK", objects.dump(bookmark)
+                return "BOOKMARK", objects.dump(_bookmark(self._store.kind, self._server.rv))
             wake = self._deadline
             if self._allow_bookmarks:
                 wake = min(wake, self._next_bookmark)
             await self._notifier.wait(wake - now)
+
+
+def _bookmark(kind: str, resource_version: int) -> JSON:
+    """A BOOKMARK's object as the API server writes it: the kind's zero value (Go
+    marshals its nil slices and zero times as null) with only the resourceVersion set."""
+    meta = {"resourceVersion": str(resource_version), "creationTimestamp": None}
+    head = {"kind": kind, "apiVersion": "v1", "metadata": meta}
+    if kind == "Pod":
+        return {**head, "spec": {"containers": None}, "status": {}}
+    return {
+        **head,
+        "involvedObject": {},
+        "reason": "",
+        "message": "",
+        "source": {},
+        "firstTimestamp": None,
+        "lastTimestamp": None,
+        "eventTime": None,
+        "reportingComponent": "",
+        "reportingInstance": "",
+    }
 
 
 class WatchContext:
