@@ -41,10 +41,6 @@ from buildruntime.cluster.port import ApiError, Cluster, NotFoundError, Unavaila
 
 log = logging.getLogger("buildruntime.logs")
 
-KUBELET_FRAGMENT = 16 * 1024
-"""The container runtime splits longer lines into fragments of this size (containerd's
-max_container_log_line_size); the kubelet then stamps each fragment, so with timestamps
-on, a long line reads ``<ts> <16 KiB><ts> <rest>``."""
 _STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z ")
 
 DEFAULT_MEMORY_LIMIT = 8 * 1024 * 1024
@@ -466,8 +462,6 @@ class LogCapture:
                 last, at_last = stamp, 1
             elif stamp == last:
                 at_last += 1
-            if len(content) > KUBELET_FRAGMENT:
-                content = _join_fragments(content)
             fresh.append(content)
         self._last, self._at_last = last, at_last
         if join_at >= 0:
@@ -528,8 +522,6 @@ class LogCapture:
                 self._at_last += 1
             if key is not None:
                 self._recent.append(key)
-            if len(content) > KUBELET_FRAGMENT:
-                content = _join_fragments(content)
             fresh.append(self._join + content)
             self._join = b""
         return len(raw_lines)
@@ -609,15 +601,3 @@ def _key(raw: bytes) -> bytes | None:
 def _stamp_ns(stamp: bytes) -> int:
     """Nanoseconds since the epoch of a fixed-width stamp."""
     return timestamp_second(stamp) * 1_000_000_000 + int(stamp[20:29])
-
-
-def _join_fragments(content: bytes) -> bytes:
-    """Remove the timestamps the kubelet put before each 16 KiB fragment of a long line."""
-    position = KUBELET_FRAGMENT
-    while len(content) > position:
-        stamp = _STAMP.match(content, position)
-        if stamp is None:
-            break
-        content = content[:position] + content[stamp.end() :]
-        position += KUBELET_FRAGMENT
-    return content

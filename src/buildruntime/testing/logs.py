@@ -58,7 +58,7 @@ class ContainerLog:
 
     def append(self, ns: int, text: bytes, *, complete: bool, stream: str) -> None:
         # Like containerd's CRI logger: a line longer than max_container_log_line_size
-        # (16 KiB) is stored as partial fragments, each of which the kubelet stamps.
+        # (16 KiB) is stored as partial records (the kubelet joins them when serving).
         while len(text) > MAX_LINE_SIZE:
             self.lines.append(LogLine(ns, text[:MAX_LINE_SIZE], False, stream))
             text = text[MAX_LINE_SIZE:]
@@ -109,13 +109,18 @@ class LogStream:
         self._index = log.file_starts[self._file]
         self._watched_rotations: int | None = None  # rotations before its watch began
         self._pending = b""
+        self._new_line = True  # the record read before ended a line
         self._half: bytes | None = None
         self._error: Exception | None = None
         self._done = False
 
     def _format(self, line: LogLine) -> bytes:
+        """One record as the kubelet writes it out: the timestamp goes only before the
+        first record of a line (kubelet's ReadLogs prefixes a record only when the one
+        read before it, of either stream, ended with a newline), so a line containerd
+        split into partial records reads as one line with one stamp."""
         end = b"\n" if line.complete else b""
-        if self._timestamps:
+        if self._timestamps and self._new_line:
             return log_time(line.ns).encode() + b" " + line.text + end
         return line.text + end
 
@@ -148,11 +153,11 @@ class LogStream:
         while size < limit and self._index < end:
             line = lines[self._index]
             self._index += 1
-            if since is not None and line.ns < since:
-                continue
-            data = self._format(line)
-            parts.append(data)
-            size += len(data)
+            if since is None or line.ns >= since:
+                data = self._format(line)
+                parts.append(data)
+                size += len(data)
+            self._new_line = line.complete
         chunk = b"".join(parts)
         if len(chunk) > limit:
             chunk, self._pending = chunk[:limit], chunk[limit:]
