@@ -1,168 +1,26 @@
-"""Log capture: every line of a step, once, in order, however late it is read.
-
-A step's capture starts in the background as soon as its step-image container is
-running or terminated, whether or not anyone tails it, so a container that lived for
-no time at all still has its output read before the pod goes away. Lines go into a
-:class:`LogBuffer` (in memory up to a limit, then spilled to a temporary file) from
-which any number of tails read from line 1.
-
-The stream is asked for with ``follow`` and ``timestamps``. When it is cut while the
-container still runs, the capture reopens it with ``sinceTime`` (which has one-second
-granularity on a real API server) and drops the lines it already delivered by their
-full nanosecond timestamps (see :class:`LogCapture`). A final line without a newline
-is delivered once the container is known to have ended.
-
-The kubelet rotates a running container's log file once it passes
-``containerLogMaxSize`` and serves only the current file. A follow stream that was
-behind at the rotation reads the old file to its end and then ends (the container
-has exited) or goes silent (it still runs), so the capture reads the current file
-again once the container has ended, or once such a stream goes quiet. Lines only in
-rotated files cannot be read through the API at all: when a resumed read shows they
-were skipped, the capture says so in the log (see :data:`MISSING_PREFIX`).
-"""
+"""Reading one step's log from the kubelet into its buffer, across cuts and rotations."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import os
-import re
-import tempfile
-from array import array
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
-from typing import IO
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 from buildruntime.cluster.port import ApiError, Cluster, NotFoundError, UnavailableError
+from buildruntime.logs.buffer import LogBuffer
+from buildruntime.logs.stamps import (
+    STAMP_WIDTH,
+    fixed_stamp,
+    parse_stamp,
+    since_time_of,
+    stamp_ns,
+    timestamp_second,
+)
 
 log = logging.getLogger("buildruntime.logs")
-
-_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z ")
-
-DEFAULT_MEMORY_LIMIT = 8 * 1024 * 1024
-"""Bytes of log lines a step keeps in memory before spilling the rest to a file."""
-
-
-class LogBuffer:
-    """All lines of one step: appended by the capture, read by any number of tails."""
-
-    def __init__(self, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> None:
-        self._memory_limit = memory_limit
-        self._head: list[bytes] = []
-        self._head_bytes = 0
-        self._spill: IO[bytes] | None = None
-        self._offsets = array("Q")  # start offset of each spilled line, plus the end
-        self._changed: anyio.Event | None = None  # made when a reader waits
-        self.complete = False
-        """No line will be added any more: the container ended and its log was read."""
-        self.lost_reason: str | None = None
-        """Why the log could not be read to its end (the pod vanished), if it could not."""
-
-    def __len__(self) -> int:
-        return len(self._head) + max(len(self._offsets) - 1, 0)
-
-    def append(self, lines: list[bytes]) -> None:
-        """Add lines (without their newline) and wake the tails."""
-        if not lines:
-            return
-        for line in lines:
-            if self._spill is None and self._head_bytes + len(line) <= self._memory_limit:
-                self._head.append(line)
-                self._head_bytes += len(line)
-                continue
-            if self._spill is None:
-                # Lives as long as the buffer; closed by close() or when collected.
-                self._spill = tempfile.TemporaryFile(prefix="buildruntime-log-")  # noqa: SIM115
-                self._offsets.append(0)
-            self._spill.seek(0, os.SEEK_END)
-            self._spill.write(line)
-            self._offsets.append(self._offsets[-1] + len(line))
-        self._wake()
-
-    def finish(self, lost_reason: str | None = None) -> None:
-        """Mark the log complete; tails end after the last line."""
-        if not self.complete:
-            self.complete = True
-            self.lost_reason = lost_reason
-            self._wake()
-
-    async def wait_complete(self) -> None:
-        """Return once the log has been read to its end."""
-        while not self.complete:
-            await self._wait_change()
-
-    def close(self) -> None:
-        """Release the spill file (after every tail is done)."""
-        self.finish()
-        if self._spill is not None:
-            self._spill.close()
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    async def _wait_change(self) -> None:
-        if self._changed is None:
-            self._changed = anyio.Event()
-        await self._changed.wait()
-
-    def lines(self, start: int, stop: int) -> list[bytes]:
-        """Lines ``start`` up to (not including) ``stop``."""
-        head = len(self._head)
-        out = self._head[start : min(stop, head)]
-        if stop > head and self._spill is not None:
-            first, last = max(start, head) - head, stop - head
-            self._spill.seek(self._offsets[first])
-            blob = self._spill.read(self._offsets[last] - self._offsets[first])
-            base = self._offsets[first]
-            for i in range(first, last):
-                out.append(blob[self._offsets[i] - base : self._offsets[i + 1] - base])
-        return out
-
-    async def follow(self) -> AsyncIterator[bytes]:
-        """Every line from the first, then new ones as they come, until complete."""
-        position = 0
-        while True:
-            end = len(self)
-            if position < end:
-                for line in self.lines(position, min(end, position + 4096)):
-                    position += 1
-                    yield line
-                continue
-            if self.complete:
-                return
-            await self._wait_change()
-
-
-@functools.lru_cache(maxsize=4096)
-def _epoch_second(whole_second: bytes) -> int:
-    return int(datetime.fromisoformat(whole_second.decode()).replace(tzinfo=UTC).timestamp())
-
-
-def timestamp_second(stamp: bytes) -> int:
-    """The whole second, since the epoch, of a kubelet log timestamp (RFC 3339, UTC, up
-    to ns): all that ``sinceTime`` can express. The second repeats from line to line,
-    so its parse is cached. Raises ValueError for anything that is not a timestamp."""
-    fraction = stamp[20:].rstrip(b"Z") if stamp[19:20] == b"." else b""
-    if fraction and not fraction.isdigit():
-        raise ValueError(f"not a timestamp: {stamp[:40]!r}")
-    return _epoch_second(stamp[:19])
-
-
-def since_time_of(second: int) -> str:
-    """``sinceTime`` for a resume from the whole second the last delivered line fell in."""
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-STAMP_WIDTH = len("2006-01-02T15:04:05.000000000Z")
-"""The kubelet writes every log timestamp with exactly nine fractional digits (its
-``RFC3339NanoFixed``), so for one time zone (UTC, which nodes use and the parsing here
-assumes) byte order is time order."""
 
 RECENT_LINES = 256
 """Delivered lines remembered for a resume: enough to cover stdout and stderr lines
@@ -442,7 +300,7 @@ class LogCapture:
         last, at_last = self._last, self._at_last
         irregular = False
         for raw in raw_lines[start:] if start else raw_lines:
-            if (  # inline _fixed(raw): this loop sees every line
+            if (  # inline fixed_stamp(raw): this loop sees every line
                 len(raw) > STAMP_WIDTH
                 and raw[STAMP_WIDTH] == 32  # " "
                 and raw[STAMP_WIDTH - 1] == 90  # "Z"
@@ -452,7 +310,7 @@ class LogCapture:
                 stamp, content = raw[:STAMP_WIDTH], raw[STAMP_WIDTH + 1 :]
             else:
                 irregular = True
-                parsed = _parse_stamp(raw)
+                parsed = parse_stamp(raw)
                 if parsed is None:
                     log.warning("log line of %s/%s without a timestamp", self._pod, self._container)
                     fresh.append(raw)
@@ -478,7 +336,7 @@ class LogCapture:
         """Skip the lines of a resumed read that were delivered before (see the class
         docstring); returns the index of the first line after the overlap."""
         for index, raw in enumerate(raw_lines):
-            parsed = _parse_stamp(raw)
+            parsed = parse_stamp(raw)
             if parsed is None:
                 if not self._judged:
                     # The rest of a long line whose first 16 KiB fragment was stamped
@@ -533,7 +391,7 @@ class LogCapture:
         self._carry = b""
         short = not self._at_file_end
         gap = first_stamp is not None and (
-            _stamp_ns(first_stamp) - _stamp_ns(self._start_last) >= ROTATION_GAP_NS
+            stamp_ns(first_stamp) - stamp_ns(self._start_last) >= ROTATION_GAP_NS
         )
         if not (short or gap):
             if carry is not None and first_stamp is not None:
@@ -561,43 +419,14 @@ class LogCapture:
         fresh.append(MISSING_PREFIX + reason.encode())
 
     def _carry_line(self) -> bytes:
-        parsed = _parse_stamp(self._carry)
+        parsed = parse_stamp(self._carry)
         return self._carry if parsed is None else parsed[1]
-
-
-def _fixed(raw: bytes) -> bool:
-    """Whether a line starts with a fixed-width stamp and a space (the kubelet's form)."""
-    return (
-        len(raw) > STAMP_WIDTH
-        and raw[STAMP_WIDTH] == 32
-        and raw[STAMP_WIDTH - 1] == 90
-        and raw[19] == 46
-        and raw[10] == 84
-    )
-
-
-def _parse_stamp(raw: bytes) -> tuple[bytes, bytes] | None:
-    """(the fixed-width stamp, the text) of a line as the log endpoint sends it with
-    timestamps; None for a line that does not start with a timestamp."""
-    if _fixed(raw):
-        return raw[:STAMP_WIDTH], raw[STAMP_WIDTH + 1 :]
-    match = _STAMP.match(raw)
-    if match is None:
-        return None
-    # Another server may trim the fraction's zeros: pad it so that stamps compare as time.
-    whole, _, fraction = raw[: match.end() - 2].partition(b".")
-    return whole + b"." + fraction.ljust(9, b"0") + b"Z", raw[match.end() :]
 
 
 def _key(raw: bytes) -> bytes | None:
     """How a delivered line is remembered: its fixed-width stamp and (the start of) its
     text, exactly as sent."""
-    if _fixed(raw):
+    if fixed_stamp(raw):
         return raw[:_KEY_BYTES]
-    parsed = _parse_stamp(raw)
+    parsed = parse_stamp(raw)
     return None if parsed is None else (parsed[0] + b" " + parsed[1])[:_KEY_BYTES]
-
-
-def _stamp_ns(stamp: bytes) -> int:
-    """Nanoseconds since the epoch of a fixed-width stamp."""
-    return timestamp_second(stamp) * 1_000_000_000 + int(stamp[20:29])
