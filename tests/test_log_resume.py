@@ -208,3 +208,21 @@ async def test_a_line_cut_by_the_rotation_is_delivered_whole() -> None:
     )
     buffer = await capture(cluster)
     assert buffer.lines(0, len(buffer)) == [*old_lines, b"0123456789abcdef", b"next"]
+
+
+async def test_a_live_stream_keeps_out_of_order_lines_and_drops_a_file_sent_again() -> None:
+    # One follow stream, no cut: stderr lines written after stdout lines stamped later
+    # are kept, many times over in one read; then the kubelet reopens the newest file
+    # it already sent (two rotations it was told of), which adds nothing.
+    interleaved = b"".join(
+        line(at(1, 10 * i + 5), f"out-{i}") + line(at(1, 10 * i + 1), f"err-{i}")
+        for i in range(1, 1500)
+    )
+    newest = line(at(2, 0), "new-1") + line(at(2, 5), "new-2")
+    cluster = ScriptedLogs(
+        [Read(interleaved + newest + newest + line(at(3, 0), "last"), ends_step=True)]
+    )
+    buffer = await capture(cluster)
+    expected = [t for i in range(1, 1500) for t in (f"out-{i}".encode(), f"err-{i}".encode())]
+    assert buffer.lines(0, len(buffer)) == [*expected, b"new-1", b"new-2", b"last"]
+    assert cluster.asked == [(True, None)]

@@ -218,3 +218,41 @@ async def test_a_stream_left_waiting_at_the_end_of_a_rotated_file_is_read_again(
     # The stream, the read after its silence, the read after the step ended.
     assert sum(1 for r in cluster.requests if r.verb == "log") == 3
     await runtime.remove_build(build)
+
+
+async def test_a_file_the_kubelet_reopens_twice_is_delivered_once(
+    runtime: Runtime, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    # The stream catches up (so the kubelet watches the log directory), then falls
+    # behind while the node rotates twice: at the end of the old file the kubelet
+    # reopens the current file once for each rotation it was told of, so the newest
+    # file comes twice in one live stream. Here the file in between stayed empty, so
+    # nothing is lost either: every line arrives exactly once.
+    build = await start(
+        runtime,
+        "rotate-twice",
+        printing("a", 50),
+        handshake(tmp_path, "a"),
+        printing("b", 100),
+        handshake(tmp_path, "b"),
+        printing("c", 100),
+        handshake(tmp_path, "c"),
+        printing("d", 10),
+    )
+    tail = Tail(runtime, build)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tail.run)
+        await tail.reached(50)
+        cluster.faults.slow_logs(0)
+        await anyio.Path(tmp_path / "go-a").touch()
+        await wait_for(tmp_path / "b")
+        cluster.rotate_log("ci", build.pod_name, "s")
+        cluster.rotate_log("ci", build.pod_name, "s")
+        await anyio.Path(tmp_path / "go-b").touch()
+        await wait_for(tmp_path / "c")
+        cluster.faults.clear()
+        await tail.reached(250)
+        await anyio.Path(tmp_path / "go-c").touch()
+    assert tail.lines == lines("a", 50) + lines("b", 100) + lines("c", 100) + lines("d", 10)
+    assert sum(1 for r in cluster.requests if r.verb == "log") == 1
+    await runtime.remove_build(build)

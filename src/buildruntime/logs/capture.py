@@ -83,9 +83,14 @@ class LogCapture:
     - a line stamped exactly like the newest delivered line is skipped as many times
       as lines with that stamp were delivered (stamps can repeat on a coarse clock);
     - a line stamped earlier is skipped when it is one of the last
-      :data:`RECENT_LINES` delivered (matched by stamp and text) or older than all of
-      them; otherwise it is a line of the other stream written after the last
-      delivered one, and is delivered.
+      :data:`RECENT_LINES` delivered (matched by stamp and text) or, once more lines
+      than that were delivered, older than all of them; otherwise it is a line of the
+      other stream written after the last delivered one, and is delivered.
+
+    The same judgement applies inside one live stream whenever a line is stamped before
+    the newest delivered one: a line of the other stream written out of order is kept,
+    and a file the kubelet sends again (it reopens the current file once per rotation
+    it was told of) adds nothing.
 
     **Rotation.** If the first line of a resumed read is new (or the read is empty),
     the node's current file no longer holds the last delivered line: it was rotated
@@ -290,16 +295,23 @@ class LogCapture:
 
     def _take(self, raw_lines: list[bytes]) -> None:
         """Deliver the lines of a read that were not delivered before."""
+        while raw_lines:
+            raw_lines = self._take_run(raw_lines)
+
+    def _take_run(self, raw_lines: list[bytes]) -> list[bytes]:
+        """Deliver lines up to the first that goes back in time; returns the lines from
+        there on, to be judged as an overlap (empty when all were taken)."""
         fresh: list[bytes] = []
         start = self._judge_overlap(raw_lines, fresh) if self._overlap else 0
         if start == len(raw_lines):
             self.buffer.append(fresh)
-            return
+            return []
         self._fresh_lines = True
         join_at = len(fresh) if self._join else -1
         last, at_last = self._last, self._at_last
         irregular = False
-        for raw in raw_lines[start:] if start else raw_lines:
+        back_at = -1
+        for index, raw in enumerate(raw_lines[start:] if start else raw_lines):
             if (  # inline fixed_stamp(raw): this loop sees every line
                 len(raw) > STAMP_WIDTH
                 and raw[STAMP_WIDTH] == 32  # " "
@@ -320,17 +332,33 @@ class LogCapture:
                 last, at_last = stamp, 1
             elif stamp == last:
                 at_last += 1
+            else:
+                # The stream went back in time: a line of the other stream (stdout or
+                # stderr) written out of stamp order, or the kubelet reopening a file
+                # it already sent (it reopens the current file once per rotation it
+                # was told of, so a stream behind by two rotations sends the newest
+                # file twice). Judge the rest as a resumed read's overlap.
+                back_at = start + index
+                break
             fresh.append(content)
         self._last, self._at_last = last, at_last
         if join_at >= 0:
             fresh[join_at] = self._join + fresh[join_at]
             self._join = b""
-        tail = raw_lines[max(start, len(raw_lines) - RECENT_LINES) :]
+        end = back_at if back_at >= 0 else len(raw_lines)
+        tail = raw_lines[max(start, end - RECENT_LINES) : end]
         if irregular:
             self._recent.extend(key for key in map(_key, tail) if key is not None)
         else:
             self._recent.extend([raw[:_KEY_BYTES] for raw in tail])
         self.buffer.append(fresh)
+        if back_at < 0:
+            return []
+        self._overlap = self._judged = True
+        self._start_last, self._start_at_last = self._last, self._at_last
+        self._seen_at_last = 0
+        self._remaining = None
+        return raw_lines[back_at:]
 
     def _judge_overlap(self, raw_lines: list[bytes], fresh: list[bytes]) -> int:
         """Skip the lines of a resumed read that were delivered before (see the class
@@ -368,7 +396,10 @@ class LogCapture:
                 self._remaining[key] -= 1
                 self._carry = b""
                 continue
-            if stamp < self._low:
+            if stamp < self._low and len(self._recent) == RECENT_LINES:
+                # Older than every remembered line, and lines were delivered before
+                # those: delivered long ago. (While the window holds every line ever
+                # delivered, membership alone decides.)
                 self._carry = b""
                 continue
             # Stamped before the newest delivered line, yet not delivered: a line of the
