@@ -24,6 +24,7 @@ import anyio
 
 from buildruntime.cluster.port import (
     JSON,
+    RESOURCES_WITHOUT_BOOKMARKS,
     ApiError,
     ConflictError,
     NotFoundError,
@@ -199,7 +200,9 @@ class FakeCluster:
             label_selector,
             field_selector,
             timeout_seconds,
-            allow_bookmarks,
+            # Like the API server: events are not in its watch cache, so their watches
+            # get no bookmarks whatever the request asks.
+            allow_bookmarks and resource not in RESOURCES_WITHOUT_BOOKMARKS,
             self._bookmark_interval,
             decoder,
         )
