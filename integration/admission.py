@@ -19,14 +19,13 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from buildruntime.cluster.port import JSON, Cluster, Resource
+from buildruntime.cluster.port import JSON, Cluster
 from buildruntime.labels import MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.testing.wrapper import ClusterWrapper
 
 
 def _sidecar(name: str, script: str) -> JSON:
@@ -61,17 +60,14 @@ def sidecar_patch(containers: list[JSON]) -> list[JSON]:
     return [{"op": "add", "path": "/spec/containers/-", "value": c} for c in containers]
 
 
-class InjectingCluster:
+class InjectingCluster(ClusterWrapper):
     """A cluster port whose ``create_pod`` adds ``containers`` to every pod of the
     runtime first, as a mutating admission webhook would (for FakeCluster)."""
 
     def __init__(self, inner: Cluster, containers: list[JSON]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.containers = containers
         self.injected: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
         if injects(manifest):
@@ -79,27 +75,6 @@ class InjectingCluster:
             manifest["spec"]["containers"].extend(copy.deepcopy(self.containers))
             self.injected.append(manifest["metadata"]["name"])
         return await self.inner.create_pod(namespace, manifest)
-
-    async def list(self, resource: Resource, namespace: str, **kwargs: Any) -> JSON:
-        return await self.inner.list(resource, namespace, **kwargs)
-
-    def watch(
-        self, resource: Resource, namespace: str, **kwargs: Any
-    ) -> AbstractAsyncContextManager[AsyncIterator[JSON]]:
-        return self.inner.watch(resource, namespace, **kwargs)
-
-    async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
-        return await self.inner.patch_pod(namespace, name, patch)
-
-    async def delete_pod(
-        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
-    ) -> None:
-        await self.inner.delete_pod(namespace, name, grace_period_seconds=grace_period_seconds)
-
-    def stream_logs(
-        self, namespace: str, pod: str, container: str, **kwargs: Any
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self.inner.stream_logs(namespace, pod, container, **kwargs)
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -13,17 +13,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from buildruntime.cluster.port import JSON, Cluster, ExpiredError, Resource
+from buildruntime.testing.wrapper import ClusterWrapper
 
 
-class ExpiryRecorder:
+class ExpiryRecorder(ClusterWrapper):
     """Delegates to ``inner``; ``expired`` lists (verb, resource, message) of each 410."""
 
     def __init__(self, inner: Cluster) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.expired: list[tuple[str, str, str]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def expired_on(self, resource: str) -> list[str]:
         """The messages of the 410s on watches and lists of ``resource``."""
@@ -52,19 +50,3 @@ class ExpiryRecorder:
         except ExpiredError as error:
             self.expired.append(("watch", resource, error.message))
             raise
-
-    async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
-        return await self.inner.create_pod(namespace, manifest)
-
-    async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
-        return await self.inner.patch_pod(namespace, name, patch)
-
-    async def delete_pod(
-        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
-    ) -> None:
-        await self.inner.delete_pod(namespace, name, grace_period_seconds=grace_period_seconds)
-
-    def stream_logs(
-        self, namespace: str, pod: str, container: str, **kwargs: Any
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self.inner.stream_logs(namespace, pod, container, **kwargs)

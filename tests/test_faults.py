@@ -9,14 +9,17 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
 
 from buildruntime import BuildSpec, Runtime
+from buildruntime.cluster.port import Resource
 from buildruntime.errors import BuildRuntimeError, PodGoneError
 from buildruntime.testing import FakeCluster
 from buildruntime.testing.chaos import ChaosCluster
+from buildruntime.testing.wrapper import ClusterWrapper
 
 from .conftest import FAST_RECOVERY, IMAGES, run_pipeline, step
 
@@ -208,21 +211,18 @@ async def test_remove_build_treats_a_pod_already_gone_as_done(
         await runtime.remove_build(build)
 
 
-class _BugInOneWatch:
+class _BugInOneWatch(ClusterWrapper):
     """A port whose pod watch for one build fails with an error no retry can fix (what a
     bug in a watch, or in a wrapper around the port, looks like to the runtime)."""
 
     def __init__(self, inner: FakeCluster, build_id: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.build_id = build_id
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    def watch(self, resource: str, namespace: str, **kwargs: object) -> object:
+    def watch(self, resource: Resource, namespace: str, **kwargs: Any) -> Any:
         if resource == "pods" and self.build_id in str(kwargs.get("label_selector")):
             raise RuntimeError("the watch is broken")
-        return self.inner.watch(resource, namespace, **kwargs)  # type: ignore[arg-type]
+        return super().watch(resource, namespace, **kwargs)
 
 
 async def test_a_build_whose_watch_fails_unexpectedly_says_so_and_spares_the_others(

@@ -56,7 +56,6 @@ from .port import (
     JSON,
     RESOURCES_WITHOUT_BOOKMARKS,
     ApiError,
-    ExpiredError,
     Request,
     Resource,
     UnavailableError,
@@ -798,6 +797,4 @@ def _error_for_status(status: int, http_reason: str, body: bytes | str | None) -
         message = (body or "").strip()[:1000] or http_reason
     if status in _UNAVAILABLE_STATUSES:
         return UnavailableError(f"{status} {reason}: {message}")
-    if status == 410:
-        return ExpiredError(message) if message else ExpiredError()
     return error_for_status(status, reason, message)

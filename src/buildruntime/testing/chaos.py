@@ -17,9 +17,10 @@ import anyio
 
 from buildruntime.cluster.port import JSON, Cluster, Resource
 from buildruntime.cluster.watch_events import WatchDecoder, decode_typed_event
+from buildruntime.testing.wrapper import ClusterWrapper
 
 
-class ChaosCluster:
+class ChaosCluster(ClusterWrapper):
     """Delegates to ``inner``, but every watch delivers each event twice, swaps
     neighbouring events, and (optionally) shows an injected sidecar container in every
     pod, with events about it."""
@@ -33,15 +34,12 @@ class ChaosCluster:
         sidecar: str | None = None,
         stall_pods_watch_after: int | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.duplicate = duplicate
         self.reorder = reorder
         self.sidecar = sidecar
         self.stall_after = stall_pods_watch_after
         self.stalls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def list(self, resource: Resource, namespace: str, **kwargs: Any) -> JSON:
         listing = await self.inner.list(resource, namespace, **kwargs)
@@ -130,19 +128,3 @@ class ChaosCluster:
         obj["involvedObject"]["fieldPath"] = f"spec.containers{{{self.sidecar}}}"
         obj.update(type="Warning", reason="BackOff", message="Back-off restarting failed container")
         return {"type": "ADDED", "object": obj}
-
-    async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
-        return await self.inner.create_pod(namespace, manifest)
-
-    async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
-        return await self.inner.patch_pod(namespace, name, patch)
-
-    async def delete_pod(
-        self, namespace: str, name: str, *, grace_period_seconds: int | None = None
-    ) -> None:
-        await self.inner.delete_pod(namespace, name, grace_period_seconds=grace_period_seconds)
-
-    def stream_logs(
-        self, namespace: str, pod: str, container: str, **kwargs: Any
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self.inner.stream_logs(namespace, pod, container, **kwargs)
