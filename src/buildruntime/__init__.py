@@ -12,6 +12,7 @@ from buildruntime.errors import (
     SchedulingError,
     SpecError,
     StepTimeoutError,
+    UsageError,
 )
 from buildruntime.events import BuildEvent
 from buildruntime.results import Failure, StepResult
@@ -35,4 +36,5 @@ __all__ = [
     "StepResult",
     "StepSpec",
     "StepTimeoutError",
+    "UsageError",
 ]

@@ -47,6 +47,12 @@ class SpecError(BuildRuntimeError, ValueError):
         super().__init__(f"{field}: {problem}", build_id=build_id)
 
 
+class UsageError(BuildRuntimeError):
+    """A call made out of order or on a build it cannot apply to: a step tailed or
+    awaited before ``run_container``, a build used before ``assemble_build`` or after
+    ``remove_build``, a build id set up twice. The spec itself is fine."""
+
+
 class AdmissionError(BuildRuntimeError):
     """The API server refused to create the build's pod (an admission webhook, a quota,
     a policy). ``message`` is the API server's message, verbatim."""
@@ -88,4 +94,5 @@ __all__ = [
     "SchedulingError",
     "SpecError",
     "StepTimeoutError",
+    "UsageError",
 ]
