@@ -8,8 +8,10 @@ followers of a step stream see the current state first, then every change after 
 Which container status is the step's own matters: after ``run_container`` patches the
 image, the status first still shows the pause placeholder, then the placeholder's
 termination, then the step image. A status counts as the step's only once the pod spec
-names the step image and the status is not the placeholder's (by normalised image, or a
-restart count above zero when the step image is the placeholder image itself).
+names the step image and the status is not the placeholder's instance, judged by what
+cannot be aliased (:mod:`buildruntime.informer.instances`). When the spec names the
+placeholder again after the step image, the runtime stopped the step (at its timeout):
+the step's view is then its own instance's end, marked ``stopped``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 
 from buildruntime import diagnosis
 from buildruntime.events import BuildEvent, EventKind
-from buildruntime.images import same_image
+from buildruntime.informer.instances import PlaceholderImages, StepInstances
 from buildruntime.informer.snapshots import ContainerSnapshot, EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta
 from buildruntime.informer.topic import Topic
@@ -43,6 +45,9 @@ class StepView:
     """The pod was deleted (or is being deleted, or vanished)."""
     failure: diagnosis.StepFailure | None = None
     """Why the step image will never run, when a kubelet Warning event said so."""
+    stopped: bool = False
+    """The runtime patched the placeholder back to stop the step (its timeout passed);
+    ``container`` is then the step's own instance, terminated once the kubelet ended it."""
 
     @property
     def step_container(self) -> ContainerSnapshot | None:
@@ -83,10 +88,14 @@ class PodFanout:
         *,
         pod_uid: str | None = None,
         publish: list[Topic[BuildEvent]] | None = None,
+        step_images: dict[str, str] | None = None,
     ) -> None:
         self.build_id = build_id
         self.steps = list(steps)
         self.placeholder = placeholder
+        self._placeholder_images = PlaceholderImages(placeholder)
+        images = step_images or {}
+        self._instances = {s: StepInstances(images.get(s)) for s in steps}
         self.pod_uid = pod_uid
         self.pod: PodSnapshot | None = None
         self.seen_pod = False
@@ -146,6 +155,10 @@ class PodFanout:
         spec_images = new.spec_images
         statuses = {status.name: status for status in new.containers}
         for step in self.steps:
+            status = statuses.get(step)
+            if status is not None and spec_images.get(step) == self.placeholder:
+                self._placeholder_images.learn(status)
+        for step in self.steps:
             self._update_step(step, new, spec_images.get(step), statuses.get(step))
         if new.deleting or diagnosis.pod_failure(new) is not None:
             self._mark_gone(new)
@@ -172,7 +185,9 @@ class PodFanout:
         ):
             kind: EventKind = "pulling" if event.reason == "Pulling" else "pulled"
             self._emit(step, kind, reason=event.reason, message=event.message, at=event.last_seen)
-        if step is not None and step not in self._failures:
+        if step is not None and step not in self._failures and self._about_step_image(
+            step, event.message
+        ):
             failure = diagnosis.event_failure(event)
             if failure is not None:
                 self._step_failed(step, failure)
@@ -188,6 +203,18 @@ class PodFanout:
                     count=event.count,
                     at=event.last_seen,
                 )
+
+    def _about_step_image(self, step: str, message: str) -> bool:
+        """Whether a kubelet event about ``step``'s container is about its step image,
+        not the placeholder it started on (which failing to pull is the whole build's
+        problem, see :func:`buildruntime.diagnosis.placeholder_failure`)."""
+        if _names_image(message, self.placeholder):
+            return False
+        if _QUOTED_IMAGE in message:
+            return True  # a message quoting another image: the step's
+        # "Error: ErrImagePull" and the like quote no image: the spec says whose it is.
+        latest = self.states[step].latest
+        return latest is not None and latest.patched
 
     def close(self) -> None:
         """End every stream (the build was removed)."""
@@ -212,31 +239,52 @@ class PodFanout:
         failure = self._failures.get(step)
         topic = self.states[step]
         latest = topic.latest
+        instances = self._instances[step]
+        stopped = False
+        if container is None:
+            is_step = False
+        elif patched:
+            is_step = instances.is_step(container, self._placeholder_images)
+            if is_step:
+                instances.step_seen(container)
+        else:
+            own = instances.stopped_view(container)
+            if own is None:
+                instances.placeholder_seen(container)
+                is_step = False
+            else:
+                container, is_step, stopped = own, True, True
         if (
             latest is not None
             and latest.container == container
             and latest.patched == patched
             and latest.pod_gone == self.gone
             and latest.failure == failure
+            and latest.stopped == stopped
         ):
             return  # most pod updates leave most steps as they were
-        is_step = (
-            patched
-            and container is not None
-            and (container.restart_count >= 1 or not same_image(container.image, self.placeholder))
-        )
-        view = StepView(step, container, is_step, patched, self.gone, failure)
+        view = StepView(step, container, is_step, patched, self.gone, failure, stopped)
         topic.publish(view)
         if is_step and container is not None:
-            self._step_domain_events(step, container, pod)
+            self._step_domain_events(step, container, pod, stopped=stopped)
 
     def _step_domain_events(
-        self, step: str, container: ContainerSnapshot, pod: PodSnapshot
+        self, step: str, container: ContainerSnapshot, pod: PodSnapshot, *, stopped: bool
     ) -> None:
         if container.phase in ("running", "terminated"):
             # A step that ran and ended between two observations still started.
             self._emit(step, "started", reason="Started", at=container.started_at)
-        if container.phase == "terminated":
+        if container.phase == "terminated" and stopped:
+            self._emit(
+                step,
+                "failed",
+                reason=diagnosis.TIMEOUT_REASON,
+                message=diagnosis.STOPPED_MESSAGE,
+                exit_code=container.exit_code,
+                failure=Failure.TIMEOUT,
+                at=container.finished_at,
+            )
+        elif container.phase == "terminated":
             result = diagnosis.step_result(step, container, pod)
             if result.failure is None:
                 self._emit(
@@ -339,6 +387,10 @@ class PodFanout:
         self.build_events.publish(event)
         for topic in self._also_publish:
             topic.publish(event)
+
+
+_QUOTED_IMAGE = 'image "'
+"""How kubelet event messages quote the image they are about ("Pulling image \"x\"")."""
 
 
 def _names_image(message: str, image: str) -> bool:

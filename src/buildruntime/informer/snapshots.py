@@ -55,6 +55,9 @@ class ContainerSnapshot(_Frozen, frozen=True):
     status_container_id: str | None = msgspec.field(default=None, name="containerID")
     restart_count: int = 0
     state: ContainerState = ContainerState()
+    last_state: ContainerState = ContainerState()
+    """The previous instance's end, after a restart (an image patch restarts a container
+    whatever the pod's restartPolicy)."""
 
     @property
     def phase(self) -> ContainerPhase:
