@@ -133,6 +133,12 @@ class Target:
         (the ground truth); None when it does not exist."""
         raise NotImplementedError
 
+    async def pod_gone(self, name: str) -> None:
+        """Poll the ground truth until the pod no longer exists (bound it with
+        ``anyio.fail_after``): a deletion takes the pod's grace period."""
+        while await self.read_pod(name) is not None:
+            await anyio.sleep(0.1)
+
     async def pod_until(self, name: str, condition: Callable[[JSON], bool]) -> JSON:
         """Poll the ground truth until ``condition(pod)`` holds (bound it with
         ``anyio.fail_after``)."""
@@ -227,8 +233,9 @@ class FakeTarget(Target):
         )
 
     async def read_pod(self, name: str) -> JSON | None:
-        versions = self.fake.history(self.namespace, name)
-        return versions[-1] if versions else None
+        # Straight from the fake's storage: not a request of the port, and None once the
+        # pod is deleted (its history keeps the deleted version).
+        return self.fake._server.copy("pods", self.namespace, name)
 
 
 class ClusterTarget(Target):

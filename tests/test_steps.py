@@ -13,7 +13,6 @@ from buildruntime import (
     PodGoneError,
     Runtime,
     SchedulingError,
-    SpecError,
     StepTimeoutError,
 )
 from buildruntime.testing import FakeCluster
@@ -305,21 +304,6 @@ async def test_a_line_longer_than_16k_arrives_whole(runtime: Runtime, cluster: F
         b"after",
     ]
     await runtime.remove_build(build)
-
-
-async def test_step_calls_out_of_order_get_a_clear_error(runtime: Runtime) -> None:
-    build = await runtime.setup_build(BuildSpec(build_id="order-1", steps=[step("s", "true")]))
-    with pytest.raises(SpecError, match="assemble_build"):
-        await runtime.run_container(build, "s")
-    await runtime.assemble_build(build)
-    with pytest.raises(SpecError, match="run_container"):
-        await runtime.wait_container(build, "s")
-    with pytest.raises(SpecError, match="no step 'nope'") as caught:
-        await runtime.run_container(build, "nope")
-    assert caught.value.field == "step"
-    await runtime.remove_build(build)
-    with pytest.raises(SpecError, match="removed"):
-        await runtime.run_container(build, "s")
 
 
 async def test_a_pod_without_the_runtimes_labels_is_never_touched(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from buildruntime import BuildSpec, Failure, ImagePullError, SpecError
+from buildruntime import BuildSpec, Failure, ImagePullError, SpecError, UsageError
 from buildruntime import sync as bsync
 from buildruntime.testing import FakeCluster
 
@@ -96,7 +96,7 @@ def test_spec_errors_raise_at_the_call(threads_before: int) -> None:
         build = rt.setup_build(BuildSpec(build_id="sync-spec", steps=[step("a", "true")]))
         with pytest.raises(SpecError, match="no step 'b'"):
             rt.tail_container(build, "b")
-        with pytest.raises(SpecError, match="not assembled"):
+        with pytest.raises(UsageError, match="not assembled"):
             rt.run_container(build, "a")
     with pytest.raises(RuntimeError, match="context manager"):
         rt.setup_build(BuildSpec(build_id="x", steps=[step("a", "true")]))
@@ -141,3 +141,32 @@ def test_build_left_in_place_is_removed_on_exit(threads_before: int) -> None:
         rt.run_container(build, "a")
         events = build.events()
     assert "deleted" in [e.kind for e in events]
+
+
+def _raise_inside(error: BaseException, *, backend: str) -> None:
+    with bsync.Runtime(FakeCluster(images=IMAGES), namespace="ci", backend=backend):
+        raise error
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_errors_leave_the_with_block_as_themselves(threads_before: int, backend: str) -> None:
+    """An executor's `except ImagePullError:` around the block matches: no group."""
+    own = ValueError("the executor's own")
+    with pytest.raises(ValueError, match="the executor's own") as info:
+        _raise_inside(own, backend=backend)
+    assert info.value is own
+    spec = BuildSpec(build_id="sync-raise", steps=[step("gone", "true", image="nope/never:1")])
+
+    def executor() -> None:
+        with _runtime(backend=backend) as rt:
+            build = rt.setup_build(spec)
+            rt.assemble_build(build)
+            try:
+                rt.run_container(build, "gone")
+            finally:
+                rt.remove_build(build)
+
+    with pytest.raises(ImagePullError) as pulled:
+        executor()
+    assert type(pulled.value) is ImagePullError
+    assert pulled.value.step == "gone"

@@ -3,8 +3,9 @@ log captures, all living in one task group that removing the build cancels."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -34,9 +35,11 @@ class StepRecord:
 
     patched: bool = False
     result: StepResult | None = None
-    """A result the runtime settled on: a timeout, an image that cannot be pulled."""
+    """A result the runtime settled on: an image that cannot be pulled."""
     started_at: float | None = None
     """Event-loop time at which the cache first showed the step image running."""
+    timed_out: bool = False
+    """The step's timeout passed before it ended: the runtime is stopping it."""
 
 
 @dataclass(eq=False)
@@ -84,14 +87,22 @@ class BuildState:
         reflector_settings: ReflectorSettings,
         log_memory_limit: int,
         runtime_events: Topic[BuildEvent],
+        stop_step: Callable[[BuildState, str], Awaitable[None]],
     ) -> None:
         self.cluster = cluster
+        self._stop_step = stop_step
         self.spec = spec
         self.namespace = namespace
         self.placeholder = placeholder
         self.store = Store()
         step_names = [s.name for s in spec.steps]
-        self.fanout = PodFanout(spec.build_id, step_names, placeholder, publish=[runtime_events])
+        self.fanout = PodFanout(
+            spec.build_id,
+            step_names,
+            placeholder,
+            publish=[runtime_events],
+            step_images={s.name: s.image for s in spec.steps},
+        )
         self.steps = {name: StepRecord() for name in step_names}
         self.buffers = {name: LogBuffer(log_memory_limit) for name in step_names}
         self._settings = reflector_settings
@@ -149,6 +160,9 @@ class BuildState:
                     tg.start_soon(self.pod_reflector.run)
                     for name in self.steps:
                         tg.start_soon(self._capture_when_started, name)
+                    for step_spec in self.spec.steps:
+                        if step_spec.timeout is not None:
+                            tg.start_soon(self._enforce_timeout, step_spec.name, step_spec.timeout)
                     task_status.started()
                     await anyio.sleep_forever()
         except Exception as error:
@@ -233,6 +247,37 @@ class BuildState:
                 return True
             return True
         return False
+
+    async def _enforce_timeout(self, step: str, limit: float) -> None:
+        """Stop the step at its timeout, whatever its executor is waiting on (a tail, a
+        wait, nothing at all).
+
+        The clock starts when the cache first shows the step image running (measured on
+        the local clock: the API's ``startedAt`` has whole seconds only). At the deadline
+        the step's image is patched back to the placeholder. A running pod's images are
+        the one part of its containers that can be changed, and the kubelet restarts a
+        container whose image changed whatever the restartPolicy: it stops the step
+        (SIGTERM, then SIGKILL after the pod's grace period) and starts the placeholder,
+        which runs nothing, while the pod and the build's other steps live on. The
+        step's log stream ends with its last line, and the fan-out shows the step's own
+        instance terminated and ``stopped``.
+        """
+        record = self.steps[step]
+        try:
+            view = await self.wait_step(step, lambda view: view.started or view.settled)
+        except anyio.EndOfStream:
+            return
+        if not view.started:
+            return  # it never ran: a failed pull or create, or the pod went
+        if record.started_at is None:
+            record.started_at = anyio.current_time()
+        remaining = limit - (anyio.current_time() - record.started_at)
+        with anyio.move_on_after(max(remaining, 0.0)):
+            with contextlib.suppress(anyio.EndOfStream):
+                await self.wait_step(step, lambda view: view.ended)
+            return
+        record.timed_out = True
+        await self._stop_step(self, step)
 
     async def _capture_when_started(self, step: str) -> None:
         """Start the step's log capture the moment its step-image container runs or has

@@ -78,6 +78,11 @@ def event_failure(event: EventSnapshot) -> StepFailure | None:
     return None
 
 
+TIMEOUT_REASON = "Timeout"
+"""The reason of a step the runtime stopped at its timeout."""
+STOPPED_MESSAGE = "stopped by the runtime: the step ran longer than its timeout"
+
+
 POD_GONE_FAILURES = frozenset({Failure.POD_DELETED, Failure.EVICTED, Failure.NODE_LOST})
 """Failures that mean the pod itself went away, not the step."""
 
@@ -124,9 +129,25 @@ def pod_failure(pod: PodSnapshot | None) -> Failure | None:
 
 
 def step_result(
-    step: str, container: ContainerSnapshot | None, pod: PodSnapshot | None
+    step: str,
+    container: ContainerSnapshot | None,
+    pod: PodSnapshot | None,
+    *,
+    stopped: bool = False,
 ) -> StepResult:
-    """The step's result from its step-image container status (None: not started yet)."""
+    """The step's result from its step-image container status (None: not started yet);
+    ``stopped``: the runtime stopped it at its timeout."""
+    if stopped and container is not None and container.phase == "terminated":
+        return StepResult(
+            step=step,
+            state="terminated",
+            exit_code=container.exit_code,
+            reason=TIMEOUT_REASON,
+            message=STOPPED_MESSAGE,
+            started_at=parse_time(container.started_at),
+            finished_at=parse_time(container.finished_at),
+            failure=Failure.TIMEOUT,
+        )
     if container is None:
         failure = pod_failure(pod)
         return StepResult(
@@ -215,6 +236,59 @@ def step_failure_error(
         step=step,
         reason=failure.reason,
         message=failure.message,
+    )
+
+
+def placeholder_failure(
+    pod: PodSnapshot, steps: Iterable[str], placeholder: str
+) -> ContainerSnapshot | None:
+    """A step container still on the placeholder whose image cannot be pulled or run:
+    no step of the build can ever start."""
+    spec_images = pod.spec_images
+    statuses = {status.name: status for status in pod.containers}
+    for step in steps:
+        status = statuses.get(step)
+        if (
+            status is not None
+            and spec_images.get(step) == placeholder
+            and waiting_failure(status) is not None
+        ):
+            return status
+    return None
+
+
+def placeholder_error(
+    build_id: str,
+    placeholder: str,
+    container: ContainerSnapshot,
+    events: Iterable[EventSnapshot],
+) -> ImagePullError | ContainerCreateError:
+    """The error for a build whose placeholder cannot run: a setting of the runtime (or
+    of the build) is wrong for this cluster, not any step's image."""
+    failure = status_failure(container)
+    quoted = f'"{placeholder}"'
+    event = None
+    for candidate in events:
+        if candidate.type == "Warning" and quoted in candidate.message:
+            event = candidate
+    message = event.message if event is not None else failure.message
+    setting = (
+        "set the runtime's pause_image (the CLI's --pause-image or BUILDRUNTIME_PAUSE_IMAGE, "
+        "or BuildSpec.pause_image) to a pause image the cluster's nodes can pull"
+    )
+    if failure.failure == Failure.IMAGE_PULL:
+        return ImagePullError(
+            f"cannot pull the placeholder image {placeholder!r} that every step starts on; "
+            + setting,
+            build_id=build_id,
+            reason=failure.reason,
+            message=message,
+        )
+    return ContainerCreateError(
+        f"cannot run the placeholder image {placeholder!r} that every step starts on; " + setting,
+        build_id=build_id,
+        reason=failure.reason,
+        message=message,
     )
 
 

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from tenacity import (
     AsyncRetrying,
@@ -44,10 +45,12 @@ from buildruntime.errors import (
     SchedulingError,
     SpecError,
     StepTimeoutError,
+    UsageError,
 )
 from buildruntime.events import BuildEvent
 from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
 from buildruntime.informer.reflector import ReflectorSettings
+from buildruntime.informer.snapshots import PodSnapshot
 from buildruntime.informer.topic import Topic
 from buildruntime.logs import DEFAULT_MEMORY_LIMIT
 from buildruntime.results import Failure, StepResult
@@ -56,6 +59,11 @@ from buildruntime.spec import BuildSpec, StepSpec, render_pod
 log = logging.getLogger("buildruntime")
 
 T = TypeVar("T")
+
+STOP_WAIT = 30.0
+"""How long, past a step's timeout, ``wait_container`` waits to see the kubelet stop the
+step (the pod's 5 s grace period, and a kubelet that syncs the patch late) before it
+raises :class:`StepTimeoutError` anyway."""
 
 
 class Runtime:
@@ -152,7 +160,18 @@ class Runtime:
     ) -> bool | None:
         assert self._exit_stack is not None
         stack, self._exit_stack = self._exit_stack, None
-        return await stack.__aexit__(exc_type, exc, tb)
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The runtime's own task group wraps whatever left the block: the caller
+            # gets it as itself, so that its `except ImagePullError:` around the block
+            # matches. Only several unrelated errors at once stay a group.
+            leaves = _leaves(group)
+            if exc is not None and all(leaf is exc for leaf in leaves):
+                return False
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
 
     async def _shutdown(self) -> None:
         """Remove what is left (bounded), then stop every build's tasks."""
@@ -180,9 +199,9 @@ class Runtime:
             raise SpecError("spec", f"must be a BuildSpec, not {type(spec).__name__}")
         existing = self._builds.get(spec.build_id)
         if existing is not None and not existing.removed:
-            raise SpecError(
-                "build_id",
-                f"{spec.build_id!r} is already set up in this runtime",
+            raise UsageError(
+                f"build id {spec.build_id!r} is already set up in this runtime: remove that "
+                "build first, or choose another build_id",
                 build_id=spec.build_id,
             )
         manifest = render_pod(spec, namespace=self.namespace, pause_image=self.pause_image)
@@ -194,6 +213,7 @@ class Runtime:
             reflector_settings=self._reflector_settings,
             log_memory_limit=self._log_memory_limit,
             runtime_events=self._events,
+            stop_step=self._stop_step,
         )
         state.owner = self
         self._builds[spec.build_id] = state
@@ -207,10 +227,10 @@ class Runtime:
         :class:`ClusterUnavailableError` when the API server cannot be reached.
         """
         state = self._state(build)
+        if state.removed:
+            raise UsageError("the build was removed", build_id=build.build_id)
         if state.started:
-            raise SpecError(
-                "build", f"build {build.build_id} was already assembled", build_id=build.build_id
-            )
+            raise UsageError("the build was already assembled", build_id=build.build_id)
         task_group = self._require_entered()
         await task_group.start(state.run)
         try:
@@ -265,6 +285,7 @@ class Runtime:
         state.fanout.pod_uid = uid
         state.start_events_watch(uid)
         await self._wait_scheduled(state)
+        await self._wait_placeholders(state)
         assert state.event_reflector is not None
         with anyio.move_on_after(self.api_timeout):
             await state.event_reflector.synced.wait()
@@ -288,6 +309,47 @@ class Runtime:
             build_id=state.spec.build_id,
             reason="Unschedulable" if message else "Timeout",
             message=message,
+        )
+
+    async def _wait_placeholders(self, state: BuildState) -> None:
+        """Wait until every step's placeholder has started (the pod can run steps), or
+        fail naming the placeholder when it cannot: a placeholder image the nodes cannot
+        pull is the whole build's configuration problem, not the first step's."""
+        spec = state.spec
+        steps = [s.name for s in spec.steps]
+
+        def started(pod: PodSnapshot) -> bool:
+            phases = {status.name: status.phase for status in pod.containers}
+            return all(phases.get(step, "waiting") != "waiting" for step in steps)
+
+        waiting: PodSnapshot | None = None
+        with anyio.move_on_after(self.schedule_timeout):
+            async for pod in state.fanout.pods.follow(from_latest=True):
+                if pod is None or state.fanout.gone:
+                    raise state.gone_error(None)
+                waiting = pod
+                failed = diagnosis.placeholder_failure(pod, steps, state.placeholder)
+                if failed is not None:
+                    events = [
+                        event
+                        for step in steps
+                        for event in state.fanout.step_events[step].items_from(0)[0]
+                    ]
+                    raise diagnosis.placeholder_error(
+                        spec.build_id, state.placeholder, failed, events
+                    )
+                if started(pod):
+                    return
+            raise state.gone_error(None)
+        stuck = next(
+            (c for c in (waiting.containers if waiting else ()) if c.phase == "waiting"), None
+        )
+        raise SchedulingError(
+            "the build's pod was scheduled but its containers did not start within "
+            f"{self.schedule_timeout:g}s",
+            build_id=spec.build_id,
+            reason=(stuck.reason if stuck else None) or "Timeout",
+            message=stuck.message if stuck else None,
         )
 
     async def run_container(self, build: Build, step: str) -> None:
@@ -366,39 +428,71 @@ class Runtime:
         """
         state = self._state(build)
         self._step(state, step)
+        # Not refused after remove_build: what was captured stays readable until the
+        # handle goes.
+        if not state.started:
+            self._require_assembled(state, build)
+        self._require_started(state, step)
         return state.buffers[step].follow()
 
     async def wait_container(self, build: Build, step: str) -> StepResult:
         """Wait until the step's container terminated and return its result.
 
-        Raises :class:`StepTimeoutError` after the step's ``timeout`` and
-        :class:`PodGoneError` when the pod goes away before the step finished.
+        Raises :class:`StepTimeoutError` once a step that ran longer than its ``timeout``
+        has been stopped (the runtime stops it at the deadline whether or not anyone
+        waits), and :class:`PodGoneError` when the pod goes away before the step finished.
         """
         state = self._state(build)
         spec = self._step(state, step)
         self._require_assembled(state, build)
+        self._require_started(state, step)
         record = state.steps[step]
         if record.result is not None and record.result.failure is not None:
             return record.result
-        if not record.patched:
-            raise SpecError("step", f"step {step} was not started: call run_container first")
         if spec.timeout is None:
             return await self._wait_terminated(state, step)
-        # Measured on the local clock from when the cache first saw the step start: the
-        # API's startedAt has whole seconds only.
+        # The deadline is the one the build enforces (see BuildState._enforce_timeout),
+        # plus the time the kubelet takes to stop the step: the result is then the
+        # stopped step's, which inspect_container reports too.
         started = record.started_at if record.started_at is not None else anyio.current_time()
         remaining = spec.timeout - (anyio.current_time() - started)
-        with anyio.move_on_after(max(remaining, 0)):
-            return await self._wait_terminated(state, step)
-        record.result = StepResult(
-            step=step, state="running", reason="Timeout", failure=Failure.TIMEOUT
-        )
+        with anyio.move_on_after(max(remaining, 0.0) + STOP_WAIT):
+            result = await self._wait_terminated(state, step)
+            if not (record.timed_out or self._stopped(state, step)):
+                return result
         raise StepTimeoutError(
-            f"the step ran longer than its timeout of {spec.timeout:g}s",
+            f"the step ran longer than its timeout of {spec.timeout:g}s and was stopped",
             build_id=build.build_id,
             step=step,
-            reason="Timeout",
+            reason=diagnosis.TIMEOUT_REASON,
         )
+
+    @staticmethod
+    def _stopped(state: BuildState, step: str) -> bool:
+        view = state.fanout.states[step].latest
+        return view is not None and view.stopped
+
+    async def _stop_step(self, state: BuildState, step: str) -> None:
+        """Stop a running step by patching its image back to the placeholder (see
+        BuildState._enforce_timeout for why this way). One patch; a pod already gone has
+        nothing left to stop."""
+        patch = {"spec": {"containers": [{"name": step, "image": state.placeholder}]}}
+        build_id = state.spec.build_id
+
+        async def send() -> None:
+            try:
+                await self.cluster.patch_pod(self.namespace, state.spec.pod_name, patch)
+            except NotFoundError:
+                return
+
+        try:
+            await self._call(build_id, step, f"stop step {step}", send)
+        except BuildRuntimeError as error:
+            # The pod's activeDeadlineSeconds (when the build has a timeout) and
+            # remove_build still end it; the waiters see the timeout either way.
+            log.warning(
+                "build %s: could not stop step %s at its timeout: %s", build_id, step, error
+            )
 
     async def _wait_terminated(self, state: BuildState, step: str) -> StepResult:
         try:
@@ -431,7 +525,19 @@ class Runtime:
         container = view.step_container if view is not None else None
         if record.result is not None and (container is None or container.phase != "terminated"):
             return record.result
-        pod = state.fanout.pod if not state.fanout.gone else None
+        pod = state.fanout.pod  # kept when the pod failed (deadline, eviction); None once deleted
+        if view is not None and view.stopped and container is not None:
+            return diagnosis.step_result(step, container, pod, stopped=True)
+        if record.timed_out and (container is None or container.phase != "terminated"):
+            # Being stopped: the kubelet has not ended it yet.
+            return StepResult(
+                step=step,
+                state="running",
+                reason=diagnosis.TIMEOUT_REASON,
+                message=diagnosis.STOPPED_MESSAGE,
+                started_at=diagnosis.parse_time(container.started_at) if container else None,
+                failure=Failure.TIMEOUT,
+            )
         if container is None and not state.fanout.gone:
             return StepResult(step=step, state="waiting")
         return diagnosis.step_result(step, container, pod)
@@ -446,7 +552,13 @@ class Runtime:
             self._forget(state)
             state.fanout.close()
             return
-        await self._remove(state)
+        # Shielded: an executor's cancelled build (a timeout of its own, a cancelled job)
+        # calls this from a cancelled scope, and a cleanup cut short would leave the
+        # pod, the build's watches and its id behind. _remove is bounded by
+        # delete_timeout; the caller's cancellation takes effect right after.
+        with anyio.CancelScope(shield=True):
+            await self._remove(state)
+        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _remove(self, state: BuildState) -> None:
         with anyio.move_on_after(self.delete_timeout):
@@ -503,7 +615,7 @@ class Runtime:
             )
         state = build._state
         if state.owner is not self:
-            raise SpecError("build", f"build {build.build_id} does not belong to this runtime")
+            raise UsageError("the build does not belong to this runtime", build_id=build.build_id)
         return state
 
     def _forget(self, state: BuildState) -> None:
@@ -523,12 +635,22 @@ class Runtime:
             ) from None
 
     def _require_assembled(self, state: BuildState, build: Build) -> None:
-        if not state.started:
-            raise SpecError(
-                "build", f"build {build.build_id} is not assembled yet: call assemble_build first"
-            )
         if state.removed:
-            raise SpecError("build", f"build {build.build_id} was removed")
+            raise UsageError("the build was removed", build_id=build.build_id)
+        if not state.started:
+            raise UsageError(
+                "the build is not assembled yet: call assemble_build first",
+                build_id=build.build_id,
+            )
+
+    @staticmethod
+    def _require_started(state: BuildState, step: str) -> None:
+        if not state.steps[step].patched:
+            raise UsageError(
+                "the step was not started: call run_container first",
+                build_id=state.spec.build_id,
+                step=step,
+            )
 
     async def _call(
         self, build_id: str, step: str | None, what: str, call: Callable[[], Awaitable[T]]
@@ -555,3 +677,14 @@ class Runtime:
                 message=str(error),
             ) from error
         raise AssertionError("unreachable")
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in ``group`` and its nested groups."""
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves.extend(_leaves(error))
+        else:
+            leaves.append(error)
+    return leaves

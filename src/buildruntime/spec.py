@@ -8,6 +8,7 @@ container with the step image and those args.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -187,8 +188,11 @@ class StepSpec:
 
         The default entrypoint is ``/bin/sh -c`` with ``set -e`` first, so the step stops
         at its first failing command, like ``/bin/sh -e``; each command is echoed nowhere
-        (the logs hold only what the commands print).
+        (the logs hold only what the commands print). A step with no commands runs its
+        image's own ENTRYPOINT and CMD (a plugin step), or just ``entrypoint`` when set.
         """
+        if not self.commands:
+            return list(self.entrypoint) if self.entrypoint is not None else []
         entrypoint = (
             list(self.entrypoint) if self.entrypoint is not None else list(DEFAULT_ENTRYPOINT)
         )
@@ -211,6 +215,9 @@ class BuildSpec:
     service_account: str | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     pause_image: str | None = None
+    timeout: float | None = None
+    """The whole build's deadline in seconds, from the pod's start: Kubernetes itself ends
+    the pod then (``activeDeadlineSeconds``), even when no worker is left to do it."""
 
     def __post_init__(self) -> None:
         problem = dns1123_label_problem(self.build_id)
@@ -261,6 +268,11 @@ class BuildSpec:
             problem = image_problem(self.pause_image)
             if problem:
                 raise SpecError("pause_image", problem, build_id=bid)
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
+                raise SpecError("timeout", "must be a number of seconds", build_id=bid)
+            if not self.timeout > 0 or self.timeout == float("inf"):
+                raise SpecError("timeout", "must be a finite number greater than 0", build_id=bid)
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``; KeyError when there is none."""
@@ -283,13 +295,14 @@ def render_pod(spec: BuildSpec, *, namespace: str, pause_image: str) -> JSON:
         container: dict[str, Any] = {
             "name": step.name,
             "image": placeholder,
-            # The kubelet expands $(VAR) in args and turns $$ into $: escape every $
-            # so the shell, not the kubelet, gives it meaning.
-            "args": [arg.replace("$", "$$") for arg in step.args],
             "imagePullPolicy": step.pull_policy,
             "env": [{"name": k, "value": v} for k, v in step.env.items()],
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
+        if step.args:
+            # The kubelet expands $(VAR) in args and turns $$ into $: escape every $
+            # so the shell, not the kubelet, gives it meaning.
+            container["args"] = [arg.replace("$", "$$") for arg in step.args]
         if step.working_dir:
             container["workingDir"] = step.working_dir
         if step.resources:
@@ -307,6 +320,9 @@ def render_pod(spec: BuildSpec, *, namespace: str, pause_image: str) -> JSON:
         pod_spec["serviceAccountName"] = spec.service_account
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.timeout is not None:
+        # Whole seconds, at least one, rounded up: never shorter than asked.
+        pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
