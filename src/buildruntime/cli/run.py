@@ -1,0 +1,196 @@
+"""``buildruntime run``: run a pipeline file's steps in order, then print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+
+import anyio
+
+from buildruntime.build import Build
+from buildruntime.cli.console import Console
+from buildruntime.cli.exits import EXIT_FAILED, EXIT_OK
+from buildruntime.cli.target import Target, choose_target, open_cluster
+from buildruntime.errors import BuildRuntimeError
+from buildruntime.pipeline import load_pipeline_file
+from buildruntime.results import StepResult
+from buildruntime.runtime import Runtime
+from buildruntime.spec import BuildSpec, StepSpec
+
+_RESULT_COLOURS = {"ok": "32", "failed": "31", "skipped": "2", "interrupted": "33"}
+
+
+@dataclass
+class Row:
+    """One line of the summary."""
+
+    step: StepSpec
+    result: str = "skipped"
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    step_result: StepResult | None = None
+    failure: str = ""
+
+    @property
+    def duration(self) -> float | None:
+        """Measured here, from the step's start (or its attempt to start) to its end: the
+        API's timestamps have whole seconds only."""
+        if self.started is not None and self.ended is not None:
+            return self.ended - self.started
+        return None
+
+
+@dataclass
+class Outcome:
+    rows: list[Row] = field(default_factory=list)
+    status: int = EXIT_OK
+
+
+async def run_build(rt: Runtime, spec: BuildSpec, console: Console) -> int:
+    """Run every step of ``spec`` in order on ``rt``, always removing the build."""
+    build = await rt.setup_build(spec)
+    outcome = Outcome([Row(step) for step in spec.steps])
+    current: list[Row] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_progress, build, console)
+            try:
+                outcome.status = await _run_steps(rt, build, outcome, current, console)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await rt.remove_build(build)
+                    except BuildRuntimeError as error:
+                        console.error(f"removing the build: {error}")
+                tg.cancel_scope.cancel()
+    finally:
+        for row in current:
+            if row.result == "running":
+                row.result = "interrupted"
+                row.ended = time.monotonic()
+        _summary(outcome.rows, console)
+    return outcome.status
+
+
+async def _run_steps(
+    rt: Runtime, build: Build, outcome: Outcome, current: list[Row], console: Console
+) -> int:
+    try:
+        await rt.assemble_build(build)
+    except BuildRuntimeError as error:
+        console.error(str(error))
+        return EXIT_FAILED
+    for row in outcome.rows:
+        current[:] = [row]
+        status = await _run_step(rt, build, row, console)
+        if status != EXIT_OK:
+            return status
+    return EXIT_OK
+
+
+async def _run_step(rt: Runtime, build: Build, row: Row, console: Console) -> int:
+    name = row.step.name
+    row.result = "running"
+    row.started = time.monotonic()
+    try:
+        await rt.run_container(build, name)
+        row.started = time.monotonic()  # from here on, the step's own run time
+        async for raw in rt.tail_container(build, name):
+            console.log(name, raw)
+        result = await rt.wait_container(build, name)
+    except BuildRuntimeError as error:
+        row.ended = time.monotonic()
+        row.result = "failed"
+        row.failure = error.reason or type(error).__name__
+        try:
+            settled = await rt.inspect_container(build, name)
+        except BuildRuntimeError:
+            settled = None
+        if settled is not None and settled.failure is not None:
+            row.failure = _failure_text(settled)
+        console.error(str(error))
+        return EXIT_FAILED
+    row.ended = time.monotonic()
+    row.step_result = result
+    row.exit_code = result.exit_code
+    if result.succeeded:
+        row.result = "ok"
+        return EXIT_OK
+    row.result = "failed"
+    row.failure = _failure_text(result)
+    detail = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
+    console.note(f"{console.prefix(name)} failed: {detail} ({row.failure})")
+    return result.exit_code or EXIT_FAILED
+
+
+def _failure_text(result: StepResult) -> str:
+    failure = result.failure.value if result.failure is not None else "UNKNOWN"
+    return f"{failure}: {result.reason}" if result.reason else failure
+
+
+async def _progress(build: Build, console: Console) -> None:
+    """Say on stderr what a step waits for before it starts (pulling its image), and
+    what holds the pod back (a FailedScheduling warning)."""
+    pulling: set[str] = set()
+    async for event in build.events():
+        if event.step is not None and event.kind == "pulling":
+            pulling.add(event.step)
+            image = build.spec.step(event.step).image
+            console.note(f"{console.prefix(event.step)} pulling {image}…")
+        elif event.step in pulling and event.kind == "pulled":
+            image = build.spec.step(event.step).image
+            console.note(f"{console.prefix(event.step)} pulled {image}")
+        elif event.step is None and event.kind == "warning":
+            console.note(f"[{build.build_id}] warning: {event.reason}: {event.message}")
+
+
+def _summary(rows: list[Row], console: Console) -> None:
+    table = [("STEP", "RESULT", "EXIT", "DURATION", "FAILURE")]
+    for row in rows:
+        duration = row.duration
+        table.append(
+            (
+                row.step.name,
+                row.result,
+                "-" if row.exit_code is None else str(row.exit_code),
+                "-" if duration is None else _seconds(duration),
+                row.failure,
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    console.line("")
+    for i, cells in enumerate(table):
+        parts = []
+        for j, cell in enumerate(cells):
+            padded = cell.ljust(widths[j]) if j < len(cells) - 1 else cell
+            if i > 0 and j == 1:
+                padded = console.paint(padded, _RESULT_COLOURS.get(cell))
+            elif i == 0:
+                padded = console.paint(padded, "1")
+            parts.append(padded)
+        console.line("  ".join(parts).rstrip())
+
+
+def _seconds(value: float) -> str:
+    if value < 10:
+        return f"{value:.2f}s"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(int(value), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+async def _run_command(spec: BuildSpec, target: Target, namespace: str, console: Console) -> int:
+    async with open_cluster(target) as cluster, Runtime(cluster, namespace) as rt:
+        return await run_build(rt, spec, console)
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    spec = load_pipeline_file(args.pipeline)
+    target = choose_target(simulate=args.simulate, kubeconfig=args.kubeconfig, context=args.context)
+    assert target is not None
+    if target.note:
+        console.note(f"buildruntime: {target.note}")
+    return anyio.run(_run_command, spec, target, args.namespace, console)
