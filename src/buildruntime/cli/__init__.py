@@ -19,12 +19,14 @@ in; with none of those, ``run`` falls back to the simulation and says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from buildruntime.cli.arguments import build_parser
-from buildruntime.cli.console import Console
+from buildruntime.cli.console import Console, library_logs
 from buildruntime.cli.exits import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -63,8 +65,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_BAD_INPUT
     console = Console.for_streams(out, err)
     try:
+        with library_logs(console, verbose=args.verbose):
+            return _handle(args, console)
+    finally:
+        # A second Ctrl-C while the last lines are written: stop writing.
+        with contextlib.suppress(KeyboardInterrupt):
+            console.close()
+        if console.out_broken and out is sys.__stdout__:
+            _silence_stdout()
+
+
+def _handle(args: argparse.Namespace, console: Console) -> int:
+    try:
         status: int = args.handler(args, console)
     except KeyboardInterrupt:
+        # Outside the event loop (before it starts, after it ends, or a second Ctrl-C
+        # while cleaning up); inside it, SIGINT is handled like SIGTERM (interrupts.py).
         console.note("buildruntime: interrupted")
         return EXIT_INTERRUPTED
     except SpecError as error:
@@ -77,6 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.error(str(error))
         return EXIT_FAILED
     return status
+
+
+def _silence_stdout() -> None:
+    """Stdout's reader went away (``| head``): point it at /dev/null so that Python's
+    flush at exit does not print a BrokenPipeError of its own."""
+    stdout = sys.__stdout__
+    if stdout is None:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _spec_message(args: argparse.Namespace, error: SpecError) -> str:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import anyio
 
 from buildruntime.build import Build
 from buildruntime.cli.console import Console
-from buildruntime.cli.exits import EXIT_FAILED, EXIT_OK
-from buildruntime.cli.target import Target, choose_target, open_cluster
-from buildruntime.errors import BuildRuntimeError
+from buildruntime.cli.exits import EXIT_FAILED, EXIT_OK, BadInput
+from buildruntime.cli.interrupts import cancelled_on_signals
+from buildruntime.cli.target import Target, choose_target, open_cluster, server_of
+from buildruntime.errors import BuildRuntimeError, ClusterUnavailableError
+from buildruntime.images import image_problem
 from buildruntime.pipeline import load_pipeline_file
 from buildruntime.results import StepResult
 from buildruntime.runtime import Runtime
@@ -48,22 +55,28 @@ class Outcome:
     status: int = EXIT_OK
 
 
-async def run_build(rt: Runtime, spec: BuildSpec, console: Console) -> int:
-    """Run every step of ``spec`` in order on ``rt``, always removing the build."""
+async def run_build(
+    rt: Runtime, spec: BuildSpec, console: Console, *, server: str | None = None
+) -> int:
+    """Run every step of ``spec`` in order on ``rt``, always removing the build.
+    ``server``: the API server's address, for the message when it cannot be reached."""
     build = await rt.setup_build(spec)
     outcome = Outcome([Row(step) for step in spec.steps])
     current: list[Row] = []
+    explain = partial(_explain, rt=rt, server=server)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_progress, build, console)
             try:
-                outcome.status = await _run_steps(rt, build, outcome, current, console)
+                outcome.status = await _run_steps(rt, build, outcome, current, console, explain)
             finally:
                 with anyio.CancelScope(shield=True):
                     try:
                         await rt.remove_build(build)
+                    except ClusterUnavailableError:
+                        pass  # what made the build fail has been said; once is enough
                     except BuildRuntimeError as error:
-                        console.error(f"removing the build: {error}")
+                        console.error(f"removing the build: {explain(error)}")
                 tg.cancel_scope.cancel()
     finally:
         for row in current:
@@ -75,22 +88,33 @@ async def run_build(rt: Runtime, spec: BuildSpec, console: Console) -> int:
 
 
 async def _run_steps(
-    rt: Runtime, build: Build, outcome: Outcome, current: list[Row], console: Console
+    rt: Runtime,
+    build: Build,
+    outcome: Outcome,
+    current: list[Row],
+    console: Console,
+    explain: Callable[[BuildRuntimeError], str],
 ) -> int:
     try:
         await rt.assemble_build(build)
     except BuildRuntimeError as error:
-        console.error(str(error))
+        console.error(explain(error))
         return EXIT_FAILED
     for row in outcome.rows:
         current[:] = [row]
-        status = await _run_step(rt, build, row, console)
+        status = await _run_step(rt, build, row, console, explain)
         if status != EXIT_OK:
             return status
     return EXIT_OK
 
 
-async def _run_step(rt: Runtime, build: Build, row: Row, console: Console) -> int:
+async def _run_step(
+    rt: Runtime,
+    build: Build,
+    row: Row,
+    console: Console,
+    explain: Callable[[BuildRuntimeError], str],
+) -> int:
     name = row.step.name
     row.result = "running"
     row.started = time.monotonic()
@@ -110,7 +134,7 @@ async def _run_step(rt: Runtime, build: Build, row: Row, console: Console) -> in
             settled = None
         if settled is not None and settled.failure is not None:
             row.failure = _failure_text(settled)
-        console.error(str(error))
+        console.error(explain(error))
         return EXIT_FAILED
     row.ended = time.monotonic()
     row.step_result = result
@@ -123,6 +147,28 @@ async def _run_step(rt: Runtime, build: Build, row: Row, console: Console) -> in
     detail = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
     console.note(f"{console.prefix(name)} failed: {detail} ({row.failure})")
     return result.exit_code or EXIT_FAILED
+
+
+def _explain(error: BuildRuntimeError, *, rt: Runtime, server: str | None) -> str:
+    """The one line that says what went wrong. An unreachable API server is said as
+    such, naming it and the wait, rather than as the request that happened to fail."""
+    if not isinstance(error, ClusterUnavailableError):
+        return str(error)
+    where = f" {server}" if server else ""
+    cause = _connection_cause(error.message or error.reason or "")
+    return (
+        f"cannot reach the Kubernetes API server{where} "
+        f"(gave up after {rt.api_timeout:g}s, see --api-timeout)" + (f": {cause}" if cause else "")
+    )
+
+
+def _connection_cause(message: str) -> str:
+    """The gist of urllib3's connection error: "Connection refused", not the request,
+    the pool and the errno around it."""
+    text = re.sub(r"HTTPS?Connection(Pool)?\([^)]*\):\s*", "", message)
+    text = re.sub(r"\[Errno -?\d+\]\s*", "", text)
+    text = re.sub(r"^(list|watch|get|create|patch|delete) [^:]*:\s*", "", text)
+    return " ".join(text.split())
 
 
 def _failure_text(result: StepResult) -> str:
@@ -182,15 +228,59 @@ def _seconds(value: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
-async def _run_command(spec: BuildSpec, target: Target, namespace: str, console: Console) -> int:
-    async with open_cluster(target) as cluster, Runtime(cluster, namespace) as rt:
-        return await run_build(rt, spec, console)
+DEFAULT_API_TIMEOUT = 30.0
+"""Seconds ``run`` keeps trying an API server it cannot reach before it gives up."""
+PAUSE_IMAGE_VARIABLE = "BUILDRUNTIME_PAUSE_IMAGE"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What ``run``'s options set, beyond the pipeline file."""
+
+    namespace: str = "default"
+    pause_image: str | None = None
+    api_timeout: float = DEFAULT_API_TIMEOUT
+
+
+async def _run_command(
+    spec: BuildSpec, target: Target, settings: RunSettings, console: Console
+) -> int:
+    status = EXIT_FAILED
+    runtime_settings: dict[str, Any] = {"api_timeout": settings.api_timeout}
+    if settings.pause_image is not None:
+        runtime_settings["pause_image"] = settings.pause_image
+    async with (
+        cancelled_on_signals(console, "removing the build") as interruption,
+        open_cluster(
+            target, pause_image=settings.pause_image, api_timeout=settings.api_timeout
+        ) as cluster,
+        Runtime(cluster, settings.namespace, **runtime_settings) as rt,
+    ):
+        status = await run_build(rt, spec, console, server=server_of(cluster))
+    return interruption.status or status
+
+
+def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> RunSettings:
+    """The settings of ``run``'s options, checked: a bad value is a one-line BadInput."""
+    env = os.environ if environ is None else environ
+    pause_image: str | None = args.pause_image
+    source = "--pause-image"
+    if pause_image is None and env.get(PAUSE_IMAGE_VARIABLE):
+        pause_image, source = env[PAUSE_IMAGE_VARIABLE], PAUSE_IMAGE_VARIABLE
+    if pause_image is not None:
+        problem = image_problem(pause_image)
+        if problem:
+            raise BadInput(f"{source} {pause_image!r}: {problem}")
+    return RunSettings(
+        namespace=args.namespace, pause_image=pause_image, api_timeout=args.api_timeout
+    )
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     spec = load_pipeline_file(args.pipeline)
+    settings = run_settings(args)
     target = choose_target(simulate=args.simulate, kubeconfig=args.kubeconfig, context=args.context)
     assert target is not None
     if target.note:
         console.note(f"buildruntime: {target.note}")
-    return anyio.run(_run_command, spec, target, args.namespace, console)
+    return anyio.run(_run_command, spec, target, settings, console)

@@ -13,7 +13,7 @@ from buildruntime.cli.exits import BadInput, one_line
 from buildruntime.cluster.port import Cluster
 from buildruntime.errors import BuildRuntimeError
 
-__all__ = ["SIMULATED_IMAGES", "Target", "choose_target", "open_cluster"]
+__all__ = ["SIMULATED_IMAGES", "Target", "choose_target", "open_cluster", "server_of"]
 
 SIMULATED_IMAGES = frozenset(
     {
@@ -27,7 +27,7 @@ SIMULATED_IMAGES = frozenset(
         "node:22",
     }
 )
-"""The images ``--simulate`` can "pull"; any other fails to pull, as on a real node."""
+"""The images ``--simulate`` "pulls" when its FakeCluster cannot take every valid name."""
 
 _SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -87,19 +87,36 @@ def choose_target(
     )
 
 
-def _fake_cluster() -> Any:
+def _fake_cluster(pause_image: str | None) -> Any:
     from buildruntime.testing import FakeCluster
 
-    return FakeCluster(images=set(SIMULATED_IMAGES))
+    settings: dict[str, Any] = {}
+    every_image: Any = None
+    if pause_image is not None:
+        # The simulated node must know the placeholder for what it is: an image that
+        # runs nothing and ignores its args.
+        settings["pause_image"] = pause_image
+    try:
+        # None: every valid image name is present, as a user of --simulate expects
+        # (ubuntu:22.04 is not "not found" because nobody listed it).
+        return FakeCluster(images=every_image, **settings)
+    except TypeError:
+        # A FakeCluster that needs its images listed: fall back to the usual ones.
+        return FakeCluster(images=set(SIMULATED_IMAGES), **settings)
 
 
-def _kube_cluster(target: Target) -> Any:
+def _kube_cluster(target: Target, api_timeout: float | None) -> Any:
     from buildruntime.cluster.kube import KubeCluster
 
+    settings: dict[str, Any] = {}
+    if api_timeout is not None:
+        # One request (or a stream's connect) must not outlast the whole wait for the
+        # API server: a host that drops packets would hold a connect for 30 s.
+        settings["request_timeout"] = min(30.0, api_timeout)
     try:
         if target.kind == "in-cluster":
-            return KubeCluster.in_cluster()
-        return KubeCluster.from_kubeconfig(target.path, target.context)
+            return KubeCluster.in_cluster(**settings)
+        return KubeCluster.from_kubeconfig(target.path, target.context, **settings)
     except BuildRuntimeError:
         raise
     except Exception as error:
@@ -111,9 +128,23 @@ def _kube_cluster(target: Target) -> Any:
         raise BadInput(f"cannot load {where}: {one_line(error)}") from None
 
 
+def server_of(cluster: object) -> str | None:
+    """The API server's address of a KubeCluster (None for the simulation)."""
+    api_client = getattr(cluster, "_api_client", None)
+    host = getattr(getattr(api_client, "configuration", None), "host", None)
+    return host if isinstance(host, str) and host else None
+
+
 @asynccontextmanager
-async def open_cluster(target: Target) -> AsyncIterator[Cluster]:
-    """The cluster of ``target``, closed on exit."""
-    cluster = _fake_cluster() if target.kind == "simulate" else _kube_cluster(target)
+async def open_cluster(
+    target: Target, *, pause_image: str | None = None, api_timeout: float | None = None
+) -> AsyncIterator[Cluster]:
+    """The cluster of ``target``, closed on exit. ``pause_image``: the placeholder the
+    simulation knows; ``api_timeout``: the bound of one request to a real cluster."""
+    cluster = (
+        _fake_cluster(pause_image)
+        if target.kind == "simulate"
+        else _kube_cluster(target, api_timeout)
+    )
     async with cluster:
         yield cluster
