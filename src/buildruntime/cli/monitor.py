@@ -11,6 +11,7 @@ import anyio
 
 from buildruntime.cli.console import Console
 from buildruntime.cli.exits import EXIT_OK, BadInput
+from buildruntime.cli.interrupts import cancelled_on_signals
 from buildruntime.cli.run import run_build
 from buildruntime.cli.target import Target, choose_target, open_cluster
 from buildruntime.cluster.port import Cluster
@@ -22,12 +23,18 @@ from buildruntime.spec import BuildSpec, StepSpec
 async def _monitor_command(target: Target, namespace: str, console: Console, demo: bool) -> int:
     from buildruntime.monitor import NamespaceMonitor
 
-    async with open_cluster(target) as cluster, NamespaceMonitor(cluster, namespace) as monitor:
+    status = EXIT_OK
+    async with (
+        cancelled_on_signals(console, "stopping") as interruption,
+        open_cluster(target) as cluster,
+        NamespaceMonitor(cluster, namespace) as monitor,
+    ):
         if not demo:
             async for event in monitor.events():
                 console.line(_event_json(event))
-            return EXIT_OK
-        return await _demo(cluster, namespace, monitor, console)
+        else:
+            status = await _demo(cluster, namespace, monitor, console)
+    return interruption.status or status
 
 
 async def _demo(cluster: Cluster, namespace: str, monitor: Any, console: Console) -> int:
@@ -55,20 +62,25 @@ async def _demo(cluster: Cluster, namespace: str, monitor: Any, console: Console
     async def one(rt: Runtime, spec: BuildSpec) -> None:
         await run_build(rt, spec, quiet)
 
-    async with anyio.create_task_group() as tg:
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def builds() -> None:
-            async with Runtime(cluster, namespace) as rt, anyio.create_task_group() as inner:
-                for spec in specs:
-                    inner.start_soon(one, rt, spec)
+            async def builds() -> None:
+                async with Runtime(cluster, namespace) as rt, anyio.create_task_group() as inner:
+                    for spec in specs:
+                        inner.start_soon(one, rt, spec)
 
-        tg.start_soon(builds)
-        async for event in monitor.events():
-            console.line(_event_json(event))
-            if event.kind == "deleted":
-                pending.discard(event.build_id)
-                if not pending:
-                    break
+            tg.start_soon(builds)
+            async for event in monitor.events():
+                console.line(_event_json(event))
+                if event.kind == "deleted":
+                    pending.discard(event.build_id)
+                    if not pending:
+                        break
+    finally:
+        # Its writer thread; off the event loop, since close() waits for it.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(quiet.close)
     return EXIT_OK
 
 
