@@ -250,11 +250,15 @@ async def _run_command(
     if settings.pause_image is not None:
         runtime_settings["pause_image"] = settings.pause_image
     async with (
-        cancelled_on_signals(console, "removing the build") as interruption,
         open_cluster(
             target, pause_image=settings.pause_image, api_timeout=settings.api_timeout
         ) as cluster,
         Runtime(cluster, settings.namespace, **runtime_settings) as rt,
+        # Inside the runtime, not around it: a signal cancels the run, whose cleanup
+        # then removes the build with the runtime's watches still running, so that it
+        # sees the pod go. Cancelling the runtime as well would stop those watches and
+        # leave a terminating pod behind unobserved.
+        cancelled_on_signals(console, "removing the build") as interruption,
     ):
         status = await run_build(rt, spec, console, server=server_of(cluster))
     return interruption.status or status
