@@ -4,8 +4,9 @@
 lines prefixed by the step's name, and ends with a summary table; after a failing step
 the rest are skipped. Its exit status is 0 when every step exited 0, otherwise the
 failing step's exit code (1 when the failure has none: an image that cannot be pulled,
-the pod gone, a timeout), 2 for bad input (an invalid or unreadable pipeline file), and
-130 when interrupted (the build is removed first).
+the pod gone, a timeout, an API server that stayed unreachable for ``--api-timeout``),
+2 for bad input (an invalid or unreadable pipeline file, a usage mistake), 130 on Ctrl-C
+and 143 on SIGTERM (the build is removed first).
 
 ``buildruntime monitor`` prints every domain event of every build in a namespace as one
 JSON object per line, until interrupted.
@@ -14,6 +15,9 @@ Where it runs: ``--simulate`` runs on an in-process :class:`FakeCluster` whose
 simulated images run the commands with the local ``/bin/sh``; otherwise on the cluster
 of ``--kubeconfig``, ``$KUBECONFIG`` or ``~/.kube/config``, or the one this process runs
 in; with none of those, ``run`` falls back to the simulation and says so.
+
+The modules: ``arguments`` (the parser), ``target`` (which cluster), ``console`` (the
+output), ``interrupts`` (SIGINT, SIGTERM), ``run`` and ``monitor`` (the commands).
 """
 
 from __future__ import annotations
