@@ -9,9 +9,8 @@ handler runs between awaits rather than as an exception in the middle of one.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 from anyio.abc import TaskStatus
@@ -21,41 +20,66 @@ from buildruntime.cli.console import Console
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-@dataclass
 class Interruption:
-    """The signal that interrupted the block, if one did."""
+    """The signal that interrupted the command, if one did, and what it cancels."""
 
-    signum: int | None = None
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._outer: anyio.CancelScope | None = None
+        self._work: anyio.CancelScope | None = None
+        self._work_done = False
 
     @property
     def status(self) -> int | None:
         """The exit status that reports it, None when not interrupted."""
         return None if self.signum is None else 128 + self.signum
 
+    @contextmanager
+    def cancels(self) -> Iterator[None]:
+        """The work a signal cancels. Cleanup around it (the runtime's, the cluster's)
+        is left to run: a signal before the block cancels the command's setup, one
+        after it is only recorded."""
+        with anyio.CancelScope() as scope:
+            self._work = scope
+            if self.signum is not None:
+                scope.cancel()
+            try:
+                yield
+            finally:
+                self._work = None
+                self._work_done = True
+
+    def _interrupt(self, signum: int) -> None:
+        self.signum = signum
+        if self._work is not None:
+            self._work.cancel()
+        elif not self._work_done and self._outer is not None:
+            self._outer.cancel()
+
 
 @asynccontextmanager
-async def cancelled_on_signals(console: Console, doing: str) -> AsyncIterator[Interruption]:
-    """Cancel the block at the first SIGINT or SIGTERM, saying so on stderr (``doing``:
-    what happens next, e.g. "removing the build"). Code in the block cleans up in
-    shielded ``finally`` clauses. After the first signal the handlers are the default
-    ones again, so a second Ctrl-C or SIGTERM stops a cleanup that takes too long."""
+async def receiving_signals(console: Console, doing: str) -> AsyncIterator[Interruption]:
+    """Receive SIGINT and SIGTERM while the block runs: the first cancels what runs in
+    :meth:`Interruption.cancels`, saying so on stderr (``doing``: what happens next,
+    e.g. "removing the build"). After it the handlers are the default ones again, so a
+    second Ctrl-C or SIGTERM stops a cleanup that takes too long."""
     interruption = Interruption()
     try:
         async with anyio.create_task_group() as tg:
+            interruption._outer = tg.cancel_scope
 
             async def receive(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
                 with anyio.open_signal_receiver(*SIGNALS) as signals:
                     task_status.started()
                     async for signum in signals:
-                        interruption.signum = int(signum)
                         name = signal.Signals(signum).name
                         console.note(f"buildruntime: interrupted by {name}, {doing}")
+                        interruption._interrupt(int(signum))
                         break
-                tg.cancel_scope.cancel()
 
             await tg.start(receive)
             yield interruption
-            tg.cancel_scope.cancel()
+            tg.cancel_scope.cancel()  # the receiver, when no signal came
     except BaseExceptionGroup as group:
         # The block's own error, not a group of one: the command says what went wrong
         # (a bad kubeconfig, say) in one line, as it does for an error raised outside.

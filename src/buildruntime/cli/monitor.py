@@ -11,7 +11,7 @@ import anyio
 
 from buildruntime.cli.console import Console
 from buildruntime.cli.exits import EXIT_OK, BadInput
-from buildruntime.cli.interrupts import cancelled_on_signals
+from buildruntime.cli.interrupts import receiving_signals
 from buildruntime.cli.run import run_build
 from buildruntime.cli.target import Target, choose_target, open_cluster
 from buildruntime.cluster.port import Cluster
@@ -25,15 +25,16 @@ async def _monitor_command(target: Target, namespace: str, console: Console, dem
 
     status = EXIT_OK
     async with (
-        cancelled_on_signals(console, "stopping") as interruption,
+        receiving_signals(console, "stopping") as interruption,
         open_cluster(target) as cluster,
         NamespaceMonitor(cluster, namespace) as monitor,
     ):
-        if not demo:
-            async for event in monitor.events():
-                console.line(_event_json(event))
-        else:
-            status = await _demo(cluster, namespace, monitor, console)
+        with interruption.cancels():
+            if not demo:
+                async for event in monitor.events():
+                    console.line(_event_json(event))
+            else:
+                status = await _demo(cluster, namespace, monitor, console)
     return interruption.status or status
 
 

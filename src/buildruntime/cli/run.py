@@ -16,7 +16,7 @@ import anyio
 from buildruntime.build import Build
 from buildruntime.cli.console import Console
 from buildruntime.cli.exits import EXIT_FAILED, EXIT_OK, BadInput
-from buildruntime.cli.interrupts import cancelled_on_signals
+from buildruntime.cli.interrupts import receiving_signals
 from buildruntime.cli.target import Target, choose_target, open_cluster, server_of
 from buildruntime.errors import BuildRuntimeError, ClusterUnavailableError
 from buildruntime.images import image_problem
@@ -250,17 +250,17 @@ async def _run_command(
     if settings.pause_image is not None:
         runtime_settings["pause_image"] = settings.pause_image
     async with (
+        receiving_signals(console, "removing the build") as interruption,
         open_cluster(
             target, pause_image=settings.pause_image, api_timeout=settings.api_timeout
         ) as cluster,
         Runtime(cluster, settings.namespace, **runtime_settings) as rt,
-        # Inside the runtime, not around it: a signal cancels the run, whose cleanup
-        # then removes the build with the runtime's watches still running, so that it
-        # sees the pod go. Cancelling the runtime as well would stop those watches and
-        # leave a terminating pod behind unobserved.
-        cancelled_on_signals(console, "removing the build") as interruption,
     ):
-        status = await run_build(rt, spec, console, server=server_of(cluster))
+        # A signal cancels the run only: its cleanup removes the build while the
+        # runtime's watches still run, so that it sees the pod go. Cancelling the
+        # runtime as well would stop those watches and leave a terminating pod behind.
+        with interruption.cancels():
+            status = await run_build(rt, spec, console, server=server_of(cluster))
     return interruption.status or status
 
 
