@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -467,6 +469,59 @@ def test_an_unreachable_cluster_fails_after_api_timeout_with_one_line(tmp_path: 
     assert lines[0].startswith("error: cannot reach the Kubernetes API server")
     assert f"https://127.0.0.1:{port}" in lines[0]
     assert "refused" in lines[0]
+
+
+def _kubeconfig(tmp_path: Path, server: str) -> Path:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: '{server}'}}}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+    )
+    return kubeconfig
+
+
+def test_an_api_server_that_refuses_everything_fails_after_api_timeout(tmp_path: Path) -> None:
+    """Answers, but none to go on with (a proxy's 403): one line that says so."""
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"kind":"Status","status":"Failure","reason":"Forbidden","code":403}'
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_DELETE = do_PATCH = do_GET
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        kubeconfig = str(_kubeconfig(tmp_path, address))
+        started = time.monotonic()
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "buildruntime", "run", "examples/hello.yaml"),
+                *("--kubeconfig", kubeconfig, "--api-timeout", "2"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+        )
+        server.shutdown()
+    assert done.returncode == 1
+    assert time.monotonic() - started < 10
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: the Kubernetes API server {address} kept failing")
+    assert "Forbidden" in lines[0]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -220,15 +221,33 @@ def library_logs(console: Console, *, verbose: bool) -> Iterator[None]:
     """While the block runs, the library's log records go to ``console``: errors only,
     unless ``verbose``. Without this, Python's last-resort handler prints every warning,
     and an unreachable API server makes a minute of "watch failed, retrying" lines that
-    say less than the one error the command prints when it gives up."""
+    say less than the one error the command prints when it gives up.
+
+    Python warnings go there too, one line each; a kubeconfig's
+    ``insecure-skip-tls-verify`` is the user's choice, said once rather than at every
+    request (urllib3's InsecureRequestWarning)."""
     logger = logging.getLogger("buildruntime")
     handler = _LogHandler(console, verbose=verbose)
     saved = (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logger.propagate = False
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
+        console.note(f"buildruntime: warning: {' '.join(str(message).split())}")
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            warnings.filterwarnings("once", message="Unverified HTTPS request")
+            yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])

@@ -6,9 +6,8 @@ import argparse
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -63,7 +62,7 @@ async def run_build(
     build = await rt.setup_build(spec)
     outcome = Outcome([Row(step) for step in spec.steps])
     current: list[Row] = []
-    explain = partial(_explain, rt=rt, server=server)
+    explain = _Explainer(rt, server)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_progress, build, console)
@@ -73,10 +72,13 @@ async def run_build(
                 with anyio.CancelScope(shield=True):
                     try:
                         await rt.remove_build(build)
-                    except ClusterUnavailableError:
-                        pass  # what made the build fail has been said; once is enough
                     except BuildRuntimeError as error:
-                        console.error(f"removing the build: {explain(error)}")
+                        # An API server that stayed unreachable is said once, whichever
+                        # request found it so.
+                        if not (
+                            isinstance(error, ClusterUnavailableError) and explain.said_unavailable
+                        ):
+                            console.error(f"removing the build: {explain(error)}")
                 tg.cancel_scope.cancel()
     finally:
         for row in current:
@@ -93,7 +95,7 @@ async def _run_steps(
     outcome: Outcome,
     current: list[Row],
     console: Console,
-    explain: Callable[[BuildRuntimeError], str],
+    explain: _Explainer,
 ) -> int:
     try:
         await rt.assemble_build(build)
@@ -113,7 +115,7 @@ async def _run_step(
     build: Build,
     row: Row,
     console: Console,
-    explain: Callable[[BuildRuntimeError], str],
+    explain: _Explainer,
 ) -> int:
     name = row.step.name
     row.result = "running"
@@ -149,17 +151,37 @@ async def _run_step(
     return result.exit_code or EXIT_FAILED
 
 
-def _explain(error: BuildRuntimeError, *, rt: Runtime, server: str | None) -> str:
-    """The one line that says what went wrong. An unreachable API server is said as
-    such, naming it and the wait, rather than as the request that happened to fail."""
-    if not isinstance(error, ClusterUnavailableError):
-        return str(error)
-    where = f" {server}" if server else ""
-    cause = _connection_cause(error.message or error.reason or "")
-    return (
-        f"cannot reach the Kubernetes API server{where} "
-        f"(gave up after {rt.api_timeout:g}s, see --api-timeout)" + (f": {cause}" if cause else "")
-    )
+class _Explainer:
+    """The one line that says what went wrong. An API server that could not be used is
+    said as such, naming it and the wait, rather than as the request that happened to
+    fail."""
+
+    def __init__(self, rt: Runtime, server: str | None) -> None:
+        self.api_timeout = rt.api_timeout
+        self.server = server
+        self.said_unavailable = False
+
+    def __call__(self, error: BuildRuntimeError) -> str:
+        if not isinstance(error, ClusterUnavailableError):
+            return str(error)
+        self.said_unavailable = True
+        where = f" {self.server}" if self.server else ""
+        message = error.message or error.reason or ""
+        cause = _connection_cause(message)
+        wait = f"gave up after {self.api_timeout:g}s, see --api-timeout"
+        if _CONNECTION_PROBLEM.search(message) or not cause:
+            problem = f"cannot reach the Kubernetes API server{where} ({wait})"
+        else:
+            # An answer, but not one to go on with (a 403, a proxy's 404, ...).
+            problem = f"the Kubernetes API server{where} kept failing the requests ({wait})"
+        return f"{problem}: {cause}" if cause else problem
+
+
+_CONNECTION_PROBLEM = re.compile(
+    r"connect|refused|unreachable|timed out|timeout|resolution|resolve|"
+    r"name or service|nodename|reset by peer|ssl|certificate",
+    re.IGNORECASE,
+)
 
 
 def _connection_cause(message: str) -> str:
