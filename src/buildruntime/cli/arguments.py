@@ -9,6 +9,7 @@ from typing import NoReturn
 from buildruntime.cli.exits import EXIT_BAD_INPUT
 from buildruntime.cli.monitor import cmd_monitor
 from buildruntime.cli.run import DEFAULT_API_TIMEOUT, PAUSE_IMAGE_VARIABLE, cmd_run
+from buildruntime.images import DEFAULT_PAUSE_IMAGE
 from buildruntime.pipeline import STEP_KEY_HELP, TOP_LEVEL_KEY_HELP
 
 
@@ -35,9 +36,9 @@ def pipeline_keys_help() -> str:
     """The epilog of ``run --help``: every key of the pipeline file, one line each."""
     width = max(len(key) for key in (*TOP_LEVEL_KEY_HELP, *STEP_KEY_HELP))
     lines = ["pipeline file keys:"]
-    lines += [f"  {key.ljust(width + 2)}  {text}" for key, text in TOP_LEVEL_KEY_HELP.items()]
+    lines += [f"  {key.ljust(width)}  {text}" for key, text in TOP_LEVEL_KEY_HELP.items()]
     lines.append("each step of steps:")
-    lines += [f"  {key.ljust(width + 2)}  {text}" for key, text in STEP_KEY_HELP.items()]
+    lines += [f"  {key.ljust(width)}  {text}" for key, text in STEP_KEY_HELP.items()]
     lines += [
         "",
         "example:",
@@ -91,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pause-image",
         metavar="IMAGE",
         help="placeholder image of steps not started yet, for clusters that cannot pull "
-        f"the default from registry.k8s.io (default: ${PAUSE_IMAGE_VARIABLE}, else the "
-        "library's default)",
+        f"the default (default: ${PAUSE_IMAGE_VARIABLE}, else {DEFAULT_PAUSE_IMAGE})",
     )
     run.add_argument(
         "--api-timeout",
