@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from buildruntime import cli
+from buildruntime.pipeline import load_pipeline_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -272,3 +279,336 @@ def test_colour_only_on_a_terminal(
     assert status == 3
     assert "\x1b[36m[build]\x1b[0m building" in out
     assert "\x1b[31mfailed" in out
+
+
+def _spawn(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "buildruntime", *args],
+        cwd=ROOT,
+        text=True,
+        env=kwargs.pop("env", _env()),
+        **kwargs,
+    )
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_sigterm_removes_the_build_and_exits_143(tmp_path: Path) -> None:
+    pidfile = tmp_path / "step.pid"
+    sleep = f"sleep 30.{os.getpid()}{time.monotonic_ns() % 1000:03d}"  # unique to this run
+    pipeline = tmp_path / "slow.yaml"
+    pipeline.write_text(
+        "build_id: slow-term\nsteps:\n"
+        f"  - {{name: wait, image: busybox, commands: ['echo $$ > {pidfile}', 'echo started',"
+        f" '{sleep}']}}\n"
+        "  - {name: after, image: busybox, commands: ['echo never']}\n"
+    )
+    process = _spawn(
+        "run", str(pipeline), "--simulate", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        assert process.stdout.readline() == "[wait] started\n"
+        step_pid = int(pidfile.read_text())
+        assert not _gone(step_pid)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert "interrupted by SIGTERM" in err
+    assert "Traceback" not in err
+    assert re.search(r"^wait\s+interrupted", out, re.MULTILINE), out
+    assert re.search(r"^after\s+skipped", out, re.MULTILINE), out
+    assert "never" not in out
+    # The step's shell and its sleep went with the build.
+    assert _gone(step_pid)
+    assert not [pid for pid in _processes() if sleep in _cmdline(pid)]
+
+
+def test_simulate_accepts_any_valid_image_name(tmp_path: Path) -> None:
+    pipeline = tmp_path / "images.yaml"
+    pipeline.write_text(
+        "steps:\n"
+        "  - {name: ubuntu, image: 'ubuntu:22.04', commands: ['echo on ubuntu']}\n"
+        "  - {name: private, image: 'registry.example.com/team/tool:1.2.3', "
+        "commands: ['echo on tool']}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", str(pipeline), "--simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert logs(done.stdout) == ["[ubuntu] on ubuntu", "[private] on tool"]
+    assert "not found" not in done.stderr
+
+
+def test_a_slow_stdout_reader_does_not_hold_the_build_back(tmp_path: Path) -> None:
+    """Nobody reads stdout until the build's last step has run: far more output than a
+    pipe holds must not stop the build, and every line arrives afterwards, in order."""
+    marker = tmp_path / "last-step-ran"
+    pipeline = tmp_path / "chatty.yaml"
+    pipeline.write_text(
+        "steps:\n"
+        "  - {name: chatty, image: busybox, commands: ['seq 1 20000']}\n"
+        f"  - {{name: last, image: busybox, commands: ['touch {marker}']}}\n"
+    )
+    errors = (tmp_path / "stderr").open("w")
+    process = _spawn("run", str(pipeline), "--simulate", stdout=subprocess.PIPE, stderr=errors)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert process.poll() is None, "the command ended before its last step ran"
+            assert time.monotonic() < deadline, "the build stalled while stdout was not read"
+            time.sleep(0.05)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        errors.close()
+    assert process.returncode == 0, (tmp_path / "stderr").read_text()
+    assert logs(out) == [f"[chatty] {i}" for i in range(1, 20001)]
+    rows = summary(out)
+    assert [r[:3] for r in rows.values()] == [["chatty", "ok", "0"], ["last", "ok", "0"]]
+
+
+def test_a_stdout_that_cannot_encode_gets_replacement_characters(tmp_path: Path) -> None:
+    pipeline = tmp_path / "unicode.yaml"
+    pipeline.write_text(
+        "steps: [{name: say, image: busybox, commands: ['echo caf\u00e9 \u2603', 'echo after']}]\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", str(pipeline), "--simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        env={**_env(), "PYTHONIOENCODING": "ascii"},
+    )
+    err = done.stderr.decode("ascii", errors="replace")
+    assert done.returncode == 0, err
+    assert "Traceback" not in err
+    assert logs(done.stdout.decode("ascii")) == ["[say] caf? ?", "[say] after"]
+
+
+def test_control_characters_are_escaped_when_stdout_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = tmp_path / "controls.yaml"
+    pipeline.write_text(
+        "steps: [{name: raw, image: busybox, commands: "
+        "[\"printf 'a\\\\033[31mred\\\\033[0m\\\\tb\\\\rc\\\\001d\\\\n'\"]}]\n"
+    )
+    status, out, err = run(capsys, "run", str(pipeline), "--simulate")
+    assert status == 0, err
+    assert logs(out) == ["[raw] a\\x1b[31mred\\x1b[0m\tb\\rc\\x01d"]
+    assert "\x1b" not in out
+    assert "\r" not in out
+
+
+def test_control_characters_pass_to_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    pipeline = tmp_path / "controls.yaml"
+    pipeline.write_text(
+        "steps: [{name: raw, image: busybox, commands: [\"printf 'a\\\\033[1mb\\\\n'\"]}]\n"
+    )
+    status, out, _ = run(capsys, "run", str(pipeline), "--simulate")
+    assert status == 0
+    assert logs(out) == ["[raw] a\x1b[1mb"]
+
+
+def test_an_unreachable_cluster_fails_after_api_timeout_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{port}', "
+        "insecure-skip-tls-verify: true}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "buildruntime",
+            "run",
+            "examples/hello.yaml",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--api-timeout",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: cannot reach the Kubernetes API server")
+    assert f"https://127.0.0.1:{port}" in lines[0]
+    assert "refused" in lines[0]
+
+
+def _kubeconfig(tmp_path: Path, server: str) -> Path:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: '{server}'}}}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+    )
+    return kubeconfig
+
+
+def test_an_api_server_that_refuses_everything_fails_after_api_timeout(tmp_path: Path) -> None:
+    """Answers, but none to go on with (a proxy's 403): one line that says so."""
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"kind":"Status","status":"Failure","reason":"Forbidden","code":403}'
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_DELETE = do_PATCH = do_GET
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"http://127.0.0.1:{server.server_address[1]}"
+        kubeconfig = str(_kubeconfig(tmp_path, address))
+        started = time.monotonic()
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "buildruntime", "run", "examples/hello.yaml"),
+                *("--kubeconfig", kubeconfig, "--api-timeout", "2"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+        )
+        server.shutdown()
+    assert done.returncode == 1
+    assert time.monotonic() - started < 10
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: the Kubernetes API server {address} kept failing")
+    assert "Forbidden" in lines[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
+def test_a_bad_api_timeout_is_a_one_line_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    status, out, err = run(
+        capsys, "run", str(EXAMPLES / "hello.yaml"), "--simulate", "--api-timeout", value
+    )
+    assert status == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--api-timeout" in err
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "run", str(EXAMPLES / "hello.yaml"), "--no-such-flag")
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--no-such-flag" in err
+
+
+def _recording_open_cluster(monkeypatch: pytest.MonkeyPatch, seen: list[object]) -> None:
+    from buildruntime.cli import run as run_module
+
+    real = run_module.open_cluster
+
+    @contextlib.asynccontextmanager
+    async def recording(*args: Any, **kwargs: Any) -> AsyncIterator[object]:
+        async with real(*args, **kwargs) as cluster:
+            seen.append(cluster)
+            yield cluster
+
+    monkeypatch.setattr(run_module, "open_cluster", recording)
+
+
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_pause_image_from_the_flag_or_the_environment(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    seen: list[Any] = []
+    _recording_open_cluster(monkeypatch, seen)
+    pipeline = tmp_path / "pause.yaml"
+    pipeline.write_text(
+        "build_id: pause-1\nsteps:\n"
+        "  - {name: one, image: busybox, commands: ['echo one']}\n"
+        "  - {name: two, image: busybox, commands: ['echo two']}\n"
+    )
+    image = "mirror.example.com/pause:3.10"
+    args = ["run", str(pipeline), "--simulate", "-n", "ci"]
+    if source == "flag":
+        monkeypatch.setenv("BUILDRUNTIME_PAUSE_IMAGE", "elsewhere.example.com/pause:1")
+        args += ["--pause-image", image]
+    else:
+        monkeypatch.setenv("BUILDRUNTIME_PAUSE_IMAGE", image)
+    status, out, err = run(capsys, *args)
+    assert status == 0, err
+    assert logs(out) == ["[one] one", "[two] two"]
+    (cluster,) = seen
+    created = cluster.history("ci", load_pipeline_file(pipeline).pod_name)[0]
+    assert [c["image"] for c in created["spec"]["containers"]] == [image, image]
+
+
+def test_a_bad_pause_image_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(
+        capsys, "run", str(EXAMPLES / "hello.yaml"), "--simulate", "--pause-image", "not an image"
+    )
+    assert status == 2
+    assert out == ""
+    assert err.strip() == "error: --pause-image 'not an image': must not contain whitespace"
+
+
+def test_run_help_lists_every_key_of_the_pipeline_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from buildruntime.pipeline import STEP_KEYS, TOP_LEVEL_KEYS
+
+    status, out, _ = run(capsys, "run", "--help")
+    assert status == 0
+    epilog = out[out.index("pipeline file keys:") :]
+    listed = [line.split()[0] for line in epilog.splitlines() if line.startswith("  ")]
+    for key in (*TOP_LEVEL_KEYS, *STEP_KEYS):
+        assert key in listed, key
+    assert "--pause-image" in out
+    assert "BUILDRUNTIME_PAUSE_IMAGE" in out
+    assert "--api-timeout" in out
+    assert "default: 30" in out

@@ -39,26 +39,31 @@ from buildruntime.spec import PULL_POLICIES, BuildSpec, StepSpec
 
 __all__ = ["load_pipeline", "load_pipeline_file", "load_pipeline_text"]
 
-TOP_LEVEL_KEYS = (
-    "build_id",
-    "steps",
-    "labels",
-    "annotations",
-    "service_account",
-    "node_selector",
-    "pause_image",
-)
-STEP_KEYS = (
-    "name",
-    "image",
-    "commands",
-    "entrypoint",
-    "env",
-    "working_dir",
-    "pull_policy",
-    "timeout",
-    "resources",
-)
+TOP_LEVEL_KEY_HELP = {
+    "build_id": "DNS-1123 label, unique in the namespace (default: stem + hex)",
+    "steps": "the list of steps, run in order (required)",
+    "labels": "extra labels of the build's pod (string to string)",
+    "annotations": "annotations of the build's pod (string to string)",
+    "service_account": "the service account the pod runs as",
+    "node_selector": "node labels the pod must run on (string to string)",
+    "pause_image": "placeholder of steps not started (default: --pause-image)",
+}
+"""Every key a pipeline file's top level accepts, with one line about it (``run --help``
+prints them)."""
+STEP_KEY_HELP = {
+    "name": "a DNS-1123 label, unique in the pipeline (required)",
+    "image": "the image the step runs in (required)",
+    "commands": "shell lines, run in order until one fails",
+    "entrypoint": "the list that runs the script (default: [/bin/sh, -c])",
+    "env": "environment variables (string to string)",
+    "working_dir": "the directory the commands run in",
+    "pull_policy": "Always, IfNotPresent (default) or Never",
+    "timeout": "seconds the step may run before it fails with TIMEOUT",
+    "resources": "{requests: {cpu: ..., memory: ...}, limits: {...}}",
+}
+"""Every key a step accepts, with one line about it."""
+TOP_LEVEL_KEYS = tuple(TOP_LEVEL_KEY_HELP)
+STEP_KEYS = tuple(STEP_KEY_HELP)
 
 _MAX_BUILD_ID = 63
 _SUFFIX_HEX = 6  # characters of random hex after the file stem

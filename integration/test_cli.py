@@ -1,0 +1,209 @@
+"""The command line as a user runs it, against the suite's target.
+
+``buildruntime run`` runs as a subprocess: on FakeCluster with ``--simulate`` (its own
+simulated cluster, in that process), on the real cluster with the suite's kubeconfig,
+namespace and pause image. The tests check what the user sees (exact log lines, the
+summary, the exit status) and what is left behind after a SIGTERM (nothing: no pod on
+the cluster, no step process on this machine).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, Process
+
+from buildruntime.pipeline import load_pipeline_file
+
+from .conftest import BUSYBOX, LOCAL_PAUSE_IMAGE, Target
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+BOUND = 120
+"""Seconds one CLI run may take on either target (a pull of busybox included) before the
+test fails instead of hanging."""
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _where(target: Target) -> list[str]:
+    """The options that point ``run`` at the suite's target."""
+    if target.kind == "fake":
+        return ["--simulate"]
+    return [
+        "--kubeconfig",
+        os.environ["KUBECONFIG"],
+        "--namespace",
+        target.namespace,
+        "--pause-image",
+        LOCAL_PAUSE_IMAGE,
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NO_COLOR", None)
+    env.pop("BUILDRUNTIME_PAUSE_IMAGE", None)  # the tests pass --pause-image themselves
+    return env
+
+
+@dataclass
+class Run:
+    """A running ``buildruntime run`` and what it wrote so far."""
+
+    process: Process
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    status: int | None = None
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode()
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode()
+
+    async def output(self, text: str) -> None:
+        """Wait until stdout holds ``text`` (bound it with ``fail_after``)."""
+        while text.encode() not in self.stdout:
+            assert self.status is None, f"exited {self.status} first:\n{self.out}{self.err}"
+            await anyio.sleep(0.05)
+
+
+@asynccontextmanager
+async def _cli(*args: str) -> AsyncIterator[Run]:
+    process = await anyio.open_process(
+        [sys.executable, "-m", "buildruntime", *args], cwd=ROOT, env=_env()
+    )
+    run = Run(process)
+
+    async def collect(stream: ByteReceiveStream | None, into: bytearray) -> None:
+        assert stream is not None
+        async for chunk in stream:
+            into.extend(chunk)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect, process.stdout, run.stdout)
+            tg.start_soon(collect, process.stderr, run.stderr)
+
+            async def wait() -> None:
+                run.status = await process.wait()
+
+            tg.start_soon(wait)
+            yield run
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
+
+
+async def _run_to_end(*args: str) -> Run:
+    with anyio.fail_after(BOUND):
+        async with _cli(*args) as run:
+            pass
+    return run
+
+
+def _logs(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("[")]
+
+
+def _summary(out: str) -> dict[str, list[str]]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("STEP "))
+    return {cells[0]: cells for cells in (re.split(r"\s{2,}", line) for line in lines[start + 1 :])}
+
+
+async def test_a_passing_pipeline(target: Target, tmp_path: Path) -> None:
+    pipeline = tmp_path / "passing.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-ok')}\nsteps:\n"
+        f"  - {{name: greet, image: {BUSYBOX}, commands: ['echo hello', 'echo done']}}\n"
+        f"  - {{name: count, image: {BUSYBOX}, commands: ['seq 1 3'], env: {{N: 3}}}}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    assert _logs(run.out) == [
+        "[greet] hello",
+        "[greet] done",
+        "[count] 1",
+        "[count] 2",
+        "[count] 3",
+    ]
+    rows = _summary(run.out)
+    assert [r[:3] for r in rows.values()] == [["greet", "ok", "0"], ["count", "ok", "0"]]
+    assert all(re.fullmatch(r"\d+(\.\d+)?s", r[3]) for r in rows.values()), rows
+    assert "Traceback" not in run.err
+    assert "error:" not in run.err
+
+
+async def test_a_failing_pipeline_exits_with_the_steps_code(target: Target, tmp_path: Path) -> None:
+    pipeline = tmp_path / "failing.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-fail')}\nsteps:\n"
+        f"  - {{name: build, image: {BUSYBOX}, commands: ['echo building']}}\n"
+        f"  - {{name: test, image: {BUSYBOX}, commands: ['echo 1 test failed', 'exit 3']}}\n"
+        f"  - {{name: publish, image: {BUSYBOX}, commands: ['echo never published']}}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 3, run.err
+    assert _logs(run.out) == ["[build] building", "[test] 1 test failed"]
+    rows = _summary(run.out)
+    assert rows["build"][:3] == ["build", "ok", "0"]
+    assert rows["test"][:3] == ["test", "failed", "3"]
+    assert rows["test"][4] == "APP_ERROR: Error"
+    assert rows["publish"] == ["publish", "skipped", "-", "-"]
+    assert "[test] failed: exit code 3 (APP_ERROR: Error)" in run.err.splitlines()
+    assert "Traceback" not in run.err
+
+
+async def test_sigterm_removes_the_build(target: Target, tmp_path: Path) -> None:
+    pidfile = tmp_path / "step.pid"
+    # On FakeCluster the step runs here and says which process it is; in a container
+    # its pid means nothing here, and the pod is what must go.
+    record = f"echo $$ > {pidfile}" if target.kind == "fake" else "true"
+    pipeline = tmp_path / "slow.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-term')}\nsteps:\n"
+        f"  - {{name: wait, image: {BUSYBOX}, commands: ['{record}', 'echo started', "
+        "'sleep 300']}\n"
+        f"  - {{name: after, image: {BUSYBOX}, commands: ['echo never']}}\n"
+    )
+    pod_name = load_pipeline_file(pipeline).pod_name
+    with anyio.fail_after(BOUND):
+        async with _cli("run", str(pipeline), *_where(target)) as run:
+            await run.output("[wait] started\n")
+            if target.kind == "cluster":
+                assert await target.read_pod(pod_name) is not None
+            run.process.send_signal(signal.SIGTERM)
+            terminated = time.monotonic()
+    assert run.status == 143, run.err
+    # Removal waits for the delete to be observed: bounded by the pod's grace period.
+    assert time.monotonic() - terminated < 30
+    assert "interrupted by SIGTERM" in run.err
+    assert "Traceback" not in run.err
+    assert re.search(r"^wait\s+interrupted", run.out, re.MULTILINE), run.out
+    assert re.search(r"^after\s+skipped", run.out, re.MULTILINE), run.out
+    assert "[after]" not in run.out
+    if target.kind == "fake":
+        step_pid = int(await anyio.Path(pidfile).read_text())
+        assert not await anyio.Path(f"/proc/{step_pid}").exists()
+    else:
+        assert await target.read_pod(pod_name) is None

@@ -1,0 +1,312 @@
+"""``buildruntime run``: run a pipeline file's steps in order, then print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from buildruntime.build import Build
+from buildruntime.cli.console import Console
+from buildruntime.cli.exits import EXIT_FAILED, EXIT_OK, BadInput
+from buildruntime.cli.interrupts import receiving_signals
+from buildruntime.cli.target import Target, choose_target, open_cluster, server_of
+from buildruntime.errors import BuildRuntimeError, ClusterUnavailableError
+from buildruntime.images import image_problem
+from buildruntime.pipeline import load_pipeline_file
+from buildruntime.results import StepResult
+from buildruntime.runtime import Runtime
+from buildruntime.spec import BuildSpec, StepSpec
+
+_RESULT_COLOURS = {"ok": "32", "failed": "31", "skipped": "2", "interrupted": "33"}
+
+
+@dataclass
+class Row:
+    """One line of the summary."""
+
+    step: StepSpec
+    result: str = "skipped"
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    step_result: StepResult | None = None
+    failure: str = ""
+
+    @property
+    def duration(self) -> float | None:
+        """Measured here, from the step's start (or its attempt to start) to its end: the
+        API's timestamps have whole seconds only."""
+        if self.started is not None and self.ended is not None:
+            return self.ended - self.started
+        return None
+
+
+@dataclass
+class Outcome:
+    rows: list[Row] = field(default_factory=list)
+    status: int = EXIT_OK
+
+
+async def run_build(
+    rt: Runtime, spec: BuildSpec, console: Console, *, server: str | None = None
+) -> int:
+    """Run every step of ``spec`` in order on ``rt``, always removing the build.
+    ``server``: the API server's address, for the message when it cannot be reached."""
+    build = await rt.setup_build(spec)
+    outcome = Outcome([Row(step) for step in spec.steps])
+    current: list[Row] = []
+    explain = _Explainer(rt, server)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_progress, build, console)
+            try:
+                outcome.status = await _run_steps(rt, build, outcome, current, console, explain)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await rt.remove_build(build)
+                    except BuildRuntimeError as error:
+                        # An API server that stayed unreachable is said once, whichever
+                        # request found it so.
+                        if not (
+                            isinstance(error, ClusterUnavailableError) and explain.said_unavailable
+                        ):
+                            console.error(f"removing the build: {explain(error)}")
+                tg.cancel_scope.cancel()
+    finally:
+        for row in current:
+            if row.result == "running":
+                row.result = "interrupted"
+                row.ended = time.monotonic()
+        _summary(outcome.rows, console)
+    return outcome.status
+
+
+async def _run_steps(
+    rt: Runtime,
+    build: Build,
+    outcome: Outcome,
+    current: list[Row],
+    console: Console,
+    explain: _Explainer,
+) -> int:
+    try:
+        await rt.assemble_build(build)
+    except BuildRuntimeError as error:
+        console.error(explain(error))
+        return EXIT_FAILED
+    for row in outcome.rows:
+        current[:] = [row]
+        status = await _run_step(rt, build, row, console, explain)
+        if status != EXIT_OK:
+            return status
+    return EXIT_OK
+
+
+async def _run_step(
+    rt: Runtime,
+    build: Build,
+    row: Row,
+    console: Console,
+    explain: _Explainer,
+) -> int:
+    name = row.step.name
+    row.result = "running"
+    row.started = time.monotonic()
+    try:
+        await rt.run_container(build, name)
+        row.started = time.monotonic()  # from here on, the step's own run time
+        async for raw in rt.tail_container(build, name):
+            console.log(name, raw)
+        result = await rt.wait_container(build, name)
+    except BuildRuntimeError as error:
+        row.ended = time.monotonic()
+        row.result = "failed"
+        row.failure = error.reason or type(error).__name__
+        try:
+            settled = await rt.inspect_container(build, name)
+        except BuildRuntimeError:
+            settled = None
+        if settled is not None and settled.failure is not None:
+            row.failure = _failure_text(settled)
+        console.error(explain(error))
+        return EXIT_FAILED
+    row.ended = time.monotonic()
+    row.step_result = result
+    row.exit_code = result.exit_code
+    if result.succeeded:
+        row.result = "ok"
+        return EXIT_OK
+    row.result = "failed"
+    row.failure = _failure_text(result)
+    detail = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
+    console.note(f"{console.prefix(name)} failed: {detail} ({row.failure})")
+    return result.exit_code or EXIT_FAILED
+
+
+class _Explainer:
+    """The one line that says what went wrong. An API server that could not be used is
+    said as such, naming it and the wait, rather than as the request that happened to
+    fail."""
+
+    def __init__(self, rt: Runtime, server: str | None) -> None:
+        self.api_timeout = rt.api_timeout
+        self.server = server
+        self.said_unavailable = False
+
+    def __call__(self, error: BuildRuntimeError) -> str:
+        if not isinstance(error, ClusterUnavailableError):
+            return str(error)
+        self.said_unavailable = True
+        where = f" {self.server}" if self.server else ""
+        message = error.message or error.reason or ""
+        cause = _connection_cause(message)
+        wait = f"gave up after {self.api_timeout:g}s, see --api-timeout"
+        if _CONNECTION_PROBLEM.search(message) or not cause:
+            problem = f"cannot reach the Kubernetes API server{where} ({wait})"
+        else:
+            # An answer, but not one to go on with (a 403, a proxy's 404, ...).
+            problem = f"the Kubernetes API server{where} kept failing the requests ({wait})"
+        return f"{problem}: {cause}" if cause else problem
+
+
+_CONNECTION_PROBLEM = re.compile(
+    r"connect|refused|unreachable|timed out|timeout|resolution|resolve|"
+    r"name or service|nodename|reset by peer|ssl|certificate",
+    re.IGNORECASE,
+)
+
+
+def _connection_cause(message: str) -> str:
+    """The gist of urllib3's connection error: "Connection refused", not the request,
+    the pool and the errno around it."""
+    text = re.sub(r"HTTPS?Connection(Pool)?\([^)]*\):\s*", "", message)
+    text = re.sub(r"\[Errno -?\d+\]\s*", "", text)
+    text = re.sub(r"^(list|watch|get|create|patch|delete) [^:]*:\s*", "", text)
+    return " ".join(text.split())
+
+
+def _failure_text(result: StepResult) -> str:
+    failure = result.failure.value if result.failure is not None else "UNKNOWN"
+    return f"{failure}: {result.reason}" if result.reason else failure
+
+
+async def _progress(build: Build, console: Console) -> None:
+    """Say on stderr what a step waits for before it starts (pulling its image), and
+    what holds the pod back (a FailedScheduling warning)."""
+    pulling: set[str] = set()
+    async for event in build.events():
+        if event.step is not None and event.kind == "pulling":
+            pulling.add(event.step)
+            image = build.spec.step(event.step).image
+            console.note(f"{console.prefix(event.step)} pulling {image}…")
+        elif event.step in pulling and event.kind == "pulled":
+            image = build.spec.step(event.step).image
+            console.note(f"{console.prefix(event.step)} pulled {image}")
+        elif event.step is None and event.kind == "warning":
+            console.note(f"[{build.build_id}] warning: {event.reason}: {event.message}")
+
+
+def _summary(rows: list[Row], console: Console) -> None:
+    table = [("STEP", "RESULT", "EXIT", "DURATION", "FAILURE")]
+    for row in rows:
+        duration = row.duration
+        table.append(
+            (
+                row.step.name,
+                row.result,
+                "-" if row.exit_code is None else str(row.exit_code),
+                "-" if duration is None else _seconds(duration),
+                row.failure,
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    console.line("")
+    for i, cells in enumerate(table):
+        parts = []
+        for j, cell in enumerate(cells):
+            padded = cell.ljust(widths[j]) if j < len(cells) - 1 else cell
+            if i > 0 and j == 1:
+                padded = console.paint(padded, _RESULT_COLOURS.get(cell))
+            elif i == 0:
+                padded = console.paint(padded, "1")
+            parts.append(padded)
+        console.line("  ".join(parts).rstrip())
+
+
+def _seconds(value: float) -> str:
+    if value < 10:
+        return f"{value:.2f}s"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(int(value), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+DEFAULT_API_TIMEOUT = 30.0
+"""Seconds ``run`` keeps trying an API server it cannot reach before it gives up."""
+PAUSE_IMAGE_VARIABLE = "BUILDRUNTIME_PAUSE_IMAGE"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What ``run``'s options set, beyond the pipeline file."""
+
+    namespace: str = "default"
+    pause_image: str | None = None
+    api_timeout: float = DEFAULT_API_TIMEOUT
+
+
+async def _run_command(
+    spec: BuildSpec, target: Target, settings: RunSettings, console: Console
+) -> int:
+    status = EXIT_FAILED
+    runtime_settings: dict[str, Any] = {"api_timeout": settings.api_timeout}
+    if settings.pause_image is not None:
+        runtime_settings["pause_image"] = settings.pause_image
+    async with (
+        receiving_signals(console, "removing the build") as interruption,
+        open_cluster(
+            target, pause_image=settings.pause_image, api_timeout=settings.api_timeout
+        ) as cluster,
+        Runtime(cluster, settings.namespace, **runtime_settings) as rt,
+    ):
+        # A signal cancels the run only: its cleanup removes the build while the
+        # runtime's watches still run, so that it sees the pod go. Cancelling the
+        # runtime as well would stop those watches and leave a terminating pod behind.
+        with interruption.cancels():
+            status = await run_build(rt, spec, console, server=server_of(cluster))
+    return interruption.status or status
+
+
+def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> RunSettings:
+    """The settings of ``run``'s options, checked: a bad value is a one-line BadInput."""
+    env = os.environ if environ is None else environ
+    pause_image: str | None = args.pause_image
+    source = "--pause-image"
+    if pause_image is None and env.get(PAUSE_IMAGE_VARIABLE):
+        pause_image, source = env[PAUSE_IMAGE_VARIABLE], PAUSE_IMAGE_VARIABLE
+    if pause_image is not None:
+        problem = image_problem(pause_image)
+        if problem:
+            raise BadInput(f"{source} {pause_image!r}: {problem}")
+    return RunSettings(
+        namespace=args.namespace, pause_image=pause_image, api_timeout=args.api_timeout
+    )
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    spec = load_pipeline_file(args.pipeline)
+    settings = run_settings(args)
+    target = choose_target(simulate=args.simulate, kubeconfig=args.kubeconfig, context=args.context)
+    assert target is not None
+    if target.note:
+        console.note(f"buildruntime: {target.note}")
+    return anyio.run(_run_command, spec, target, settings, console)

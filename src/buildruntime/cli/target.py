@@ -1,0 +1,150 @@
+"""Where a command runs: the simulation, a kubeconfig's cluster, or the one we run in."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from buildruntime.cli.exits import BadInput, one_line
+from buildruntime.cluster.port import Cluster
+from buildruntime.errors import BuildRuntimeError
+
+__all__ = ["SIMULATED_IMAGES", "Target", "choose_target", "open_cluster", "server_of"]
+
+SIMULATED_IMAGES = frozenset(
+    {
+        "busybox",
+        "alpine",
+        "alpine:3.20",
+        "golang:1.23",
+        "python:3.12",
+        "ubuntu:24.04",
+        "debian:12",
+        "node:22",
+    }
+)
+"""The images ``--simulate`` "pulls" when its FakeCluster cannot take every valid name."""
+
+_SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which cluster to use: the simulation, a kubeconfig, or the one we run in."""
+
+    kind: Literal["simulate", "kubeconfig", "in-cluster"]
+    path: str | None = None
+    context: str | None = None
+    note: str | None = None
+    """Said on stderr before running (the fallback to the simulation)."""
+
+
+def choose_target(
+    *,
+    simulate: bool,
+    kubeconfig: str | None,
+    context: str | None,
+    environ: Mapping[str, str] | None = None,
+    fallback: bool = True,
+) -> Target | None:
+    """The cluster to use, by the rules in the module docstring. None when no cluster
+    is configured and ``fallback`` is off."""
+    env = os.environ if environ is None else environ
+    if simulate:
+        return Target("simulate")
+    if kubeconfig:
+        path = Path(kubeconfig).expanduser()
+        if not path.is_file():
+            raise BadInput(f"--kubeconfig {kubeconfig}: no such file")
+        return Target("kubeconfig", str(path), context)
+    listed = [p for p in env.get("KUBECONFIG", "").split(os.pathsep) if p]
+    if listed:
+        if any(Path(p).expanduser().is_file() for p in listed):
+            return Target("kubeconfig", None, context)
+        raise BadInput(f"KUBECONFIG={env['KUBECONFIG']}: no such file")
+    home = env.get("HOME")
+    default = Path(home) / ".kube" / "config" if home else Path.home() / ".kube" / "config"
+    if default.is_file():
+        return Target("kubeconfig", str(default), context)
+    if env.get("KUBERNETES_SERVICE_HOST") and os.path.isfile(_SERVICE_ACCOUNT_TOKEN):
+        if context:
+            raise BadInput(f"--context {context}: no kubeconfig to take it from")
+        return Target("in-cluster")
+    if context:
+        raise BadInput(f"--context {context}: no kubeconfig found (--kubeconfig, KUBECONFIG)")
+    if not fallback:
+        return None
+    return Target(
+        "simulate",
+        note=(
+            "no Kubernetes cluster configured (no --kubeconfig, KUBECONFIG, ~/.kube/config "
+            "or service account): simulating, steps run with the local /bin/sh"
+        ),
+    )
+
+
+def _fake_cluster(pause_image: str | None) -> Any:
+    from buildruntime.testing import FakeCluster
+
+    settings: dict[str, Any] = {}
+    every_image: Any = None
+    if pause_image is not None:
+        # The simulated node must know the placeholder for what it is: an image that
+        # runs nothing and ignores its args.
+        settings["pause_image"] = pause_image
+    try:
+        # None: every valid image name is present, as a user of --simulate expects
+        # (ubuntu:22.04 is not "not found" because nobody listed it).
+        return FakeCluster(images=every_image, **settings)
+    except TypeError:
+        # A FakeCluster that needs its images listed: fall back to the usual ones.
+        return FakeCluster(images=set(SIMULATED_IMAGES), **settings)
+
+
+def _kube_cluster(target: Target, api_timeout: float | None) -> Any:
+    from buildruntime.cluster.kube import KubeCluster
+
+    settings: dict[str, Any] = {}
+    if api_timeout is not None:
+        # One request (or a stream's connect) must not outlast the whole wait for the
+        # API server: a host that drops packets would hold a connect for 30 s.
+        settings["request_timeout"] = min(30.0, api_timeout)
+    try:
+        if target.kind == "in-cluster":
+            return KubeCluster.in_cluster(**settings)
+        return KubeCluster.from_kubeconfig(target.path, target.context, **settings)
+    except BuildRuntimeError:
+        raise
+    except Exception as error:
+        where = "in-cluster configuration" if target.kind == "in-cluster" else "kubeconfig"
+        if target.path:
+            where += f" {target.path}"
+        if target.context:
+            where += f" (context {target.context})"
+        raise BadInput(f"cannot load {where}: {one_line(error)}") from None
+
+
+def server_of(cluster: object) -> str | None:
+    """The API server's address of a KubeCluster (None for the simulation)."""
+    api_client = getattr(cluster, "_api_client", None)
+    host = getattr(getattr(api_client, "configuration", None), "host", None)
+    return host if isinstance(host, str) and host else None
+
+
+@asynccontextmanager
+async def open_cluster(
+    target: Target, *, pause_image: str | None = None, api_timeout: float | None = None
+) -> AsyncIterator[Cluster]:
+    """The cluster of ``target``, closed on exit. ``pause_image``: the placeholder the
+    simulation knows; ``api_timeout``: the bound of one request to a real cluster."""
+    cluster = (
+        _fake_cluster(pause_image)
+        if target.kind == "simulate"
+        else _kube_cluster(target, api_timeout)
+    )
+    async with cluster:
+        yield cluster
