@@ -185,8 +185,10 @@ class PodFanout:
         ):
             kind: EventKind = "pulling" if event.reason == "Pulling" else "pulled"
             self._emit(step, kind, reason=event.reason, message=event.message, at=event.last_seen)
-        if step is not None and step not in self._failures and self._about_step_image(
-            step, event.message
+        if (
+            step is not None
+            and step not in self._failures
+            and self._about_step_image(step, event.message)
         ):
             failure = diagnosis.event_failure(event)
             if failure is not None:
