@@ -966,3 +966,25 @@ def test_decode_event_skips_what_is_not_an_event(
     assert decode_event(b"\xff\xfe") is None
     assert decode_event(b"{not json") is None
     assert len(caplog.records) == 4
+
+
+def test_no_kubeconfig_is_the_librarys_own_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The README's example on a machine with no cluster configured: one line, one of
+    our errors, not the client's ConfigException."""
+    from buildruntime import ClusterUnavailableError, Runtime
+    from buildruntime import sync as bsync
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ClusterUnavailableError, match="cannot load a kubeconfig") as info:
+        Runtime.from_kubeconfig(namespace="ci")
+    assert info.value.reason == "ConfigException"
+    with pytest.raises(ClusterUnavailableError, match="cannot load the kubeconfig /nowhere"):
+        Runtime.from_kubeconfig("/nowhere", namespace="ci")
+    with pytest.raises(ClusterUnavailableError), bsync.Runtime.from_kubeconfig(namespace="ci"):
+        pass
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ClusterUnavailableError, match="in-cluster configuration"):
+        Runtime.in_cluster(namespace="ci")

@@ -18,6 +18,8 @@ ETCD_BIN="$CACHE_ROOT/etcd-$ETCD_VERSION/bin"
 NODE_NAME=buildruntime-node
 
 PAUSE_IMAGE=localhost/pause:3.10
+# A second tag of the same pause image (see `up`): statuses report the placeholder by it.
+PAUSE_ALIAS=docker.io/kubernetes/pause:latest
 BUSYBOX_IMAGES="localhost/busybox:latest docker.io/library/busybox:latest localhost/busybox:1.35 docker.io/library/busybox:1.35"
 # images/build output lives in $CACHE_ROOT/images-<hash of its inputs> (set by `up`).
 REGISTRY_ADDR=127.0.0.1:5055

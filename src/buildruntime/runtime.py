@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -126,7 +126,11 @@ class Runtime:
         ``~/.kube/config`` when ``path`` is None)."""
         from buildruntime.cluster.kube import KubeCluster
 
-        cluster = KubeCluster.from_kubeconfig(path, context)
+        where = f"the kubeconfig {path}" if path else "a kubeconfig ($KUBECONFIG or ~/.kube/config)"
+        if context:
+            where += f" (context {context})"
+        with _configuration_error(f"cannot load {where}"):
+            cluster = KubeCluster.from_kubeconfig(path, context)
         return cls(cluster, namespace, owns_cluster=True, **settings)
 
     @classmethod
@@ -134,7 +138,9 @@ class Runtime:
         """A runtime for the cluster this process runs in (its service account)."""
         from buildruntime.cluster.kube import KubeCluster
 
-        return cls(KubeCluster.in_cluster(), namespace, owns_cluster=True, **settings)
+        with _configuration_error("cannot load the in-cluster configuration"):
+            cluster = KubeCluster.in_cluster()
+        return cls(cluster, namespace, owns_cluster=True, **settings)
 
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
@@ -688,3 +694,17 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             leaves.append(error)
     return leaves
+
+
+@contextlib.contextmanager
+def _configuration_error(summary: str) -> Iterator[None]:
+    """The client's own errors for a missing or broken configuration (``ConfigException``,
+    a file that is not YAML) as the library's: no cluster can be reached without one."""
+    try:
+        yield
+    except BuildRuntimeError:
+        raise
+    except Exception as error:
+        raise ClusterUnavailableError(
+            summary, reason=type(error).__name__, message=str(error)
+        ) from error
