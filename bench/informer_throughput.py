@@ -7,7 +7,7 @@ per event like the API server writes it, by a separate process. The same bytes a
 consumed by:
 
 - buildruntime: ``KubeCluster.watch`` → ``Store.apply_pod`` (the informer's hot path),
-  and the whole informer (``Reflector`` → ``Store`` → ``PodFanout``);
+  and the whole informer (``Informer`` → ``PodFanout`` → ``BuildView``);
 - the official client: ``watch.Watch().stream(core.list_namespaced_pod, ...)`` building
   ``V1Pod`` models (and the same with ``deserialize=False``, plain dicts);
 - the official client's ``kubernetes.informer.SharedInformer`` (list + watch into its
@@ -204,10 +204,10 @@ def other_decoders() -> list[tuple[str, Callable[[bytes], Any]]]:
     """Other decoders of the same lines, in memory: buildruntime's own (msgspec straight
     into its snapshots, the fields it does not keep skipped without being built) and,
     for the record, orjson (bench extra) building the same dicts as ``json.loads``."""
-    from buildruntime.informer.decoders import POD_EVENTS
+    from buildruntime.informer.decoders import POD_SNAPSHOTS
 
     decoders: list[tuple[str, Callable[[bytes], Any]]] = [
-        ("buildruntime's decoder: line → PodSnapshot (msgspec), in memory", POD_EVENTS)
+        ("buildruntime's decoder: line → PodSnapshot (msgspec), in memory", POD_SNAPSHOTS)
     ]
     try:
         import orjson
@@ -277,7 +277,7 @@ def bare_json_over_http(url: str, limit: int) -> Rate:
 
 async def _buildruntime_store(url: str, limit: int) -> Rate:
     from buildruntime.cluster.kube import KubeCluster
-    from buildruntime.informer.decoders import POD_EVENTS
+    from buildruntime.informer.decoders import POD_SNAPSHOTS
     from buildruntime.informer.store import Store
 
     store = Store()
@@ -286,7 +286,7 @@ async def _buildruntime_store(url: str, limit: int) -> Rate:
     async with KubeCluster(_api_client(url)) as cluster:
         started = time.perf_counter()
         async with cluster.watch(
-            "pods", NAMESPACE, resource_version=START_RV, decoder=POD_EVENTS
+            "pods", NAMESPACE, resource_version=START_RV, decoder=POD_SNAPSHOTS
         ) as events:
             apply = store.apply_pod
             async for event in events:
@@ -301,48 +301,48 @@ async def _buildruntime_store(url: str, limit: int) -> Rate:
 
 
 async def _buildruntime_informer(url: str, limit: int) -> Rate:
-    """The whole informer of a build: Reflector (list + watch) → Store → PodFanout, with
-    one fan-out per pod (each pod of the stream is one build's pod)."""
+    """The whole informer of a build: Informer (Reflector, list + watch → Store) →
+    PodFanout → BuildView, with one fan-out and view per pod (each pod of the stream is
+    one build's pod)."""
+    from buildruntime.build_view import BuildView
     from buildruntime.cluster.kube import KubeCluster
-    from buildruntime.informer.decoders import POD_EVENTS
     from buildruntime.informer.fanout import PodFanout
-    from buildruntime.informer.reflector import Reflector
-    from buildruntime.informer.snapshots import PodSnapshot
-    from buildruntime.informer.store import Store
+    from buildruntime.informer.informer import Informer
+    from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
+    from buildruntime.informer.store import Delta
 
-    store = Store()
     fanouts: dict[str, PodFanout] = {}
     steps = [f"step-{i}" for i in range(podgen.STEPS)]
     count = 0
     done = anyio.Event()
 
-    def replace(items: list[PodSnapshot]) -> None:
-        store.replace_pods(items)
-
-    def apply(kind: str, pod: PodSnapshot) -> None:
+    def on_pod(delta: Delta[PodSnapshot]) -> None:
         nonlocal count
-        delta = store.apply_pod(kind, pod)
-        if delta is not None:
-            name = pod.name
-            fanout = fanouts.get(name)
-            if fanout is None:
-                fanout = fanouts[name] = PodFanout(name, steps, podgen.PLACEHOLDER)
-            fanout.on_pod(delta)
+        pod = delta.new or delta.old
+        assert pod is not None
+        fanout = fanouts.get(pod.name)
+        if fanout is None:
+            view = BuildView(pod.name, steps)
+            fanout = fanouts[pod.name] = PodFanout(steps, podgen.PLACEHOLDER, view)
+        fanout.on_pod(delta)
         count += 1
         if count >= limit:
             done.set()
 
+    def on_event(delta: Delta[EventSnapshot]) -> None:
+        raise AssertionError("no events are watched here")
+
     async with KubeCluster(_api_client(url)) as cluster:
-        reflector = Reflector(
-            cluster, "pods", NAMESPACE, decoder=POD_EVENTS, replace=replace, apply=apply
-        )
+        informer = Informer(cluster, NAMESPACE, pod_labels=None, on_pod=on_pod, on_event=on_event)
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(reflector.run)
+            await tg.start(informer.run)
             await done.wait()
             elapsed = time.perf_counter() - started
             tg.cancel_scope.cancel()
-    return Rate("buildruntime: Reflector → Store → PodFanout (whole informer)", count, elapsed, 0)
+    return Rate(
+        "buildruntime: Informer → PodFanout → BuildView (whole informer)", count, elapsed, 0
+    )
 
 
 def buildruntime_store(url: str, limit: int) -> Rate:
@@ -431,7 +431,7 @@ def _held(build: Callable[[], Any]) -> tuple[int, Any]:
 def memory_per_pod(path: Path, pods: int) -> list[tuple[str, float]]:
     """KiB held per cached pod, over ``pods`` distinct pods from the middle of their
     builds (several steps done, one running, with placeholders' lastState)."""
-    from buildruntime.informer.decoders import POD_EVENTS
+    from buildruntime.informer.decoders import POD_SNAPSHOTS
     from buildruntime.informer.store import Store
 
     wanted = range(pods * 55, pods * 56)  # round 55 of the stream: every pod once
@@ -456,7 +456,7 @@ def memory_per_pod(path: Path, pods: int) -> list[tuple[str, float]]:
         store = Store()
         for text in objects:
             line = f'{{"type":"MODIFIED","object":{text}}}'.encode()
-            store.apply_pod("MODIFIED", POD_EVENTS(line).object)
+            store.apply_pod("MODIFIED", POD_SNAPSHOTS(line).object)
         return store
 
     def dicts() -> list[dict[str, Any]]:

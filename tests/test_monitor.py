@@ -266,4 +266,4 @@ async def test_pods_that_are_not_builds_are_ignored(cluster: FakeCluster, runtim
             tg.cancel_scope.cancel()
         await cluster.delete_pod("ci", "not-a-build")
     assert {json.loads(line)["build_id"] for line in collector.lines} == {"real-1"}
-    assert all(f.build_id == "real-1" for f in monitor.fanouts.values())
+    assert all(b.view.build_id == "real-1" for b in monitor.fanouts.values())

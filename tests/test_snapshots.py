@@ -11,7 +11,7 @@ import pytest
 
 from buildruntime.cluster.port import ApiError, ExpiredError
 from buildruntime.cluster.watch_events import decode_typed_event
-from buildruntime.informer.decoders import EVENT_EVENTS, POD_EVENTS
+from buildruntime.informer.decoders import EVENT_SNAPSHOTS, POD_SNAPSHOTS
 from buildruntime.informer.snapshots import PodSnapshot
 
 
@@ -77,7 +77,7 @@ POD: dict[str, Any] = {
 
 
 def test_a_pod_line_decodes_to_what_the_runtime_reads() -> None:
-    event = POD_EVENTS(_line("MODIFIED", POD))
+    event = POD_SNAPSHOTS(_line("MODIFIED", POD))
     pod = event.object
     assert (event.type, pod.name, pod.namespace, pod.uid, pod.resource_version) == (
         "MODIFIED",
@@ -117,7 +117,7 @@ def test_a_pod_line_decodes_to_what_the_runtime_reads() -> None:
         None,
     )
     # The same pod from a list item (a relist) is the same snapshot.
-    assert POD_EVENTS.from_item(POD) == pod
+    assert POD_SNAPSHOTS.from_item(POD) == pod
 
 
 def test_an_unscheduled_pod_says_why() -> None:
@@ -135,7 +135,7 @@ def test_an_unscheduled_pod_says_why() -> None:
             ],
         },
     }
-    pod = POD_EVENTS(_line("ADDED", obj)).object
+    pod = POD_SNAPSHOTS(_line("ADDED", obj)).object
     assert (pod.scheduled, pod.unschedulable_message, pod.deleting) == (False, "0/1 nodes", True)
     assert pod.containers == ()
     assert pod.container("a") is None
@@ -158,7 +158,7 @@ def test_an_event_line_decodes_to_what_the_runtime_reads() -> None:
         "firstTimestamp": "2026-11-23T10:00:00Z",
         "lastTimestamp": "2026-11-23T10:00:04Z",
     }
-    event = EVENT_EVENTS(_line("ADDED", obj)).object
+    event = EVENT_SNAPSHOTS(_line("ADDED", obj)).object
     assert (event.uid, event.resource_version, event.pod_name, event.pod_uid, event.container) == (
         "e1",
         "9",
@@ -176,7 +176,7 @@ def test_an_event_line_decodes_to_what_the_runtime_reads() -> None:
         "2026-11-23T10:00:00Z",
         "2026-11-23T10:00:09.000000Z",
     )
-    bare = EVENT_EVENTS(
+    bare = EVENT_SNAPSHOTS(
         _line(
             "ADDED",
             {"metadata": {"name": "n"}, "involvedObject": {"fieldPath": "spec.initContainers{x}"}},
@@ -196,7 +196,7 @@ def test_an_unexpected_field_type_still_arrives_through_the_lenient_path(
 ) -> None:
     odd = json.loads(json.dumps(POD))
     odd["status"]["containerStatuses"][0]["restartCount"] = "2"  # a string, not an int
-    event = decode_typed_event(_line("MODIFIED", odd), POD_EVENTS)
+    event = decode_typed_event(_line("MODIFIED", odd), POD_SNAPSHOTS)
     assert event is not None
     container = event.object.container("a")
     assert container is not None
@@ -206,12 +206,12 @@ def test_an_unexpected_field_type_still_arrives_through_the_lenient_path(
 
 def test_what_is_not_an_event_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="buildruntime.cluster")
-    assert decode_typed_event(b"{not json", POD_EVENTS) is None
-    assert decode_typed_event(b'{"type": "ADDED", "object": [1, 2]}', POD_EVENTS) is None
+    assert decode_typed_event(b"{not json", POD_SNAPSHOTS) is None
+    assert decode_typed_event(b'{"type": "ADDED", "object": [1, 2]}', POD_SNAPSHOTS) is None
     assert len(caplog.records) == 2
 
 
-@pytest.mark.parametrize("decoder", [POD_EVENTS, EVENT_EVENTS])
+@pytest.mark.parametrize("decoder", [POD_SNAPSHOTS, EVENT_SNAPSHOTS])
 def test_error_events_raise_whatever_the_decoder(decoder: Any) -> None:
     expired = {
         "kind": "Status",
@@ -235,7 +235,7 @@ def test_error_events_raise_whatever_the_decoder(decoder: Any) -> None:
 
 
 def test_snapshots_are_immutable() -> None:
-    pod = POD_EVENTS(_line("ADDED", POD)).object
+    pod = POD_SNAPSHOTS(_line("ADDED", POD)).object
     assert isinstance(pod, PodSnapshot)
     with pytest.raises(AttributeError):
         pod.metadata = pod.metadata  # type: ignore[misc]
@@ -248,7 +248,7 @@ def test_a_real_pods_bookmark_decodes_to_its_resource_version() -> None:
         b'{"resourceVersion":"2137","creationTimestamp":null},"spec":{"containers":null},'
         b'"status":{}}}'
     )
-    event = decode_typed_event(line, POD_EVENTS)
+    event = decode_typed_event(line, POD_SNAPSHOTS)
     assert event is not None
     assert (event.type, event.object.resource_version) == ("BOOKMARK", "2137")
     assert (event.object.containers, event.object.spec_images) == ((), {})

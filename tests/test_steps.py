@@ -350,7 +350,7 @@ async def test_a_removed_build_is_held_only_by_its_handle(runtime: Runtime) -> N
         runtime, BuildSpec(build_id="forget-1", steps=[step("s", "echo x")])
     )
     assert await runtime.inspect_container(outcome.build, "s") == outcome.steps["s"].result
-    held = weakref.ref(outcome.build._state)
+    held = weakref.ref(outcome.build._controller)
     del outcome
     gc.collect()
     assert held() is None, "the runtime still holds a removed build"

@@ -17,6 +17,7 @@ from buildruntime.errors import (
 from buildruntime.events import BuildEvent
 from buildruntime.results import Failure, StepResult
 from buildruntime.runtime import Runtime
+from buildruntime.settings import RuntimeSettings
 from buildruntime.spec import BuildSpec, StepSpec
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ImagePullError",
     "PodGoneError",
     "Runtime",
+    "RuntimeSettings",
     "SchedulingError",
     "SpecError",
     "StepResult",

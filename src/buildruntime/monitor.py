@@ -1,10 +1,10 @@
 """The namespace monitor: every build the runtime made in a namespace, as domain events.
 
-One pod reflector over the pods labelled as the runtime's own and one events reflector
-over the namespace's pod events feed one cache; each pod gets a
-:class:`~buildruntime.informer.fanout.PodFanout` built from its own annotations (its
-steps and placeholder image) the first time it is seen, and every fan-out publishes its
-domain events to the one topic :meth:`NamespaceMonitor.events` follows. Two watches in
+One informer (a pod reflector over the pods labelled as the runtime's own and an events
+reflector over the namespace's pod events, one cache) feeds every build: each pod gets a
+fan-out and a build view built from its own annotations (its steps and placeholder
+image) the first time it is seen, and every build view publishes its domain events to
+the one topic :meth:`NamespaceMonitor.events` follows. Two watches in
 all, however many builds run; the reflectors ride out dropped watches, 410s and outages,
 and the fan-outs drop what a relist repeats, so no transition is lost or reported twice.
 
@@ -27,15 +27,17 @@ from typing import Self
 import anyio
 from cachetools import TTLCache
 
+from buildruntime.build_view import BuildView
 from buildruntime.cluster.port import Cluster
 from buildruntime.events import BuildEvent
-from buildruntime.informer.decoders import EVENT_EVENTS, POD_EVENTS
 from buildruntime.informer.fanout import PodFanout
+from buildruntime.informer.informer import Informer
 from buildruntime.informer.reflector import Reflector, ReflectorSettings
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta, Store
 from buildruntime.informer.topic import Topic
-from buildruntime.labels import managed_selector
+from buildruntime.labels import BUILD_ID, managed_selector
+from buildruntime.spec import PAUSE_ANNOTATION, STEPS_ANNOTATION
 
 log = logging.getLogger("buildruntime.monitor")
 
@@ -64,9 +66,17 @@ class NamespaceMonitor:
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.store = Store()
-        self.fanouts: dict[str, PodFanout] = {}
-        """Fan-outs by pod uid."""
+        self.informer = Informer(
+            cluster,
+            namespace,
+            pod_labels=managed_selector(),
+            event_fields="involvedObject.kind=Pod",
+            on_pod=self._on_pod,
+            on_event=self._on_event,
+            settings=settings,
+        )
+        self.fanouts: dict[str, _PodBuild] = {}
+        """Each build pod's fan-out and view, by pod uid."""
         self._ignored: set[str] = set()
         """Uids of labelled pods without the runtime's annotations: not builds."""
         self._topic: Topic[BuildEvent] = Topic(retain=retain)
@@ -77,27 +87,21 @@ class NamespaceMonitor:
         expire after ``hold_unknown`` seconds, the oldest go first past ``max_held``."""
         self._deleted: deque[tuple[float, str]] = deque()
         self._keep_deleted = keep_deleted
-        self.pod_reflector = Reflector(
-            cluster,
-            "pods",
-            namespace,
-            label_selector=managed_selector(),
-            decoder=POD_EVENTS,
-            replace=self._replace_pods,
-            apply=self._apply_pod,
-            settings=settings,
-        )
-        self.event_reflector = Reflector(
-            cluster,
-            "events",
-            namespace,
-            field_selector="involvedObject.kind=Pod",
-            decoder=EVENT_EVENTS,
-            replace=self._replace_events,
-            apply=self._apply_event,
-            settings=settings,
-        )
         self._stack: AsyncExitStack | None = None
+
+    @property
+    def store(self) -> Store:
+        return self.informer.store
+
+    @property
+    def pod_reflector(self) -> Reflector[PodSnapshot]:
+        return self.informer.pod_reflector
+
+    @property
+    def event_reflector(self) -> Reflector[EventSnapshot]:
+        reflector = self.informer.event_reflector
+        assert reflector is not None, "the monitor is not running"
+        return reflector
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -106,8 +110,7 @@ class NamespaceMonitor:
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(self._topic.close)
         stack.callback(tg.cancel_scope.cancel)
-        tg.start_soon(self.pod_reflector.run)
-        tg.start_soon(self.event_reflector.run)
+        await tg.start(self.informer.run)
         self._stack = stack
         return self
 
@@ -123,17 +126,16 @@ class NamespaceMonitor:
         try:
             return await stack.__aexit__(exc_type, exc, tb)
         finally:
-            for fanout in self.fanouts.values():
-                fanout.close()
+            for build in self.fanouts.values():
+                build.view.close()
 
     async def wait_synced(self) -> None:
         """Wait until both reflectors have listed once (the cache holds the namespace)."""
-        await self.pod_reflector.synced.wait()
-        await self.event_reflector.synced.wait()
+        await self.informer.wait_synced()
 
     @property
     def synced(self) -> bool:
-        return self.pod_reflector.synced.is_set() and self.event_reflector.synced.is_set()
+        return self.informer.event_reflector is not None and self.informer.synced
 
     def events(self, *, from_now: bool = False) -> AsyncIterator[BuildEvent]:
         """Every domain event of every build seen (from the first retained one, or from
@@ -143,15 +145,6 @@ class NamespaceMonitor:
         return self._topic.follow()
 
     # -- pods -------------------------------------------------------------------------
-
-    def _replace_pods(self, items: list[PodSnapshot]) -> None:
-        for delta in self.store.replace_pods(items):
-            self._on_pod(delta)
-
-    def _apply_pod(self, kind: str, pod: PodSnapshot) -> None:
-        delta = self.store.apply_pod(kind, pod)
-        if delta is not None:
-            self._on_pod(delta)
 
     def _on_pod(self, delta: Delta[PodSnapshot]) -> None:
         old, new = delta.old, delta.new
@@ -166,47 +159,38 @@ class NamespaceMonitor:
     def _route_pod(self, delta: Delta[PodSnapshot]) -> None:
         pod = delta.new or delta.old
         assert pod is not None
-        fanout = self.fanouts.get(pod.uid)
-        if fanout is None:
+        build = self.fanouts.get(pod.uid)
+        if build is None:
             if delta.new is None or pod.uid in self._ignored:
                 return
-            fanout = PodFanout.for_pod(pod, publish=[self._topic])
-            if fanout is None:
+            build = _PodBuild.for_pod(pod, publish=[self._topic])
+            if build is None:
                 log.debug("pod %s carries the runtime's label but not its annotations", pod.name)
                 self._ignored.add(pod.uid)
                 return
-            self.fanouts[pod.uid] = fanout
-            fanout.on_pod(delta)
+            self.fanouts[pod.uid] = build
+            build.fanout.on_pod(delta)
             self._release_held(pod)
             return
-        fanout.on_pod(delta)
+        build.fanout.on_pod(delta)
         if delta.new is None:
             self._deleted.append((anyio.current_time(), pod.uid))
             self._ignored.discard(pod.uid)
 
     # -- events -----------------------------------------------------------------------
 
-    def _replace_events(self, items: list[EventSnapshot]) -> None:
-        for delta in self.store.replace_events(items):
-            self._on_event(delta)
-
-    def _apply_event(self, kind: str, event: EventSnapshot) -> None:
-        delta = self.store.apply_event(kind, event)
-        if delta is not None:
-            self._on_event(delta)
-
     def _on_event(self, delta: Delta[EventSnapshot]) -> None:
         event = delta.new
         if event is None:
             return
-        fanout = self._fanout_for(event)
-        if fanout is not None:
-            fanout.on_event(delta)
+        build = self._build_for(event)
+        if build is not None:
+            build.fanout.on_event(delta)
         elif not (event.pod_uid and event.pod_uid in self._ignored):
             self._hold(event, delta)
         self._expire()
 
-    def _fanout_for(self, event: EventSnapshot) -> PodFanout | None:
+    def _build_for(self, event: EventSnapshot) -> _PodBuild | None:
         if event.pod_uid:
             return self.fanouts.get(event.pod_uid)
         pod = self.store.pods.get(event.pod_name)
@@ -216,7 +200,7 @@ class NamespaceMonitor:
         self._held[event.uid] = (event.pod_name, event.pod_uid, delta)
 
     def _release_held(self, pod: PodSnapshot) -> None:
-        fanout = self.fanouts[pod.uid]
+        fanout = self.fanouts[pod.uid].fanout
         ready = [
             uid
             for uid, (name, pod_uid, _) in list(self._held.items())
@@ -230,7 +214,29 @@ class NamespaceMonitor:
         self._held.expire()
         while self._deleted and now - self._deleted[0][0] >= self._keep_deleted:
             _, uid = self._deleted.popleft()
-            fanout = self.fanouts.get(uid)
-            if fanout is not None and fanout.gone:
-                fanout.close()
+            build = self.fanouts.get(uid)
+            if build is not None and build.fanout.gone:
+                build.view.close()
                 del self.fanouts[uid]
+
+
+class _PodBuild:
+    """One build pod the monitor follows: its fan-out and the view it feeds."""
+
+    __slots__ = ("fanout", "view")
+
+    def __init__(self, fanout: PodFanout, view: BuildView) -> None:
+        self.fanout = fanout
+        self.view = view
+
+    @classmethod
+    def for_pod(cls, pod: PodSnapshot, *, publish: list[Topic[BuildEvent]]) -> _PodBuild | None:
+        """From the pod's own annotations, for a pod the runtime made; None otherwise."""
+        steps = pod.annotation(STEPS_ANNOTATION)
+        placeholder = pod.annotation(PAUSE_ANNOTATION)
+        build_id = pod.label(BUILD_ID)
+        if not steps or not placeholder or not build_id:
+            return None
+        names = steps.split(",")
+        view = BuildView(build_id, names, publish=publish)
+        return cls(PodFanout(names, placeholder, view, pod_uid=pod.uid), view)

@@ -40,17 +40,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from buildruntime import runtime as _async
 from buildruntime.build import Build as AsyncBuild
+from buildruntime.build_view import StepView
 from buildruntime.cluster.port import JSON, Cluster
 from buildruntime.events import BuildEvent
-from buildruntime.informer.fanout import StepView
 from buildruntime.results import StepResult
+from buildruntime.settings import RuntimeOptions, RuntimeSettings, resolve
 from buildruntime.spec import BuildSpec
 
 __all__ = ["Build", "Runtime", "SyncIterator"]
@@ -251,19 +252,27 @@ class Runtime:
     """A :class:`buildruntime.Runtime` behind a blocking API. Use it as a context manager.
 
     Takes the same arguments as the async runtime, plus ``backend`` (``"asyncio"`` or
-    ``"trio"``) for the portal's event loop. The async runtime is built on that loop when
-    the ``with`` block is entered, so invalid settings raise there.
+    ``"trio"``) for the portal's event loop. Settings are checked here, as the async
+    runtime checks them; the async runtime itself is built on that loop when the
+    ``with`` block is entered (a kubeconfig is loaded then).
     """
 
     def __init__(
         self,
         cluster: Cluster,
         namespace: str = "default",
+        settings: RuntimeSettings | None = None,
         *,
+        owns_cluster: bool = False,
         backend: str = "asyncio",
-        **settings: Any,
+        **options: Unpack[RuntimeOptions],
     ) -> None:
-        self._init_with(lambda: _async.Runtime(cluster, namespace, **settings), namespace, backend)
+        resolved = resolve(settings, options)
+        self._init_with(
+            lambda: _async.Runtime(cluster, namespace, resolved, owns_cluster=owns_cluster),
+            namespace,
+            backend,
+        )
 
     @classmethod
     def from_kubeconfig(
@@ -271,14 +280,16 @@ class Runtime:
         path: str | None = None,
         context: str | None = None,
         namespace: str = "default",
+        settings: RuntimeSettings | None = None,
         *,
         backend: str = "asyncio",
-        **settings: Any,
+        **options: Unpack[RuntimeOptions],
     ) -> Runtime:
         """A runtime for the cluster a kubeconfig names (loaded on ``__enter__``)."""
+        resolved = resolve(settings, options)
         rt = cls.__new__(cls)
         rt._init_with(
-            lambda: _async.Runtime.from_kubeconfig(path, context, namespace, **settings),
+            lambda: _async.Runtime.from_kubeconfig(path, context, namespace, resolved),
             namespace,
             backend,
         )
@@ -286,11 +297,17 @@ class Runtime:
 
     @classmethod
     def in_cluster(
-        cls, namespace: str = "default", *, backend: str = "asyncio", **settings: Any
+        cls,
+        namespace: str = "default",
+        settings: RuntimeSettings | None = None,
+        *,
+        backend: str = "asyncio",
+        **options: Unpack[RuntimeOptions],
     ) -> Runtime:
         """A runtime for the cluster this process runs in (loaded on ``__enter__``)."""
+        resolved = resolve(settings, options)
         rt = cls.__new__(cls)
-        rt._init_with(lambda: _async.Runtime.in_cluster(namespace, **settings), namespace, backend)
+        rt._init_with(lambda: _async.Runtime.in_cluster(namespace, resolved), namespace, backend)
         return rt
 
     def _init_with(

@@ -57,5 +57,8 @@ class SnapshotDecoder(Generic[S]):
         return snapshot
 
 
-POD_EVENTS: SnapshotDecoder[PodSnapshot] = SnapshotDecoder(PodSnapshot)
-EVENT_EVENTS: SnapshotDecoder[EventSnapshot] = SnapshotDecoder(EventSnapshot)
+POD_SNAPSHOTS: SnapshotDecoder[PodSnapshot] = SnapshotDecoder(PodSnapshot)
+EVENT_SNAPSHOTS: SnapshotDecoder[EventSnapshot] = SnapshotDecoder(EventSnapshot)
+# Former names, kept while callers move to the ones above.
+POD_EVENTS = POD_SNAPSHOTS
+EVENT_EVENTS = EVENT_SNAPSHOTS

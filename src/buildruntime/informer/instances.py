@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import msgspec
 
-from buildruntime.images import same_image
+from buildruntime.informer.image_names import same_image
 from buildruntime.informer.snapshots import ContainerSnapshot, ContainerState
 
 

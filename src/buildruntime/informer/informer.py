@@ -1,0 +1,125 @@
+"""The informer: a pods reflector and an events reflector feeding one store, whose deltas
+go to handlers (client-go's ``SharedIndexInformer``: reflector + store + handlers).
+
+A build has one over its own pod (by its build-id label) and, once the pod exists, the
+Events about exactly that pod (by uid); the namespace monitor has one over every pod the
+runtime labelled and the namespace's pod Events. The store is the cache; handlers are
+called with each difference in the order the reflectors applied them, and must not block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from buildruntime.cluster.port import Cluster
+from buildruntime.informer.decoders import EVENT_SNAPSHOTS, POD_SNAPSHOTS
+from buildruntime.informer.reflector import Reflector, ReflectorSettings
+from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
+from buildruntime.informer.store import Delta, Store
+
+PodHandler = Callable[[Delta[PodSnapshot]], None]
+EventHandler = Callable[[Delta[EventSnapshot]], None]
+
+
+class Informer:
+    """Pods matching a label selector and, from when it is known, Events matching a
+    field selector, cached in one :class:`Store`; every change goes to the handlers."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        *,
+        pod_labels: str | None,
+        on_pod: PodHandler,
+        on_event: EventHandler,
+        settings: ReflectorSettings | None = None,
+        event_fields: str | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.store = Store()
+        self._on_pod = on_pod
+        self._on_event = on_event
+        self._settings = settings
+        self.pod_reflector = Reflector(
+            cluster,
+            "pods",
+            namespace,
+            label_selector=pod_labels,
+            decoder=POD_SNAPSHOTS,
+            replace=self._replace_pods,
+            apply=self._apply_pod,
+            settings=settings,
+        )
+        self.event_reflector: Reflector[EventSnapshot] | None = None
+        self._event_fields = event_fields
+        self._task_group: TaskGroup | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the reflectors until cancelled."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                tg.start_soon(self.pod_reflector.run)
+                if self._event_fields is not None:
+                    self._start_events(self._event_fields)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._task_group = None
+
+    def watch_events(self, field_selector: str) -> None:
+        """Start the events reflector with ``field_selector`` (once; the informer runs)."""
+        assert self._task_group is not None, "the informer is not running"
+        assert self.event_reflector is None, "events are already watched"
+        self._start_events(field_selector)
+
+    def _start_events(self, field_selector: str) -> None:
+        assert self._task_group is not None
+        self.event_reflector = Reflector(
+            self.cluster,
+            "events",
+            self.namespace,
+            field_selector=field_selector,
+            decoder=EVENT_SNAPSHOTS,
+            replace=self._replace_events,
+            apply=self._apply_event,
+            settings=self._settings,
+        )
+        self._task_group.start_soon(self.event_reflector.run)
+
+    @property
+    def synced(self) -> bool:
+        """Both reflectors (those started) have listed once."""
+        events = self.event_reflector
+        return self.pod_reflector.synced.is_set() and (events is None or events.synced.is_set())
+
+    async def wait_synced(self) -> None:
+        """Wait until the reflectors started so far have listed once."""
+        await self.pod_reflector.synced.wait()
+        if self.event_reflector is not None:
+            await self.event_reflector.synced.wait()
+
+    # -- store → handlers ---------------------------------------------------------------
+
+    def _replace_pods(self, items: list[PodSnapshot]) -> None:
+        for delta in self.store.replace_pods(items):
+            self._on_pod(delta)
+
+    def _apply_pod(self, kind: str, pod: PodSnapshot) -> None:
+        delta = self.store.apply_pod(kind, pod)
+        if delta is not None:
+            self._on_pod(delta)
+
+    def _replace_events(self, items: list[EventSnapshot]) -> None:
+        for delta in self.store.replace_events(items):
+            self._on_event(delta)
+
+    def _apply_event(self, kind: str, event: EventSnapshot) -> None:
+        delta = self.store.apply_event(kind, event)
+        if delta is not None:
+            self._on_event(delta)

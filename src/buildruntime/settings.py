@@ -1,0 +1,104 @@
+"""The runtime's settings: one typed object, accepted by every constructor.
+
+``Runtime(cluster, settings=RuntimeSettings(...))`` and the keyword form
+``Runtime(cluster, delete_timeout=30)`` are the same thing: keywords override the fields
+of ``settings`` (or of the defaults), and mypy checks them (:class:`RuntimeOptions`).
+``resync_period`` has one home, the reflector's settings; the keyword sets it there, and
+giving it twice with different values is an error rather than a silent choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+from buildruntime.errors import SpecError
+from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
+from buildruntime.informer.reflector import ReflectorSettings
+from buildruntime.logs import DEFAULT_MEMORY_LIMIT
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How a runtime runs its builds. Invalid values raise :class:`SpecError`."""
+
+    pause_image: str = DEFAULT_PAUSE_IMAGE
+    """The placeholder every step starts on; the cluster's nodes must be able to pull it."""
+    schedule_timeout: float = 120.0
+    """How long ``assemble_build`` waits for the pod to be scheduled and its placeholders
+    to start."""
+    delete_timeout: float = 60.0
+    """The bound of ``remove_build`` (draining logs, the delete)."""
+    api_timeout: float = 60.0
+    """How long a create/patch/delete keeps retrying an unreachable API server."""
+    log_memory_limit: int = DEFAULT_MEMORY_LIMIT
+    """Per step, log bytes kept in memory before the capture spills to a file."""
+    reflector: ReflectorSettings = field(default_factory=ReflectorSettings)
+    """Watch timing and backoff, the resync period included."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pause_image, str):
+            raise SpecError("pause_image", "must be a string")
+        problem = image_problem(self.pause_image)
+        if problem:
+            raise SpecError("pause_image", problem)
+        for name in ("schedule_timeout", "delete_timeout", "api_timeout"):
+            _require_positive(name, getattr(self, name))
+        _require_positive("resync_period", self.reflector.resync_period)
+        limit = self.log_memory_limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise SpecError("log_memory_limit", f"must be a number of bytes >= 0, not {limit!r}")
+        for name in ("schedule_timeout", "delete_timeout", "api_timeout"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def resync_period(self) -> float:
+        return self.reflector.resync_period
+
+
+class RuntimeOptions(TypedDict, total=False):
+    """The settings as keywords of the constructors (``Runtime(cluster, **options)``)."""
+
+    pause_image: str
+    schedule_timeout: float
+    delete_timeout: float
+    resync_period: float
+    api_timeout: float
+    log_memory_limit: int
+    reflector: ReflectorSettings
+
+
+def resolve(settings: RuntimeSettings | None, options: RuntimeOptions) -> RuntimeSettings:
+    """``settings`` (or the defaults) with ``options`` applied."""
+    base = settings if settings is not None else RuntimeSettings()
+    if not isinstance(base, RuntimeSettings):
+        raise SpecError("settings", f"must be a RuntimeSettings, not {type(base).__name__}")
+    changes = dict(options)
+    unknown = set(changes) - set(RuntimeOptions.__annotations__)
+    if unknown:
+        raise SpecError(sorted(unknown)[0], "is not a setting of the runtime")
+    reflector = changes.pop("reflector", base.reflector)
+    if not isinstance(reflector, ReflectorSettings):
+        raise SpecError("reflector", f"must be a ReflectorSettings, not {type(reflector).__name__}")
+    if "resync_period" in changes:
+        period = options["resync_period"]
+        changes.pop("resync_period")
+        _require_positive("resync_period", period)
+        given = options.get("reflector")
+        if given is not None and given.resync_period not in (
+            ReflectorSettings.resync_period,
+            period,
+        ):
+            raise SpecError(
+                "resync_period",
+                f"given twice: {period!r} and reflector.resync_period="
+                f"{given.resync_period!r}; give it once",
+            )
+        reflector = dataclasses.replace(reflector, resync_period=float(period))
+    return dataclasses.replace(base, reflector=reflector, **changes)  # type: ignore[arg-type]
+
+
+def _require_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise SpecError(name, f"must be a positive number of seconds, not {value!r}")
