@@ -99,6 +99,17 @@ STEP_KEY_HELP = {
     "depends_on": "steps to wait for; once any step has it, steps without it start at once",
 }
 """Every key a step accepts, with one line about it."""
+STEP_ORDER_HELP = (
+    "Without depends_on anywhere, steps run one after another in file order. Once any",
+    "step has depends_on, a step starts when every step it names has finished (ok,",
+    "failed or skipped), steps without depends_on depend on nothing and start at once,",
+    "and independent steps run at the same time. When its turn comes, a step runs only",
+    "if when.status holds the build's status so far: failure once a step failed (one",
+    "with failure: ignore never counts; the summary shows it as failed (ignored)),",
+    "success before that; otherwise it is skipped. A build whose pod is gone runs no",
+    "more steps.",
+)
+"""How steps are ordered and chosen to run, for ``run --help``."""
 TOP_LEVEL_KEYS = tuple(TOP_LEVEL_KEY_HELP)
 STEP_KEYS = tuple(STEP_KEY_HELP)
 
