@@ -922,3 +922,6 @@ def test_run_help_explains_the_step_rules(capsys: pytest.CaptureFixture[str]) ->
     assert "steps without depends_on depend on nothing" in flat
     assert "in file order" in flat
     assert "failed (ignored)" in flat
+    # The epilog is laid out by hand (argparse wraps the options to the terminal).
+    long = [line for line in epilog.splitlines() if len(line) > 80]
+    assert long == [], "lines wider than a terminal"

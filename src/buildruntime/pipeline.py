@@ -74,7 +74,7 @@ __all__ = [
 
 TOP_LEVEL_KEY_HELP = {
     "build_id": "DNS-1123 label, unique in the namespace (default: stem + hex)",
-    "steps": "the list of steps, run in order unless depends_on says otherwise (required)",
+    "steps": "the list of steps (required), run as step order says",
     "labels": "extra labels of the build's pod (string to string)",
     "annotations": "annotations of the build's pod (string to string)",
     "service_account": "the service account the pod runs as",
@@ -94,20 +94,20 @@ STEP_KEY_HELP = {
     "pull_policy": "Always, IfNotPresent (default) or Never",
     "timeout": "seconds the step may run before it fails with TIMEOUT",
     "resources": "{requests: {cpu: ..., memory: ...}, limits: {...}}",
-    "failure": "fail (default) or ignore: an ignored failure fails neither build nor steps after",
-    "when": "{status: success (default) | failure | [success, failure]}: when the step runs",
-    "depends_on": "steps to wait for; once any step has it, steps without it start at once",
+    "failure": "fail (default), or ignore: the build goes on as if it passed",
+    "when": "{status: success (default) | failure | [success, failure]}",
+    "depends_on": "the steps to wait for (a DAG, see step order)",
 }
 """Every key a step accepts, with one line about it."""
 STEP_ORDER_HELP = (
-    "Without depends_on anywhere, steps run one after another in file order. Once any",
-    "step has depends_on, a step starts when every step it names has finished (ok,",
-    "failed or skipped), steps without depends_on depend on nothing and start at once,",
-    "and independent steps run at the same time. When its turn comes, a step runs only",
-    "if when.status holds the build's status so far: failure once a step failed (one",
-    "with failure: ignore never counts; the summary shows it as failed (ignored)),",
-    "success before that; otherwise it is skipped. A build whose pod is gone runs no",
-    "more steps.",
+    "Without depends_on anywhere, steps run one after another in file order. Once",
+    "any step has depends_on, a step starts when every step it names has finished",
+    "(ok, failed or skipped), steps without depends_on depend on nothing and",
+    "start at once, and independent steps run at the same time. When its turn",
+    "comes, a step runs only if when.status holds the build's status so far:",
+    "failure once a step failed (one with failure: ignore never counts; the",
+    "summary shows it as failed (ignored)), success before that; otherwise it is",
+    "skipped. A build whose pod is gone runs no more steps.",
 )
 """How steps are ordered and chosen to run, for ``run --help``."""
 TOP_LEVEL_KEYS = tuple(TOP_LEVEL_KEY_HELP)

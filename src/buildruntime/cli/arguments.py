@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run a pipeline file",
-        description="Run a pipeline's steps in order (or as their depends_on say), streaming "
+        description="Run a pipeline's steps in order (or as their depends_on say), streaming\n"
         "their logs prefixed by step name, then print a summary.",
         epilog=pipeline_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
