@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import json
 import os
 import re
@@ -17,10 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from buildruntime import cli
-from buildruntime.pipeline import load_pipeline_file
+from buildruntime import Runtime, cli
+from buildruntime.cli.console import Console
+from buildruntime.pipeline import load_pipeline_file, load_plan_text
+from buildruntime.testing import FakeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -925,3 +929,38 @@ def test_run_help_explains_the_step_rules(capsys: pytest.CaptureFixture[str]) ->
     # The epilog is laid out by hand (argparse wraps the options to the terminal).
     long = [line for line in epilog.splitlines() if len(line) > 80]
     assert long == [], "lines wider than a terminal"
+
+
+def test_a_build_whose_pod_is_gone_runs_no_more_steps() -> None:
+    plan = load_plan_text(
+        "build_id: gone-1\nsteps:\n"
+        "  - {name: long, image: busybox, failure: ignore, commands: ['echo up', 'sleep 30']}\n"
+        "  - {name: always, image: busybox, when: {status: [success, failure]}, "
+        "commands: ['echo never']}\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out, err, colour=False)
+
+    async def main() -> int:
+        async with FakeCluster(images={"busybox"}) as cluster, Runtime(cluster, "ci") as rt:
+            async with anyio.create_task_group() as tg:
+
+                async def delete_when_up() -> None:
+                    while "[long] up" not in out.getvalue():
+                        await anyio.to_thread.run_sync(console.flush)
+                        await anyio.sleep(0.05)
+                    await cluster.delete_pod("ci", plan.spec.pod_name)
+
+                tg.start_soon(delete_when_up)
+                with anyio.fail_after(30):
+                    status = await cli.run_build(rt, plan, console)
+                tg.cancel_scope.cancel()
+            return status
+
+    status = anyio.run(main)
+    console.close()
+    # Not even failure: ignore or when: failure make a step of a deleted pod run.
+    assert status == 1, err.getvalue()
+    rows = table(out.getvalue())
+    assert (rows["long"]["RESULT"], rows["always"]["RESULT"]) == ("failed", "skipped")
+    assert "never" not in out.getvalue()
