@@ -207,3 +207,132 @@ async def test_sigterm_removes_the_build(target: Target, tmp_path: Path) -> None
         assert not await anyio.Path(f"/proc/{step_pid}").exists()
     else:
         assert await target.read_pod(pod_name) is None
+
+
+def _table(out: str) -> dict[str, dict[str, str]]:
+    """The summary's rows by step name, each cell under its column's header (empty
+    cells stay empty)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("STEP "))
+    header = lines[start]
+    names = re.split(r"\s{2,}", header.strip())
+    starts = [header.index(name) for name in names]
+    ends = [*starts[1:], None]
+    return {
+        row["STEP"]: row
+        for row in (
+            {name: line[b:e].strip() for name, b, e in zip(names, starts, ends, strict=True)}
+            for line in lines[start + 1 :]
+        )
+    }
+
+
+async def test_an_ignored_failure_and_a_notification_after_a_failure(
+    target: Target, tmp_path: Path
+) -> None:
+    pipeline = tmp_path / "rules.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-rules')}\nsteps:\n"
+        f"  - {{name: lint, image: {BUSYBOX}, failure: ignore, "
+        "commands: ['echo 2 warnings', 'exit 4']}\n"
+        f"  - {{name: test, image: {BUSYBOX}, environment: {{N: 1}}, "
+        "commands: ['echo $N test failed', 'exit 3']}\n"
+        f"  - {{name: publish, image: {BUSYBOX}, commands: ['echo never published']}}\n"
+        f"  - {{name: notify, image: {BUSYBOX}, when: {{status: failure}}, "
+        "commands: ['echo telling the team']}\n"
+        f"  - {{name: cleanup, image: {BUSYBOX}, when: {{status: [success, failure]}}, "
+        "commands: ['echo cleaned up']}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    # lint's 4 is ignored: the build's status is test's 3.
+    assert run.status == 3, run.err
+    assert _logs(run.out) == [
+        "[lint] 2 warnings",
+        "[test] 1 test failed",
+        "[notify] telling the team",
+        "[cleanup] cleaned up",
+    ]
+    rows = _table(run.out)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "lint": ("failed (ignored)", "4"),
+        "test": ("failed", "3"),
+        "publish": ("skipped", "-"),
+        "notify": ("ok", "0"),
+        "cleanup": ("ok", "0"),
+    }
+    assert "[lint] failure ignored (failure: ignore)" in run.err.splitlines()
+    assert "Traceback" not in run.err
+
+
+async def test_a_notification_is_skipped_when_nothing_failed(
+    target: Target, tmp_path: Path
+) -> None:
+    pipeline = tmp_path / "quiet.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-quiet')}\nsteps:\n"
+        f"  - {{name: lint, image: {BUSYBOX}, failure: ignore, commands: ['exit 4']}}\n"
+        f"  - {{name: test, image: {BUSYBOX}, commands: ['echo passed']}}\n"
+        f"  - {{name: notify, image: {BUSYBOX}, when: {{status: failure}}, "
+        "commands: ['echo telling the team']}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    assert _logs(run.out) == ["[test] passed"]
+    rows = _table(run.out)
+    assert [rows[n]["RESULT"] for n in ("lint", "test", "notify")] == [
+        "failed (ignored)",
+        "ok",
+        "skipped",
+    ]
+
+
+async def test_depends_on_runs_two_steps_at_the_same_time(target: Target, tmp_path: Path) -> None:
+    pipeline = tmp_path / "dag.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-dag')}\nsteps:\n"
+        f"  - {{name: build, image: {BUSYBOX}, commands: ['echo built']}}\n"
+        f"  - {{name: left, image: {BUSYBOX}, depends_on: [build], "
+        "commands: ['echo left one', 'sleep 4', 'echo left two']}\n"
+        f"  - {{name: right, image: {BUSYBOX}, depends_on: [build], "
+        "commands: ['echo right one', 'sleep 4', 'echo right two']}\n"
+        f"  - {{name: join, image: {BUSYBOX}, depends_on: [left, right], "
+        "commands: ['echo joined']}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    lines = _logs(run.out)
+    assert lines[0] == "[build] built"
+    assert lines[-1] == "[join] joined"
+    # Interleaved, under their own prefixes: both first lines come before either second
+    # one, which each step prints 4 seconds after its first.
+    assert sorted(lines[1:3]) == ["[left] left one", "[right] right one"]
+    assert sorted(lines[3:5]) == ["[left] left two", "[right] right two"]
+    assert len(lines) == 6
+    rows = _table(run.out)
+    assert {name: (row["RESULT"], row["PARALLEL WITH"]) for name, row in rows.items()} == {
+        "build": ("ok", ""),
+        "left": ("ok", "right"),
+        "right": ("ok", "left"),
+        "join": ("ok", ""),
+    }
+    assert "Traceback" not in run.err
+
+
+async def test_the_example_pipeline(target: Target, tmp_path: Path) -> None:
+    # examples/pipeline.yaml as is, with a build id of its own on a shared cluster.
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-example')}\n" + (ROOT / "examples/pipeline.yaml").read_text()
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    rows = _table(run.out)
+    assert {name: row["RESULT"] for name, row in rows.items()} == {
+        "build": "ok",
+        "lint": "failed (ignored)",
+        "test": "ok",
+        "publish": "ok",
+        "notify": "skipped",
+        "cleanup": "ok",
+    }
+    assert "[publish] publishing example" in _logs(run.out)

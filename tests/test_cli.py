@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import json
 import os
 import re
@@ -17,10 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from buildruntime import cli
-from buildruntime.pipeline import load_pipeline_file
+from buildruntime import Runtime, cli
+from buildruntime.cli.console import Console
+from buildruntime.pipeline import load_pipeline_file, load_plan_text
+from buildruntime.testing import FakeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -612,3 +616,351 @@ def test_run_help_lists_every_key_of_the_pipeline_file(
     assert "BUILDRUNTIME_PAUSE_IMAGE" in out
     assert "--api-timeout" in out
     assert "default: 30" in out
+
+
+# -- step rules: environment, failure: ignore, when: status, depends_on ------------------
+
+
+def table(out: str) -> dict[str, dict[str, str]]:
+    """The summary table's rows by step name, each cell under its column's header (an
+    empty cell stays empty, unlike in ``summary``)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("STEP "))
+    header = lines[start]
+    names = re.split(r"\s{2,}", header.strip())
+    starts = [header.index(name) for name in names]
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines[start + 1 :]:
+        cells = {
+            name: line[begin:end].strip()
+            for name, begin, end in zip(names, starts, [*starts[1:], None], strict=True)
+        }
+        rows[cells["STEP"]] = cells
+    return rows
+
+
+def pipeline_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_environment_sets_the_steps_variables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: new, image: busybox, environment: {WHO: new}, commands: ['echo $WHO']}\n"
+        "  - {name: old, image: busybox, env: {WHO: old}, commands: ['echo $WHO']}\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 0, err
+    assert logs(out) == ["[new] new", "[old] old"]
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (
+            "{name: both, image: busybox, env: {A: b}, environment: {A: c}}",
+            "steps[0]: step 'both' has both 'environment' and 'env' (env is an alias of "
+            "environment): keep one",
+        ),
+        ("{name: a, image: busybox, failure: never}", "steps[0].failure: 'never' is not one of"),
+        (
+            "{name: a, image: busybox, when: {status: [success, failed]}}",
+            "steps[0].when.status: 'failed' is not one of success, failure",
+        ),
+        (
+            "{name: a, image: busybox, depends_on: [nope]}",
+            "steps[0].depends_on: step 'a' depends on 'nope', which is no step",
+        ),
+        (
+            "{name: a, image: busybox, depends_on: [a]}",
+            "steps[0].depends_on: step 'a' depends on itself",
+        ),
+    ],
+)
+def test_bad_step_rules_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], step: str, message: str
+) -> None:
+    path = pipeline_file(tmp_path, f"steps:\n  - {step}\n")
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {path}: {message}"), err
+
+
+def test_a_dependency_cycle_exits_2_naming_its_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: a, image: busybox}\n"
+        "  - {name: b, image: busybox, depends_on: [c]}\n"
+        "  - {name: c, image: busybox, depends_on: [b]}\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 2
+    assert out == ""
+    assert err.strip() == f"error: {path}: steps: depends_on forms a cycle: b -> c -> b"
+
+
+def test_an_ignored_failure_fails_neither_the_build_nor_the_steps_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: lint, image: busybox, failure: ignore, commands: ['echo warned', 'exit 4']}\n"
+        "  - {name: test, image: busybox, commands: ['echo tested']}\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 0, err
+    assert logs(out) == ["[lint] warned", "[test] tested"]
+    rows = table(out)
+    assert (rows["lint"]["RESULT"], rows["lint"]["EXIT"]) == ("failed (ignored)", "4")
+    assert rows["lint"]["FAILURE"] == "APP_ERROR: Error"
+    assert (rows["test"]["RESULT"], rows["test"]["EXIT"]) == ("ok", "0")
+    assert "[lint] failed: exit code 4 (APP_ERROR: Error)" in err.splitlines()
+    assert "[lint] failure ignored (failure: ignore)" in err.splitlines()
+
+
+def test_an_ignored_failure_then_a_real_one_exits_with_the_real_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: lint, image: busybox, failure: ignore, commands: ['exit 4']}\n"
+        "  - {name: test, image: busybox, failure: fail, commands: ['exit 6']}\n"
+        "  - {name: publish, image: busybox, commands: ['echo never']}\n",
+    )
+    status, out, _ = run(capsys, "run", path, "--simulate")
+    assert status == 6
+    rows = table(out)
+    assert [rows[n]["RESULT"] for n in ("lint", "test", "publish")] == [
+        "failed (ignored)",
+        "failed",
+        "skipped",
+    ]
+
+
+def test_an_ignored_image_pull_failure_is_ignored_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: pull, image: example.invalid/nothing:1, failure: ignore}\n"
+        "  - {name: after, image: busybox, commands: ['echo after']}\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 0, err
+    assert logs(out) == ["[after] after"]
+    rows = table(out)
+    assert (rows["pull"]["RESULT"], rows["pull"]["EXIT"]) == ("failed (ignored)", "-")
+    assert rows["pull"]["FAILURE"].startswith("IMAGE_PULL")
+
+
+WHEN = (
+    "steps:\n"
+    "  - {{name: build, image: busybox, commands: ['echo built', 'exit {code}']}}\n"
+    "  - {{name: publish, image: busybox, commands: ['echo published']}}\n"
+    "  - {{name: notify, image: busybox, when: {{status: failure}}, "
+    "commands: ['echo build failed', 'exit 9']}}\n"
+    "  - {{name: cleanup, image: busybox, when: {{status: [success, failure]}}, "
+    "commands: ['echo cleaned']}}\n"
+    "  - {{name: done, image: busybox, when: {{status: success}}, commands: ['echo done']}}\n"
+)
+
+
+def test_failure_steps_run_after_a_failure_and_the_first_code_stays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(
+        capsys, "run", pipeline_file(tmp_path, WHEN.format(code=3)), "--simulate"
+    )
+    # notify itself fails with 9: the build's status stays build's 3.
+    assert status == 3, err
+    assert logs(out) == ["[build] built", "[notify] build failed", "[cleanup] cleaned"]
+    rows = table(out)
+    assert {name: row["RESULT"] for name, row in rows.items()} == {
+        "build": "failed",
+        "publish": "skipped",
+        "notify": "failed",
+        "cleanup": "ok",
+        "done": "skipped",
+    }
+
+
+def test_failure_steps_are_skipped_when_nothing_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(
+        capsys, "run", pipeline_file(tmp_path, WHEN.format(code=0)), "--simulate"
+    )
+    assert status == 0, err
+    assert logs(out) == ["[build] built", "[publish] published", "[cleanup] cleaned", "[done] done"]
+    rows = table(out)
+    assert rows["notify"]["RESULT"] == "skipped"
+    assert rows["notify"]["EXIT"] == "-"
+
+
+def test_depends_on_runs_independent_steps_at_the_same_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: build, image: busybox, commands: ['echo built']}\n"
+        "  - {name: left, image: busybox, depends_on: [build], "
+        "commands: ['echo left 1', 'sleep 2', 'echo left 2']}\n"
+        "  - {name: right, image: busybox, depends_on: [build], "
+        "commands: ['echo right 1', 'sleep 2', 'echo right 2']}\n"
+        "  - {name: join, image: busybox, depends_on: [left, right], commands: ['echo joined']}\n",
+    )
+    began = time.monotonic()
+    status, out, err = run(capsys, "run", path, "--simulate")
+    took = time.monotonic() - began
+    assert status == 0, err
+    lines = logs(out)
+    assert lines[0] == "[build] built"
+    assert lines[-1] == "[join] joined"
+    # Interleaved, each step's own lines in their order under its own prefix.
+    assert [line for line in lines if line.startswith("[left]")] == [
+        "[left] left 1",
+        "[left] left 2",
+    ]
+    assert [line for line in lines if line.startswith("[right]")] == [
+        "[right] right 1",
+        "[right] right 2",
+    ]
+    assert sorted(lines[1:3]) == ["[left] left 1", "[right] right 1"]
+    assert took < 2 + 2, f"{took:.1f}s: the two 2-second steps did not run at the same time"
+    rows = table(out)
+    assert rows["left"]["PARALLEL WITH"] == "right"
+    assert rows["right"]["PARALLEL WITH"] == "left"
+    assert rows["build"]["PARALLEL WITH"] == ""
+    assert rows["join"]["PARALLEL WITH"] == ""
+    assert all(row["RESULT"] == "ok" for row in rows.values())
+
+
+def test_in_a_dag_steps_without_depends_on_start_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: slow, image: busybox, commands: ['sleep 1.5', 'echo slow']}\n"
+        "  - {name: free, image: busybox, commands: ['echo free']}\n"
+        "  - {name: after, image: busybox, depends_on: [slow], commands: ['echo after']}\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 0, err
+    assert logs(out) == ["[free] free", "[slow] slow", "[after] after"]
+    assert table(out)["free"]["PARALLEL WITH"] == "slow"
+
+
+def test_a_failed_dependency_skips_its_dependents_unless_they_run_on_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "steps:\n"
+        "  - {name: test, image: busybox, depends_on: [], commands: ['exit 7']}\n"
+        "  - {name: publish, image: busybox, depends_on: [test], commands: ['echo never']}\n"
+        "  - {name: report, image: busybox, depends_on: [test], when: {status: failure}, "
+        "commands: ['echo reporting']}\n"
+        "  - {name: lint, image: busybox, depends_on: [], failure: ignore, commands: ['exit 1']}\n"
+        "  - {name: docs, image: busybox, depends_on: [lint, test], "
+        "when: {status: [success, failure]}, commands: ['echo docs']}\n",
+    )
+    status, out, _ = run(capsys, "run", path, "--simulate")
+    assert status == 7
+    assert sorted(logs(out)) == ["[docs] docs", "[report] reporting"]
+    rows = table(out)
+    assert {name: row["RESULT"] for name, row in rows.items()} == {
+        "test": "failed",
+        "publish": "skipped",
+        "report": "ok",
+        "lint": "failed (ignored)",
+        "docs": "ok",
+    }
+
+
+def test_the_example_pipeline_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(capsys, "run", str(EXAMPLES / "pipeline.yaml"), "--simulate")
+    assert status == 0, err
+    lines = logs(out)
+    assert lines[0] == "[build] building 1.2.3"
+    assert sorted(lines[1:3]) == ["[lint] 2 style warnings", "[test] 12 tests passed"]
+    assert lines[3:] == [
+        "[publish] publishing example",
+        "[publish] published",
+        "[cleanup] cleaning up",
+    ]
+    rows = table(out)
+    assert {name: row["RESULT"] for name, row in rows.items()} == {
+        "build": "ok",
+        "lint": "failed (ignored)",
+        "test": "ok",
+        "publish": "ok",
+        "notify": "skipped",
+        "cleanup": "ok",
+    }
+    assert rows["lint"]["PARALLEL WITH"] == "test"
+
+
+def test_run_help_explains_the_step_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "run", "--help")
+    assert status == 0
+    epilog = out[out.index("pipeline file keys:") :]
+    for key in ("environment", "env", "failure", "when", "depends_on"):
+        assert re.search(rf"^  {key}\s", epilog, re.MULTILINE), key
+    flat = " ".join(epilog.split())
+    assert "alias of environment" in flat
+    assert "steps without depends_on depend on nothing" in flat
+    assert "in file order" in flat
+    assert "failed (ignored)" in flat
+    # The epilog is laid out by hand (argparse wraps the options to the terminal).
+    long = [line for line in epilog.splitlines() if len(line) > 80]
+    assert long == [], "lines wider than a terminal"
+
+
+def test_a_build_whose_pod_is_gone_runs_no_more_steps() -> None:
+    plan = load_plan_text(
+        "build_id: gone-1\nsteps:\n"
+        "  - {name: long, image: busybox, failure: ignore, commands: ['echo up', 'sleep 30']}\n"
+        "  - {name: always, image: busybox, when: {status: [success, failure]}, "
+        "commands: ['echo never']}\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out, err, colour=False)
+
+    async def main() -> int:
+        async with FakeCluster(images={"busybox"}) as cluster, Runtime(cluster, "ci") as rt:
+            async with anyio.create_task_group() as tg:
+
+                async def delete_when_up() -> None:
+                    while "[long] up" not in out.getvalue():
+                        await anyio.to_thread.run_sync(console.flush)
+                        await anyio.sleep(0.05)
+                    await cluster.delete_pod("ci", plan.spec.pod_name)
+
+                tg.start_soon(delete_when_up)
+                with anyio.fail_after(30):
+                    status = await cli.run_build(rt, plan, console)
+                tg.cancel_scope.cancel()
+            return status
+
+    status = anyio.run(main)
+    console.close()
+    # Not even failure: ignore or when: failure make a step of a deleted pod run.
+    assert status == 1, err.getvalue()
+    rows = table(out.getvalue())
+    assert (rows["long"]["RESULT"], rows["always"]["RESULT"]) == ("failed", "skipped")
+    assert "never" not in out.getvalue()

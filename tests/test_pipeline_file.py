@@ -14,10 +14,15 @@ from hypothesis import strategies as st
 
 from buildruntime import BuildSpec, SpecError, StepSpec
 from buildruntime.pipeline import (
+    PipelinePlan,
+    StepRules,
     generate_build_id,
     load_pipeline,
     load_pipeline_text,
+    load_plan_file,
+    load_plan_text,
     pipeline_from_data,
+    plan_from_data,
 )
 from buildruntime.spec import dns1123_label_problem
 
@@ -227,6 +232,86 @@ def test_examples_all_load() -> None:
             "must be a string",
         ),
         ("pause_image: 'a b'\nsteps: [{name: a, image: busybox}]", "pause_image", "whitespace"),
+        (
+            "steps: [{name: a, image: busybox, env: {A: b}, environment: {A: c}}]",
+            "steps[0]",
+            "step 'a' has both 'environment' and 'env'",
+        ),
+        (
+            "steps: [{name: a, image: busybox, environment: {A: [1]}}]",
+            "steps[0].environment['A']",
+            "must be a string",
+        ),
+        ("steps: [{name: a, image: busybox, environment: [A]}]", "steps[0].environment", "mapping"),
+        (
+            "steps: [{name: a, image: busybox, failure: never}]",
+            "steps[0].failure",
+            "'never' is not one of fail, ignore",
+        ),
+        (
+            "steps: [{name: a, image: busybox, failure: true}]",
+            "steps[0].failure",
+            "is not one of fail, ignore",
+        ),
+        (
+            "steps: [{name: a, image: busybox, when: failure}]",
+            "steps[0].when",
+            "must be a mapping such as {status: [success, failure]}",
+        ),
+        (
+            "steps: [{name: a, image: busybox, when: {stauts: failure}}]",
+            "steps[0].when",
+            "unknown key 'stauts' (did you mean 'status'?)",
+        ),
+        (
+            "steps: [{name: a, image: busybox, when: {status: [success, failed]}}]",
+            "steps[0].when.status",
+            "'failed' is not one of success, failure",
+        ),
+        (
+            "steps: [{name: a, image: busybox, when: {status: []}}]",
+            "steps[0].when.status",
+            "at least one of success, failure",
+        ),
+        (
+            "steps: [{name: a, image: busybox, when: {status: {a: 1}}}]",
+            "steps[0].when.status",
+            "must be success, failure or a list of them",
+        ),
+        (
+            "steps: [{name: a, image: busybox}, {name: b, image: busybox, depends_on: [b]}]",
+            "steps[1].depends_on",
+            "step 'b' depends on itself",
+        ),
+        (
+            "steps: [{name: build, image: busybox}, {name: b, image: busybox, "
+            "depends_on: [biuld]}]",
+            "steps[1].depends_on",
+            "step 'b' depends on 'biuld', which is no step (did you mean 'build'?)",
+        ),
+        (
+            "steps: [{name: a, image: busybox, depends_on: {a: 1}}]",
+            "steps[0].depends_on",
+            "must be a list of step names",
+        ),
+        (
+            "steps: [{name: a, image: busybox, depends_on: [1]}]",
+            "steps[0].depends_on",
+            "step names must be strings",
+        ),
+        (
+            "steps: [{name: a, image: busybox, depends_on: [c]}, "
+            "{name: b, image: busybox, depends_on: [a]}, "
+            "{name: c, image: busybox, depends_on: [b]}]",
+            "steps",
+            "depends_on forms a cycle: a -> c -> b -> a",
+        ),
+        (
+            "steps: [{name: a, image: busybox}, {name: x, image: busybox, depends_on: [y]}, "
+            "{name: y, image: busybox, depends_on: [x]}]",
+            "steps",
+            "depends_on forms a cycle: x -> y -> x",
+        ),
     ],
 )
 def test_each_problem_names_its_field(text: str, field: str, words: str) -> None:
@@ -235,6 +320,94 @@ def test_each_problem_names_its_field(text: str, field: str, words: str) -> None
     assert words in error.problem
     assert str(error).startswith(f"{field}: ") or f" {field}: " in str(error)
     assert "\n" not in str(error)
+
+
+def test_environment_is_the_key_and_env_its_alias() -> None:
+    for key in ("environment", "env"):
+        spec = load_pipeline_text(
+            f"steps: [{{name: a, image: busybox, {key}: {{CGO_ENABLED: 0, NAME: x}}}}]"
+        )
+        assert dict(spec.steps[0].env) == {"CGO_ENABLED": "0", "NAME": "x"}, key
+
+
+RULES = """
+steps:
+  - {name: build, image: busybox}
+  - {name: lint, image: busybox, failure: ignore, depends_on: [build]}
+  - {name: unit, image: busybox, failure: fail, depends_on: build}
+  - {name: notify, image: busybox, when: {status: failure}, depends_on: [lint, unit, lint]}
+  - {name: always, image: busybox, when: {status: [success, failure]}}
+  - {name: happy, image: busybox, when: {status: success}}
+"""
+
+
+def test_step_rules_are_read() -> None:
+    plan = load_plan_text(RULES)
+    assert isinstance(plan, PipelinePlan)
+    assert [s.name for s in plan.spec.steps] == [
+        "build",
+        "lint",
+        "unit",
+        "notify",
+        "always",
+        "happy",
+    ]
+    assert dict(plan.rules) == {
+        "build": StepRules(),
+        "lint": StepRules(failure="ignore", depends_on=("build",)),
+        "unit": StepRules(depends_on=("build",)),
+        "notify": StepRules(when_status=frozenset({"failure"}), depends_on=("lint", "unit")),
+        "always": StepRules(when_status=frozenset({"success", "failure"})),
+        "happy": StepRules(),
+    }
+    assert plan.rules["lint"].ignores_failure
+    assert not plan.rules["unit"].ignores_failure
+    assert plan.rules["notify"].runs_when("failure")
+    assert not plan.rules["notify"].runs_when("success")
+    assert plan.rules["always"].runs_when("success")
+    assert plan.rules["always"].runs_when("failure")
+    assert plan.rules["happy"].runs_when("success")
+    assert not plan.rules["happy"].runs_when("failure")
+    # The spec the runtime takes is the same with or without the rules.
+    assert load_pipeline_text(RULES).steps == plan.spec.steps
+
+
+def test_without_depends_on_each_step_needs_the_one_before() -> None:
+    plan = load_plan_text(
+        "steps: [{name: a, image: busybox}, {name: b, image: busybox, failure: ignore}, "
+        "{name: c, image: busybox, when: {status: failure}}]"
+    )
+    assert not plan.is_dag
+    assert [plan.needs(n) for n in ("a", "b", "c")] == [(), ("a",), ("b",)]
+
+
+def test_with_any_depends_on_steps_without_it_need_nothing() -> None:
+    # Woodpecker's rule: one depends_on anywhere makes the file a DAG.
+    plan = load_plan_text(RULES)
+    assert plan.is_dag
+    assert {s.name: plan.needs(s.name) for s in plan.spec.steps} == {
+        "build": (),
+        "lint": ("build",),
+        "unit": ("build",),
+        "notify": ("lint", "unit"),
+        "always": (),
+        "happy": (),
+    }
+    # An empty list declares "no dependencies" and still makes a DAG.
+    empty = load_plan_text(
+        "steps: [{name: a, image: busybox}, {name: b, image: busybox, depends_on: []}]"
+    )
+    assert empty.is_dag
+    assert empty.needs("b") == ()
+    assert empty.needs("a") == ()
+
+
+def test_plans_from_files_and_data(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES)
+    assert dict(load_plan_file(path).rules) == dict(load_plan_text(RULES).rules)
+    assert dict(plan_from_data(yaml.safe_load(RULES)).rules) == dict(load_plan_text(RULES).rules)
+    assert load_plan_file(path).spec.build_id.startswith("rules-")
 
 
 def test_build_id_numbers_are_taken_as_text() -> None:
@@ -300,7 +473,23 @@ scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["busybox", "a", "echo hi", "IfNotPresent", "Never", "/src", "64Mi", "500m"]),
+    st.sampled_from(
+        [
+            "busybox",
+            "a",
+            "b",
+            "echo hi",
+            "IfNotPresent",
+            "Never",
+            "/src",
+            "64Mi",
+            "500m",
+            "ignore",
+            "fail",
+            "success",
+            "failure",
+        ]
+    ),
 )
 keys = st.one_of(
     st.sampled_from(
@@ -317,6 +506,13 @@ keys = st.one_of(
             "requests",
             "limits",
             "cpu",
+            "environment",
+            "failure",
+            "when",
+            "status",
+            "depends_on",
+            "ignore",
+            "success",
         ]
     ),
     st.text(alphabet=string.ascii_letters + "_-./", max_size=8),
@@ -346,6 +542,10 @@ steps = st.lists(
                 "pull_policy": values,
                 "timeout": values,
                 "resources": values,
+                "environment": values,
+                "failure": values,
+                "when": st.one_of(values, st.fixed_dictionaries({"status": values})),
+                "depends_on": values,
             },
         ),
         values,
@@ -376,6 +576,10 @@ def _accepts(document: object) -> None:
         assert "\n" not in str(error)
     else:
         assert isinstance(spec, BuildSpec)
+        plan = plan_from_data(document)
+        assert set(plan.rules) == {step.name for step in plan.spec.steps}
+        for step in plan.spec.steps:
+            assert set(plan.needs(step.name)) <= set(plan.rules) - {step.name}
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,15 +8,37 @@ steps:
   - name: greet
     image: busybox
     commands: ["echo hello", "echo done"]
-    env: {GREETING: hi}    # optional, like entrypoint, working_dir, pull_policy,
-                           # timeout, resources
+    environment: {GREETING: hi}  # optional (alias: env), like entrypoint, working_dir,
+                                 # pull_policy, timeout, resources
+  - name: notify
+    image: busybox
+    commands: ["echo the build failed"]
+    when: {status: failure}      # run only after a failure (default: success)
+    failure: ignore              # a failure of this step does not fail the build
+    depends_on: [greet]          # run once greet finished (a DAG)
 ```
+
+Step order, in Woodpecker's and Drone's terms:
+
+- Without any ``depends_on`` in the file, steps run one after another in file order.
+- Once any step declares ``depends_on``, the file is a DAG: a step starts when every
+  step it names has finished (succeeded, failed or been skipped), steps with no
+  ``depends_on`` depend on nothing and start at once, and independent steps run at the
+  same time.
+- When a step's turn comes, it runs only if the build's status so far is one its
+  ``when: {status: ...}`` lists: ``success`` (the default) while no step has failed,
+  ``failure`` once one has. Otherwise it is skipped. A step with ``failure: ignore``
+  never makes the build's status a failure.
+
+:func:`load_pipeline_file` and the other ``load_pipeline*`` functions give the
+:class:`BuildSpec` the runtime takes; :func:`load_plan_file` (and ``load_plan_text``,
+``plan_from_data``) give a :class:`PipelinePlan`: that spec plus each step's rules.
 
 Every problem, from a YAML syntax error to a misspelt key deep in a step, raises one
 :class:`SpecError` whose field names where it is (``steps[1].image``,
 ``steps[0]: unknown key 'comands'``), never a bare ``KeyError`` or ``TypeError``.
 
-Plain scalars where strings are expected in ``env``, ``labels``, ``annotations`` and
+Plain scalars where strings are expected in ``environment``, ``labels``, ``annotations`` and
 ``node_selector`` values (``CGO_ENABLED: 0``, ``DEBUG: true``) are taken as the strings
 they were written as, since that is what a YAML author means there.
 """
@@ -28,20 +50,31 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 import yaml
 
 from buildruntime.errors import SpecError
 from buildruntime.spec import PULL_POLICIES, BuildSpec, StepSpec
 
-__all__ = ["load_pipeline", "load_pipeline_file", "load_pipeline_text"]
+__all__ = [
+    "PipelinePlan",
+    "StepRules",
+    "load_pipeline",
+    "load_pipeline_file",
+    "load_pipeline_text",
+    "load_plan_file",
+    "load_plan_text",
+    "plan_from_data",
+]
 
 TOP_LEVEL_KEY_HELP = {
     "build_id": "DNS-1123 label, unique in the namespace (default: stem + hex)",
-    "steps": "the list of steps, run in order (required)",
+    "steps": "the list of steps (required), run as step order says",
     "labels": "extra labels of the build's pod (string to string)",
     "annotations": "annotations of the build's pod (string to string)",
     "service_account": "the service account the pod runs as",
@@ -55,15 +88,85 @@ STEP_KEY_HELP = {
     "image": "the image the step runs in (required)",
     "commands": "shell lines, run in order until one fails",
     "entrypoint": "the list that runs the script (default: [/bin/sh, -c])",
-    "env": "environment variables (string to string)",
+    "environment": "environment variables (string to string)",
+    "env": "alias of environment (give one of the two)",
     "working_dir": "the directory the commands run in",
     "pull_policy": "Always, IfNotPresent (default) or Never",
     "timeout": "seconds the step may run before it fails with TIMEOUT",
     "resources": "{requests: {cpu: ..., memory: ...}, limits: {...}}",
+    "failure": "fail (default), or ignore: the build goes on as if it passed",
+    "when": "{status: success (default) | failure | [success, failure]}",
+    "depends_on": "the steps to wait for (a DAG, see step order)",
 }
 """Every key a step accepts, with one line about it."""
+STEP_ORDER_HELP = (
+    "Without depends_on anywhere, steps run one after another in file order. Once",
+    "any step has depends_on, a step starts when every step it names has finished",
+    "(ok, failed or skipped), steps without depends_on depend on nothing and",
+    "start at once, and independent steps run at the same time. When its turn",
+    "comes, a step runs only if when.status holds the build's status so far:",
+    "failure once a step failed (one with failure: ignore never counts; the",
+    "summary shows it as failed (ignored)), success before that; otherwise it is",
+    "skipped. A build whose pod is gone runs no more steps.",
+)
+"""How steps are ordered and chosen to run, for ``run --help``."""
 TOP_LEVEL_KEYS = tuple(TOP_LEVEL_KEY_HELP)
 STEP_KEYS = tuple(STEP_KEY_HELP)
+
+FAILURE_POLICIES = ("fail", "ignore")
+"""Values of a step's ``failure``: Woodpecker's and Drone's spelling."""
+STATUSES = ("success", "failure")
+"""Values of a step's ``when: {status: ...}``."""
+WHEN_KEYS = ("status",)
+
+Status = Literal["success", "failure"]
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """How a step takes part in its build, beyond its container: what the file said
+    under ``failure``, ``when`` and ``depends_on``."""
+
+    failure: Literal["fail", "ignore"] = "fail"
+    when_status: frozenset[Status] = frozenset({"success"})
+    depends_on: tuple[str, ...] | None = None
+    """The steps named under ``depends_on``; None when the step has no such key."""
+
+    @property
+    def ignores_failure(self) -> bool:
+        return self.failure == "ignore"
+
+    def runs_when(self, status: Status) -> bool:
+        return status in self.when_status
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """A pipeline file: the :class:`BuildSpec` the runtime takes and each step's rules."""
+
+    spec: BuildSpec
+    rules: Mapping[str, StepRules] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every step has rules: the defaults where the file said nothing.
+        full = {step.name: self.rules.get(step.name, StepRules()) for step in self.spec.steps}
+        object.__setattr__(self, "rules", MappingProxyType(full))
+
+    @property
+    def is_dag(self) -> bool:
+        """Whether any step declares ``depends_on`` (Woodpecker's rule: then steps
+        without it depend on nothing)."""
+        return any(rules.depends_on is not None for rules in self.rules.values())
+
+    def needs(self, step: str) -> tuple[str, ...]:
+        """The steps that must have finished before ``step`` starts: its
+        ``depends_on`` in a DAG, else the step before it in the file."""
+        if self.is_dag:
+            return self.rules[step].depends_on or ()
+        names = [s.name for s in self.spec.steps]
+        index = names.index(step)
+        return (names[index - 1],) if index else ()
+
 
 _MAX_BUILD_ID = 63
 _SUFFIX_HEX = 6  # characters of random hex after the file stem
@@ -101,6 +204,11 @@ def _looks_like_path(text: str) -> bool:
 
 def load_pipeline_file(path: str | os.PathLike[str]) -> BuildSpec:
     """Load the pipeline in ``path``; the generated build id starts with its stem."""
+    return load_plan_file(path).spec
+
+
+def load_plan_file(path: str | os.PathLike[str]) -> PipelinePlan:
+    """Like :func:`load_pipeline_file`, with each step's rules."""
     file = Path(path)
     try:
         raw = file.read_bytes()
@@ -116,12 +224,17 @@ def load_pipeline_file(path: str | os.PathLike[str]) -> BuildSpec:
         raise SpecError(
             "pipeline", f"{file}: not UTF-8 text (byte {error.start}: {error.reason})"
         ) from None
-    return load_pipeline_text(text, name=str(file), stem=file.stem)
+    return load_plan_text(text, name=str(file), stem=file.stem)
 
 
 def load_pipeline_text(text: str, *, name: str = "<pipeline>", stem: str = "pipeline") -> BuildSpec:
     """Load a pipeline from YAML ``text``. ``name`` is what errors call the source;
     ``stem`` starts a generated build id."""
+    return load_plan_text(text, name=name, stem=stem).spec
+
+
+def load_plan_text(text: str, *, name: str = "<pipeline>", stem: str = "pipeline") -> PipelinePlan:
+    """Like :func:`load_pipeline_text`, with each step's rules."""
     if not isinstance(text, str):
         raise SpecError("pipeline", f"expected YAML text, not {type(text).__name__}")
     try:
@@ -132,7 +245,7 @@ def load_pipeline_text(text: str, *, name: str = "<pipeline>", stem: str = "pipe
         raise SpecError("pipeline", f"{name}: {_one_line(str(error))}") from None
     except RecursionError:
         raise SpecError("pipeline", f"{name}: nested too deeply") from None
-    return pipeline_from_data(document, stem=stem, name=name)
+    return plan_from_data(document, stem=stem, name=name)
 
 
 def _yaml_problem(name: str, error: yaml.MarkedYAMLError) -> str:
@@ -149,6 +262,11 @@ def _one_line(text: str) -> str:
 
 def pipeline_from_data(document: object, *, stem: str = "pipeline", name: str = "") -> BuildSpec:
     """Validate an already-decoded pipeline document (what ``yaml.safe_load`` returns)."""
+    return plan_from_data(document, stem=stem, name=name).spec
+
+
+def plan_from_data(document: object, *, stem: str = "pipeline", name: str = "") -> PipelinePlan:
+    """Like :func:`pipeline_from_data`, with each step's rules."""
     source = f"{name}: " if name else ""
     if document is None:
         raise SpecError("pipeline", f"{source}empty; expected a mapping with a 'steps' list")
@@ -166,6 +284,11 @@ def pipeline_from_data(document: object, *, stem: str = "pipeline", name: str = 
     if not raw_steps:
         raise SpecError("steps", "must hold at least one step")
     steps = [_step(i, raw) for i, raw in enumerate(raw_steps)]
+    # Steps are valid one by one (and so are mappings) before rules that name others
+    # are read: a depends_on can then say which names exist.
+    names = [step.name for step in steps]
+    rules = {step.name: _rules(i, raw_steps[i], names) for i, step in enumerate(steps)}
+    _reject_cycles(rules, names)
 
     build_id = document.get("build_id")
     if build_id is None:
@@ -185,7 +308,7 @@ def pipeline_from_data(document: object, *, stem: str = "pipeline", name: str = 
             if not isinstance(value, str):
                 raise SpecError(key, f"must be a string, not {_kind(value)}")
             kwargs[key] = value
-    return BuildSpec(build_id=build_id, steps=steps, **kwargs)
+    return PipelinePlan(BuildSpec(build_id=build_id, steps=steps, **kwargs), rules)
 
 
 def generate_build_id(stem: str) -> str:
@@ -243,8 +366,9 @@ def _step(index: int, raw: object) -> StepSpec:
                 raise SpecError(f"{where}.entrypoint[{i}]", f"must be a string, not {_kind(arg)}")
         kwargs["entrypoint"] = list(entrypoint)
 
-    if raw.get("env") is not None:
-        kwargs["env"] = _str_map(raw["env"], f"{where}.env")
+    env_key = _env_key(raw, where, name)
+    if env_key is not None:
+        kwargs["env"] = _str_map(raw[env_key], f"{where}.{env_key}")
 
     working_dir = raw.get("working_dir")
     if working_dir is not None:
@@ -273,6 +397,116 @@ def _step(index: int, raw: object) -> StepSpec:
         return StepSpec(**kwargs)
     except SpecError as error:
         raise _relocate(error, where, name) from None
+
+
+def _env_key(raw: Mapping[Any, Any], where: str, name: str) -> str | None:
+    """Which of ``environment`` and its alias ``env`` holds the step's variables."""
+    given = [key for key in ("environment", "env") if raw.get(key) is not None]
+    if len(given) > 1:
+        # Merging the two would hide a copy-paste mistake; which wins is anyone's guess.
+        raise SpecError(
+            where,
+            f"step {name!r} has both 'environment' and 'env' (env is an alias of "
+            "environment): keep one",
+        )
+    return given[0] if given else None
+
+
+def _rules(index: int, raw: Mapping[Any, Any], names: Sequence[str]) -> StepRules:
+    where = f"steps[{index}]"
+    return StepRules(
+        failure=_failure_policy(raw.get("failure"), f"{where}.failure"),
+        when_status=_when_status(raw.get("when"), f"{where}.when"),
+        depends_on=_depends_on(raw.get("depends_on"), f"{where}.depends_on", names[index], names),
+    )
+
+
+def _failure_policy(value: object, field: str) -> Literal["fail", "ignore"]:
+    if value is None or value == "fail":
+        return "fail"
+    if value == "ignore":
+        return "ignore"
+    raise SpecError(field, f"{value!r} is not one of {', '.join(FAILURE_POLICIES)}")
+
+
+def _when_status(value: object, field: str) -> frozenset[Status]:
+    if value is None:
+        return frozenset({"success"})
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            field, f"must be a mapping such as {{status: [success, failure]}}, not {_kind(value)}"
+        )
+    _reject_unknown(value, WHEN_KEYS, field)
+    status = value.get("status")
+    if status is None:
+        return frozenset({"success"})
+    listed = [status] if isinstance(status, str) else status
+    if listed == []:
+        raise SpecError(f"{field}.status", f"must name at least one of {', '.join(STATUSES)}")
+    if not isinstance(listed, list):
+        raise SpecError(
+            f"{field}.status", f"must be success, failure or a list of them, not {_kind(status)}"
+        )
+    out: set[Status] = set()
+    for item in listed:
+        if item == "success":
+            out.add("success")
+        elif item == "failure":
+            out.add("failure")
+        else:
+            raise SpecError(f"{field}.status", f"{item!r} is not one of {', '.join(STATUSES)}")
+    return frozenset(out)
+
+
+def _depends_on(
+    value: object, field: str, name: str, names: Sequence[str]
+) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    listed = [value] if isinstance(value, str) else value
+    if not isinstance(listed, list):
+        raise SpecError(field, f"must be a list of step names, not {_kind(value)}")
+    out: list[str] = []
+    for item in listed:
+        if not isinstance(item, str):
+            raise SpecError(field, f"step names must be strings, not {_kind(item)}")
+        if item == name:
+            raise SpecError(field, f"step {name!r} depends on itself")
+        if item not in names:
+            close = difflib.get_close_matches(item, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(field, f"step {name!r} depends on {item!r}, which is no step{hint}")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _reject_cycles(rules: Mapping[str, StepRules], names: Sequence[str]) -> None:
+    """A cycle would leave its steps waiting for each other forever: name it."""
+    done: set[str] = set()
+    for start in names:
+        path: list[str] = []
+        cycle = _find_cycle(start, rules, path, done)
+        if cycle:
+            raise SpecError("steps", f"depends_on forms a cycle: {' -> '.join(cycle)}")
+
+
+def _find_cycle(
+    step: str, rules: Mapping[str, StepRules], path: list[str], done: set[str]
+) -> list[str] | None:
+    """Depth-first from ``step``; the cycle through ``path`` if one is reachable."""
+    if step in path:
+        return [*path[path.index(step) :], step]
+    if step in done:
+        return None
+    path.append(step)
+    for needed in rules[step].depends_on or ():
+        cycle = _find_cycle(needed, rules, path, done)
+        if cycle:
+            return cycle
+    path.pop()
+    done.add(step)
+    return None
 
 
 def _relocate(error: SpecError, where: str, name: str) -> SpecError:

@@ -1,12 +1,15 @@
 """The ``buildruntime`` command: run a pipeline file, or watch a namespace's builds.
 
-``buildruntime run PIPELINE.yaml`` runs the steps in order, streams each step's log
-lines prefixed by the step's name, and ends with a summary table; after a failing step
-the rest are skipped. Its exit status is 0 when every step exited 0, otherwise the
-failing step's exit code (1 when the failure has none: an image that cannot be pulled,
-the pod gone, a timeout, an API server that stayed unreachable for ``--api-timeout``),
-2 for bad input (an invalid or unreadable pipeline file, a usage mistake), 130 on Ctrl-C
-and 143 on SIGTERM (the build is removed first).
+``buildruntime run PIPELINE.yaml`` runs the steps in order (or as their ``depends_on``
+say, independent steps at the same time), streams each step's log lines prefixed by the
+step's name, and ends with a summary table; after a failing step the rest are skipped,
+except those whose ``when: {status: ...}`` includes ``failure``, and a step with
+``failure: ignore`` fails nothing but itself (see :mod:`buildruntime.cli.run`). Its exit
+status is 0 when no step failed, otherwise the first failing step's exit code (1 when
+the failure has none: an image that cannot be pulled, the pod gone, a timeout, an API
+server that stayed unreachable for ``--api-timeout``), 2 for bad input (an invalid or
+unreadable pipeline file, a usage mistake), 130 on Ctrl-C and 143 on SIGTERM (the build
+is removed first).
 
 ``buildruntime monitor`` prints every domain event of every build in a namespace as one
 JSON object per line, until interrupted.

@@ -10,7 +10,7 @@ from buildruntime.cli.exits import EXIT_BAD_INPUT
 from buildruntime.cli.monitor import cmd_monitor
 from buildruntime.cli.run import DEFAULT_API_TIMEOUT, PAUSE_IMAGE_VARIABLE, cmd_run
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
-from buildruntime.pipeline import STEP_KEY_HELP, TOP_LEVEL_KEY_HELP
+from buildruntime.pipeline import STEP_KEY_HELP, STEP_ORDER_HELP, TOP_LEVEL_KEY_HELP
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,6 +39,7 @@ def pipeline_keys_help() -> str:
     lines += [f"  {key.ljust(width)}  {text}" for key, text in TOP_LEVEL_KEY_HELP.items()]
     lines.append("each step of steps:")
     lines += [f"  {key.ljust(width)}  {text}" for key, text in STEP_KEY_HELP.items()]
+    lines += ["", "step order:", *(f"  {line}" for line in STEP_ORDER_HELP)]
     lines += [
         "",
         "example:",
@@ -47,9 +48,16 @@ def pipeline_keys_help() -> str:
         "    - name: greet",
         "      image: busybox",
         '      commands: ["echo hello", "echo done"]',
+        "      environment: {GREETING: hi}",
+        "    - name: notify",
+        "      image: busybox",
+        "      depends_on: [greet]",
+        "      when: {status: failure}",
+        '      commands: ["echo greet failed"]',
         "",
-        "exit status: 0 when every step exited 0, else the failing step's exit code",
-        "(1 when it has none), 2 for bad input, 130 on Ctrl-C, 143 on SIGTERM.",
+        "exit status: 0 when no step failed (failure: ignore aside), else the first",
+        "failing step's exit code (1 when it has none), 2 for bad input, 130 on Ctrl-C,",
+        "143 on SIGTERM.",
     ]
     return "\n".join(lines)
 
@@ -77,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run a pipeline file",
-        description="Run a pipeline's steps in order, streaming their logs, then print a summary.",
+        description="Run a pipeline's steps in order (or as their depends_on say), streaming\n"
+        "their logs prefixed by step name, then print a summary.",
         epilog=pipeline_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

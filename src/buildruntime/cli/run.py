@@ -1,4 +1,12 @@
-"""``buildruntime run``: run a pipeline file's steps in order, then print a summary."""
+"""``buildruntime run``: run a pipeline file's steps, then print a summary.
+
+The order is the pipeline file's (:mod:`buildruntime.pipeline`): one step after another
+in file order, or, once any step declares ``depends_on``, each step as soon as the
+steps it depends on have finished, independent steps at the same time. When its turn
+comes a step runs only if the build's status so far (``failure`` once a step failed
+without ``failure: ignore``, else ``success``) is one its ``when: {status: ...}``
+allows; otherwise it is skipped. The exit status is the first failing step's.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import argparse
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,14 +25,25 @@ from buildruntime.cli.console import Console
 from buildruntime.cli.exits import EXIT_FAILED, EXIT_OK, BadInput
 from buildruntime.cli.interrupts import receiving_signals
 from buildruntime.cli.target import Target, choose_target, open_cluster, server_of
-from buildruntime.errors import BuildRuntimeError, ClusterUnavailableError
+from buildruntime.errors import BuildRuntimeError, ClusterUnavailableError, PodGoneError
 from buildruntime.images import image_problem
-from buildruntime.pipeline import load_pipeline_file
+from buildruntime.pipeline import PipelinePlan, Status, StepRules, load_plan_file
 from buildruntime.results import StepResult
 from buildruntime.runtime import Runtime
 from buildruntime.spec import BuildSpec, StepSpec
 
-_RESULT_COLOURS = {"ok": "32", "failed": "31", "skipped": "2", "interrupted": "33"}
+IGNORED = "failed (ignored)"
+"""A step's result in the summary when it failed under ``failure: ignore``."""
+_RESULT_COLOURS = {
+    "ok": "32",
+    "failed": "31",
+    IGNORED: "33",
+    "skipped": "2",
+    "interrupted": "33",
+}
+_BUILD_GONE = (PodGoneError, ClusterUnavailableError)
+"""Errors after which no step of the build can run: the pod or the API server is gone.
+They end the build whatever the step's rules say."""
 
 
 @dataclass
@@ -32,6 +51,7 @@ class Row:
     """One line of the summary."""
 
     step: StepSpec
+    rules: StepRules = field(default_factory=StepRules)
     result: str = "skipped"
     exit_code: int | None = None
     started: float | None = None
@@ -47,27 +67,63 @@ class Row:
             return self.ended - self.started
         return None
 
+    def overlaps(self, other: Row) -> bool:
+        """Whether the two steps ran at the same time, for a while at least."""
+        mine, theirs = self.window, other.window
+        if mine is None or theirs is None:
+            return False
+        return mine[0] < theirs[1] and theirs[0] < mine[1]
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """When the step ran (monotonic clock), once it has ended."""
+        if self.started is None or self.ended is None:
+            return None
+        return self.started, self.ended
+
 
 @dataclass
 class Outcome:
+    """The build so far: its rows, its status and exit status."""
+
     rows: list[Row] = field(default_factory=list)
     status: int = EXIT_OK
+    failed: bool = False
+    gone: bool = False
+    """The build can run no more steps (see ``_BUILD_GONE``)."""
+
+    @property
+    def build_status(self) -> Status:
+        """What a step's ``when: {status: ...}`` is compared with."""
+        return "failure" if self.failed else "success"
+
+    def fail(self, status: int) -> None:
+        """Record a failure; the first one sets the exit status."""
+        if not self.failed:
+            self.failed = True
+            self.status = status or EXIT_FAILED
 
 
 async def run_build(
-    rt: Runtime, spec: BuildSpec, console: Console, *, server: str | None = None
+    rt: Runtime,
+    pipeline: BuildSpec | PipelinePlan,
+    console: Console,
+    *,
+    server: str | None = None,
 ) -> int:
-    """Run every step of ``spec`` in order on ``rt``, always removing the build.
-    ``server``: the API server's address, for the message when it cannot be reached."""
+    """Run the steps of ``pipeline`` on ``rt`` by its rules (a bare spec: in order, each
+    after a success), always removing the build. ``server``: the API server's address,
+    for the message when it cannot be reached."""
+    plan = pipeline if isinstance(pipeline, PipelinePlan) else PipelinePlan(pipeline)
+    spec = plan.spec
     build = await rt.setup_build(spec)
-    outcome = Outcome([Row(step) for step in spec.steps])
-    current: list[Row] = []
+    outcome = Outcome([Row(step, plan.rules[step.name]) for step in spec.steps])
     explain = _Explainer(rt, server)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_progress, build, console)
             try:
-                outcome.status = await _run_steps(rt, build, outcome, current, console, explain)
+                await _run_steps(rt, build, plan, outcome, console, explain)
             finally:
                 with anyio.CancelScope(shield=True):
                     try:
@@ -81,7 +137,7 @@ async def run_build(
                             console.error(f"removing the build: {explain(error)}")
                 tg.cancel_scope.cancel()
     finally:
-        for row in current:
+        for row in outcome.rows:
             if row.result == "running":
                 row.result = "interrupted"
                 row.ended = time.monotonic()
@@ -92,31 +148,66 @@ async def run_build(
 async def _run_steps(
     rt: Runtime,
     build: Build,
+    plan: PipelinePlan,
     outcome: Outcome,
-    current: list[Row],
     console: Console,
     explain: _Explainer,
-) -> int:
+) -> None:
     try:
         await rt.assemble_build(build)
     except BuildRuntimeError as error:
         console.error(explain(error))
-        return EXIT_FAILED
-    for row in outcome.rows:
-        current[:] = [row]
-        status = await _run_step(rt, build, row, console, explain)
-        if status != EXIT_OK:
-            return status
-    return EXIT_OK
+        outcome.gone = True
+        outcome.fail(EXIT_FAILED)
+        return
+    # One task per step, each waiting for the steps it needs: file order is the chain
+    # of each step needing the one before, a DAG runs its independent steps at once.
+    finished = {row.step.name: anyio.Event() for row in outcome.rows}
+    async with anyio.create_task_group() as tg:
+        for row in outcome.rows:
+            needs = [finished[name] for name in plan.needs(row.step.name)]
+            tg.start_soon(
+                _step_turn,
+                rt,
+                build,
+                row,
+                needs,
+                finished[row.step.name],
+                outcome,
+                console,
+                explain,
+            )
+
+
+async def _step_turn(
+    rt: Runtime,
+    build: Build,
+    row: Row,
+    needs: Sequence[anyio.Event],
+    done: anyio.Event,
+    outcome: Outcome,
+    console: Console,
+    explain: _Explainer,
+) -> None:
+    """Wait for the steps ``row`` needs, then run it or leave it skipped."""
+    try:
+        for event in needs:
+            await event.wait()
+        if outcome.gone or not row.rules.runs_when(outcome.build_status):
+            return
+        await _run_step(rt, build, row, outcome, console, explain)
+    finally:
+        done.set()
 
 
 async def _run_step(
     rt: Runtime,
     build: Build,
     row: Row,
+    outcome: Outcome,
     console: Console,
     explain: _Explainer,
-) -> int:
+) -> None:
     name = row.step.name
     row.result = "running"
     row.started = time.monotonic()
@@ -128,7 +219,6 @@ async def _run_step(
         result = await rt.wait_container(build, name)
     except BuildRuntimeError as error:
         row.ended = time.monotonic()
-        row.result = "failed"
         row.failure = error.reason or type(error).__name__
         try:
             settled = await rt.inspect_container(build, name)
@@ -136,19 +226,34 @@ async def _run_step(
             settled = None
         if settled is not None and settled.failure is not None:
             row.failure = _failure_text(settled)
-        console.error(explain(error))
-        return EXIT_FAILED
+        if not (isinstance(error, ClusterUnavailableError) and explain.said_unavailable):
+            console.error(explain(error))
+        _step_failed(row, outcome, EXIT_FAILED, console, build_gone=isinstance(error, _BUILD_GONE))
+        return
     row.ended = time.monotonic()
     row.step_result = result
     row.exit_code = result.exit_code
     if result.succeeded:
         row.result = "ok"
-        return EXIT_OK
-    row.result = "failed"
+        return
     row.failure = _failure_text(result)
     detail = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
     console.note(f"{console.prefix(name)} failed: {detail} ({row.failure})")
-    return result.exit_code or EXIT_FAILED
+    _step_failed(row, outcome, result.exit_code or EXIT_FAILED, console)
+
+
+def _step_failed(
+    row: Row, outcome: Outcome, status: int, console: Console, *, build_gone: bool = False
+) -> None:
+    """Record the failure of ``row``'s step in the build, unless its rules ignore it."""
+    if build_gone:
+        outcome.gone = True
+    elif row.rules.ignores_failure:
+        row.result = IGNORED
+        console.note(f"{console.prefix(row.step.name)} failure ignored (failure: ignore)")
+        return
+    row.result = "failed"
+    outcome.fail(status)
 
 
 class _Explainer:
@@ -215,18 +320,24 @@ async def _progress(build: Build, console: Console) -> None:
 
 
 def _summary(rows: list[Row], console: Console) -> None:
-    table = [("STEP", "RESULT", "EXIT", "DURATION", "FAILURE")]
+    header = ["STEP", "RESULT", "EXIT", "DURATION", "FAILURE"]
+    together = _parallel(rows)
+    if any(together.values()):
+        # Only when steps ran at the same time: a pipeline in file order keeps its table.
+        header.append("PARALLEL WITH")
+    table = [header]
     for row in rows:
         duration = row.duration
-        table.append(
-            (
-                row.step.name,
-                row.result,
-                "-" if row.exit_code is None else str(row.exit_code),
-                "-" if duration is None else _seconds(duration),
-                row.failure,
-            )
-        )
+        cells = [
+            row.step.name,
+            row.result,
+            "-" if row.exit_code is None else str(row.exit_code),
+            "-" if duration is None else _seconds(duration),
+            row.failure,
+        ]
+        if len(header) > len(cells):
+            cells.append(", ".join(together[row.step.name]))
+        table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     console.line("")
     for i, cells in enumerate(table):
@@ -239,6 +350,16 @@ def _summary(rows: list[Row], console: Console) -> None:
                 padded = console.paint(padded, "1")
             parts.append(padded)
         console.line("  ".join(parts).rstrip())
+
+
+def _parallel(rows: list[Row]) -> dict[str, list[str]]:
+    """For each step, the steps whose run overlapped its own, in file order."""
+    return {
+        row.step.name: [
+            other.step.name for other in rows if other is not row and row.overlaps(other)
+        ]
+        for row in rows
+    }
 
 
 def _seconds(value: float) -> str:
@@ -265,7 +386,7 @@ class RunSettings:
 
 
 async def _run_command(
-    spec: BuildSpec, target: Target, settings: RunSettings, console: Console
+    plan: PipelinePlan, target: Target, settings: RunSettings, console: Console
 ) -> int:
     status = EXIT_FAILED
     runtime_settings: dict[str, Any] = {"api_timeout": settings.api_timeout}
@@ -282,7 +403,7 @@ async def _run_command(
         # runtime's watches still run, so that it sees the pod go. Cancelling the
         # runtime as well would stop those watches and leave a terminating pod behind.
         with interruption.cancels():
-            status = await run_build(rt, spec, console, server=server_of(cluster))
+            status = await run_build(rt, plan, console, server=server_of(cluster))
     return interruption.status or status
 
 
@@ -303,10 +424,10 @@ def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = N
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    spec = load_pipeline_file(args.pipeline)
+    plan = load_plan_file(args.pipeline)
     settings = run_settings(args)
     target = choose_target(simulate=args.simulate, kubeconfig=args.kubeconfig, context=args.context)
     assert target is not None
     if target.note:
         console.note(f"buildruntime: {target.note}")
-    return anyio.run(_run_command, spec, target, settings, console)
+    return anyio.run(_run_command, plan, target, settings, console)
