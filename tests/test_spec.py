@@ -12,6 +12,8 @@ from buildruntime import BuildSpec, Runtime, SpecError, StepSpec
 from buildruntime.images import normalize_image
 from buildruntime.testing import FakeCluster
 
+from .conftest import step
+
 
 def test_rendered_pod_runs_every_step_on_the_placeholder_with_its_final_args() -> None:
     spec = BuildSpec(
@@ -56,13 +58,19 @@ def test_rendered_pod_runs_every_step_on_the_placeholder_with_its_final_args() -
         "image": "registry.k8s.io/pause:3.10",
         "args": ["/bin/sh", "-c", "set -e\ngo vet ./...\ngo test ./..."],
         "imagePullPolicy": "Always",
-        "env": [{"name": "CGO_ENABLED", "value": "0"}],
+        "env": [
+            {"name": "CI_WORKSPACE", "value": "/workspace"},
+            {"name": "CGO_ENABLED", "value": "0"},
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "workspace", "mountPath": "/workspace"}],
         "workingDir": "/src",
         "resources": {"limits": {"memory": "64Mi"}},
     }
     assert "command" not in test
     assert custom["args"] == ["/bin/ash", "-c", "echo hi"]
+    assert custom["workingDir"] == "/workspace"
+    assert pod["spec"]["volumes"] == [{"name": "workspace", "emptyDir": {}}]
 
 
 @pytest.mark.parametrize(
@@ -170,3 +178,86 @@ async def test_invalid_build_never_creates_a_pod(cluster: FakeCluster) -> None:
             await rt.setup_build("not a spec")  # type: ignore[arg-type]
         assert caught.value.field == "spec"
     assert not [r for r in cluster.requests if r.verb == "create"]
+
+
+def test_workspace_and_volumes_render_to_mounts() -> None:
+    from buildruntime import Workspace
+    from buildruntime.spec import render_pod
+
+    spec = BuildSpec(
+        build_id="vol-1",
+        steps=[
+            StepSpec(name="a", image="busybox", commands=["true"], mounts={"cache": "/cache/"}),
+            StepSpec(name="b", image="busybox", commands=["true"]),
+        ],
+        workspace=Workspace(path="/src", size_limit="1Gi", medium="Memory"),
+        volumes={"cache": {"persistentVolumeClaim": {"claimName": "go-cache"}}},
+    )
+    pod = render_pod(spec, namespace="ci", pause_image="registry.k8s.io/pause:3.10")
+    assert pod["spec"]["volumes"] == [
+        {"name": "workspace", "emptyDir": {"sizeLimit": "1Gi", "medium": "Memory"}},
+        {"name": "cache", "persistentVolumeClaim": {"claimName": "go-cache"}},
+    ]
+    a, b = pod["spec"]["containers"]
+    assert a["volumeMounts"] == [
+        {"name": "workspace", "mountPath": "/src"},
+        {"name": "cache", "mountPath": "/cache"},
+    ]
+    assert b["volumeMounts"] == [{"name": "workspace", "mountPath": "/src"}]
+    assert (a["workingDir"], a["env"][0]) == ("/src", {"name": "CI_WORKSPACE", "value": "/src"})
+    claimed = render_pod(
+        BuildSpec(build_id="vol-2", steps=[step("a")], workspace=Workspace(claim="shared")),
+        namespace="ci",
+        pause_image="registry.k8s.io/pause:3.10",
+        workspace_path="/w",
+    )
+    assert claimed["spec"]["volumes"] == [
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": "shared"}}
+    ]
+    assert claimed["spec"]["containers"][0]["workingDir"] == "/w"
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        ({"volumes": {"workspace": {"emptyDir": {}}}}, "volumes['workspace']"),
+        ({"volumes": {"Bad": {"emptyDir": {}}}}, "volumes['Bad']"),
+        ({"volumes": {"x": {"nfs": {}}}}, "volumes['x']"),
+        ({"volumes": {"x": {"emptyDir": {}, "hostPath": {}}}}, "volumes['x']"),
+        (
+            {"steps": [StepSpec(name="a", image="busybox", mounts={"nope": "/n"})]},
+            "steps[a].mounts['nope']",
+        ),
+        (
+            {
+                "steps": [StepSpec(name="a", image="busybox", mounts={"x": "/workspace"})],
+                "volumes": {"x": {"emptyDir": {}}},
+            },
+            "steps[a].mounts['x']",
+        ),
+    ],
+)
+def test_bad_volumes_name_the_field(build: dict[str, Any], field: str) -> None:
+    from buildruntime.spec import render_pod
+
+    def render() -> None:
+        spec = BuildSpec(**{"build_id": "v", "steps": [step("a")], **build})
+        render_pod(spec, namespace="ci", pause_image="registry.k8s.io/pause:3.10")
+
+    with pytest.raises(SpecError) as info:
+        render()
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"mounts": {"x": "relative"}}, "steps[a].mounts['x']"),
+        ({"mounts": {"x": "/same", "y": "/same/"}}, "steps[a].mounts"),
+        ({"env": {"CI_WORKSPACE": "/elsewhere"}}, "steps[a].env['CI_WORKSPACE']"),
+    ],
+)
+def test_bad_mounts_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        StepSpec(name="a", image="busybox", **kwargs)
+    assert info.value.field == field

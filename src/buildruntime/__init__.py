@@ -19,6 +19,7 @@ from buildruntime.results import Failure, StepResult
 from buildruntime.runtime import Runtime
 from buildruntime.settings import RuntimeSettings
 from buildruntime.spec import BuildSpec, StepSpec
+from buildruntime.volumes import Workspace
 
 __all__ = [
     "AdmissionError",
@@ -39,4 +40,5 @@ __all__ = [
     "StepSpec",
     "StepTimeoutError",
     "UsageError",
+    "Workspace",
 ]

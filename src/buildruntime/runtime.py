@@ -197,7 +197,12 @@ class Runtime:
                 "build first, or choose another build_id",
                 build_id=spec.build_id,
             )
-        manifest = render_pod(spec, namespace=self.namespace, pause_image=self.pause_image)
+        manifest = render_pod(
+            spec,
+            namespace=self.namespace,
+            pause_image=self.pause_image,
+            workspace_path=self.settings.workspace_path,
+        )
         controller = BuildController(
             self.cluster,
             spec,

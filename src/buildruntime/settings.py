@@ -17,6 +17,7 @@ from buildruntime.errors import SpecError
 from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
 from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.logs import DEFAULT_MEMORY_LIMIT
+from buildruntime.volumes import DEFAULT_WORKSPACE_PATH, check_path
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class RuntimeSettings:
     """Per step, log bytes kept in memory before the capture spills to a file."""
     reflector: ReflectorSettings = field(default_factory=ReflectorSettings)
     """Watch timing and backoff, the resync period included."""
+    workspace_path: str = DEFAULT_WORKSPACE_PATH
+    """Where every step finds the build's workspace, unless the build says otherwise."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.pause_image, str):
@@ -51,6 +54,9 @@ class RuntimeSettings:
             raise SpecError("log_memory_limit", f"must be a number of bytes >= 0, not {limit!r}")
         for name in ("schedule_timeout", "delete_timeout", "api_timeout"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(
+            self, "workspace_path", check_path(self.workspace_path, "workspace_path")
+        )
 
     @property
     def resync_period(self) -> float:
@@ -67,6 +73,7 @@ class RuntimeOptions(TypedDict, total=False):
     api_timeout: float
     log_memory_limit: int
     reflector: ReflectorSettings
+    workspace_path: str
 
 
 def resolve(settings: RuntimeSettings | None, options: RuntimeOptions) -> RuntimeSettings:

@@ -18,6 +18,14 @@ from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.volumes import (
+    DEFAULT_WORKSPACE_PATH,
+    WORKSPACE_ENV,
+    Workspace,
+    check_mounts,
+    check_volumes,
+)
+from buildruntime.volumes import render as render_volumes
 
 STEPS_ANNOTATION = "buildruntime.io/steps"
 """Lists the pod's step containers, so a monitor can tell them from injected sidecars."""
@@ -130,6 +138,8 @@ class StepSpec:
     pull_policy: PullPolicy = "IfNotPresent"
     timeout: float | None = None
     resources: Mapping[str, Mapping[str, str]] | None = None
+    mounts: Mapping[str, str] = field(default_factory=dict)
+    """The build's named volumes this step mounts: volume name to path."""
 
     def __post_init__(self) -> None:
         problem = dns1123_label_problem(self.name)
@@ -162,7 +172,12 @@ class StepSpec:
                     f"{where}.env[{key!r}]",
                     "is not a valid environment variable name ([-._a-zA-Z][-._a-zA-Z0-9]*)",
                 )
+        if WORKSPACE_ENV in env:
+            raise SpecError(
+                f"{where}.env[{WORKSPACE_ENV!r}]", "is set by the runtime to the workspace path"
+            )
         object.__setattr__(self, "env", env)
+        object.__setattr__(self, "mounts", check_mounts(self.mounts, where))
         if self.working_dir is not None and (
             not isinstance(self.working_dir, str) or not self.working_dir.startswith("/")
         ):
@@ -218,6 +233,11 @@ class BuildSpec:
     timeout: float | None = None
     """The whole build's deadline in seconds, from the pod's start: Kubernetes itself ends
     the pod then (``activeDeadlineSeconds``), even when no worker is left to do it."""
+    workspace: Workspace | None = None
+    """Where the steps share files; None: an emptyDir at the runtime's workspace path."""
+    volumes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Named Kubernetes volume sources (configMap, secret, emptyDir,
+    persistentVolumeClaim, hostPath) that steps mount by name."""
 
     def __post_init__(self) -> None:
         problem = dns1123_label_problem(self.build_id)
@@ -268,6 +288,11 @@ class BuildSpec:
             problem = image_problem(self.pause_image)
             if problem:
                 raise SpecError("pause_image", problem, build_id=bid)
+        if self.workspace is not None and not isinstance(self.workspace, Workspace):
+            raise SpecError(
+                "workspace", f"must be a Workspace, not {type(self.workspace).__name__}"
+            )
+        object.__setattr__(self, "volumes", check_volumes(self.volumes))
         if self.timeout is not None:
             if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
                 raise SpecError("timeout", "must be a number of seconds", build_id=bid)
@@ -287,24 +312,43 @@ class BuildSpec:
         return self.build_id
 
 
-def render_pod(spec: BuildSpec, *, namespace: str, pause_image: str) -> JSON:
-    """The pod manifest for ``spec``: every step a container on the pause placeholder."""
+def render_pod(
+    spec: BuildSpec,
+    *,
+    namespace: str,
+    pause_image: str,
+    workspace_path: str = DEFAULT_WORKSPACE_PATH,
+) -> JSON:
+    """The pod manifest for ``spec``: every step a container on the pause placeholder,
+    all of them mounting the build's workspace."""
     placeholder = spec.pause_image or pause_image
+    workspace = spec.workspace or Workspace()
+    path = workspace.path or workspace_path
+    try:
+        volumes, mounts = render_volumes(
+            workspace, path, spec.volumes, {step.name: step.mounts for step in spec.steps}
+        )
+    except SpecError as error:
+        raise SpecError(error.field, error.problem, build_id=spec.build_id) from None
     containers: list[JSON] = []
     for step in spec.steps:
         container: dict[str, Any] = {
             "name": step.name,
             "image": placeholder,
             "imagePullPolicy": step.pull_policy,
-            "env": [{"name": k, "value": v} for k, v in step.env.items()],
+            "env": [
+                {"name": WORKSPACE_ENV, "value": path},
+                *({"name": k, "value": v} for k, v in step.env.items()),
+            ],
             "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": mounts[step.name],
+            # A step starts in the workspace unless it says otherwise.
+            "workingDir": step.working_dir or path,
         }
         if step.args:
             # The kubelet expands $(VAR) in args and turns $$ into $: escape every $
             # so the shell, not the kubelet, gives it meaning.
             container["args"] = [arg.replace("$", "$$") for arg in step.args]
-        if step.working_dir:
-            container["workingDir"] = step.working_dir
         if step.resources:
             container["resources"] = {k: dict(v) for k, v in step.resources.items()}
         containers.append(container)
@@ -315,6 +359,7 @@ def render_pod(spec: BuildSpec, *, namespace: str, pause_image: str) -> JSON:
         # Steps run one at a time; a short grace period keeps removal quick.
         "terminationGracePeriodSeconds": 5,
         "automountServiceAccountToken": spec.service_account is not None,
+        "volumes": volumes,
     }
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
