@@ -114,7 +114,7 @@ class BuildView:
             failure = diagnosis.event_failure(event)
             if failure is not None:
                 self._step_failed(step, failure)
-        if event.type == "Warning":
+        if event.type == "Warning" and not _probing(event):
             key = (step, event.reason, event.message)
             if key not in self._warned:
                 self._warned.add(key)
@@ -236,3 +236,10 @@ def _with_failure(view: ContainerView, failure: diagnosis.StepFailure | None) ->
         view.stopped,
         failure=failure,
     )
+
+
+def _probing(event: EventSnapshot) -> bool:
+    """A readiness probe failing: a service (or its placeholder) not listening yet. Its
+    readiness is the container's ``ready`` flag; the runtime reports a service that
+    never gets there, so these are no warnings."""
+    return event.reason == "Unhealthy" and event.message.startswith("Readiness probe failed")

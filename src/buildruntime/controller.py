@@ -35,6 +35,7 @@ from buildruntime.errors import (
     ContainerCreateError,
     ImagePullError,
     SchedulingError,
+    ServiceError,
     StepTimeoutError,
 )
 from buildruntime.events import BuildEvent
@@ -314,6 +315,8 @@ class BuildController:
             await self._wait_started(spec)
             if record.started_at is None:
                 record.started_at = anyio.current_time()
+            if spec.detach and spec.ports:
+                await self._wait_ready(spec)
         except (ImagePullError, ContainerCreateError) as error:
             failure = (
                 Failure.IMAGE_PULL
@@ -363,6 +366,39 @@ class BuildController:
             if view.pod_gone:
                 break
         raise self.gone_error(spec.name)
+
+    async def _wait_ready(self, spec: StepSpec) -> None:
+        """A service is ready once its readinessProbe passes (the kubelet checks its
+        first port; the pod watch brings the ``ready`` flag); one that ends first fails
+        with its exit code and last lines."""
+        step = spec.name
+        try:
+            view = await self.wait_step(
+                step,
+                lambda view: view.ended or bool(view.step_container and view.step_container.ready),
+            )
+        except anyio.EndOfStream:
+            raise self.gone_error(step) from None
+        container = view.step_container
+        if container is not None and container.ready and container.phase == "running":
+            return
+        if container is None or container.phase != "terminated":
+            raise self.gone_error(step)
+        buffer = self.buffers[step]
+        with anyio.move_on_after(5.0):
+            await buffer.wait_complete()  # its last lines, before they are quoted
+        last = [
+            line.decode(errors="replace")
+            for line in buffer.lines(max(len(buffer) - 5, 0), len(buffer))
+        ]
+        raise ServiceError(
+            f"service {step} exited with code {container.exit_code} before port "
+            f"{spec.ports[0]} accepted connections",
+            build_id=self.build_id,
+            step=step,
+            reason=container.reason,
+            message=("last lines: " + " | ".join(last)) if last else "it printed nothing",
+        )
 
     async def step_result(self, spec: StepSpec) -> StepResult:
         """Wait until the step ended; its result, or :class:`StepTimeoutError` once a

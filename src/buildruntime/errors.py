@@ -72,6 +72,11 @@ class ContainerCreateError(BuildRuntimeError):
     CreateContainerConfigError, ContainerCannotRun)."""
 
 
+class ServiceError(BuildRuntimeError):
+    """A detached step (a service) ended before its ports accepted connections;
+    ``message`` holds its last log lines."""
+
+
 class PodGoneError(BuildRuntimeError):
     """The build's pod was deleted, evicted or lost while the build still needed it."""
 
@@ -92,6 +97,7 @@ __all__ = [
     "ImagePullError",
     "PodGoneError",
     "SchedulingError",
+    "ServiceError",
     "SpecError",
     "StepTimeoutError",
     "UsageError",

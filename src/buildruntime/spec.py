@@ -140,6 +140,13 @@ class StepSpec:
     resources: Mapping[str, Mapping[str, str]] | None = None
     mounts: Mapping[str, str] = field(default_factory=dict)
     """The build's named volumes this step mounts: volume name to path."""
+    detach: bool = False
+    """A service (a database, a cache): ``run_container`` returns once it runs, or once
+    its ``ports`` accept connections; nothing waits for it to end, and ``remove_build``
+    stops it. Other steps reach it by its name and on localhost."""
+    ports: Sequence[int] = ()
+    """TCP ports a detached step serves; it is ready once the first accepts connections
+    (its readinessProbe, as the kubelet checks it)."""
 
     def __post_init__(self) -> None:
         problem = dns1123_label_problem(self.name)
@@ -196,6 +203,16 @@ class StepSpec:
             object.__setattr__(
                 self, "resources", _check_resources(self.resources, f"{where}.resources")
             )
+        if not isinstance(self.detach, bool):
+            raise SpecError(f"{where}.detach", "must be true or false")
+        if isinstance(self.ports, str | bytes) or not isinstance(self.ports, Sequence):
+            raise SpecError(f"{where}.ports", "must be a list of TCP port numbers")
+        for i, port in enumerate(self.ports):
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise SpecError(f"{where}.ports[{i}]", f"{port!r} is not a port number")
+        if self.ports and not self.detach:
+            raise SpecError(f"{where}.ports", "only a detached step (a service) has ports")
+        object.__setattr__(self, "ports", tuple(self.ports))
 
     @property
     def args(self) -> list[str]:
@@ -351,6 +368,15 @@ def render_pod(
             container["args"] = [arg.replace("$", "$$") for arg in step.args]
         if step.resources:
             container["resources"] = {k: dict(v) for k, v in step.resources.items()}
+        if step.ports:
+            container["ports"] = [{"containerPort": port} for port in step.ports]
+            # Checked by the kubelet, seen by the runtime as the container's `ready` flag
+            # through the pod watch: nothing polls the service from outside.
+            container["readinessProbe"] = {
+                "tcpSocket": {"port": step.ports[0]},
+                "periodSeconds": 1,
+                "failureThreshold": 1,
+            }
         containers.append(container)
     labels = {**spec.labels, MANAGED_BY: MANAGED_BY_VALUE, BUILD_ID: spec.build_id}
     pod_spec: dict[str, Any] = {
@@ -361,6 +387,11 @@ def render_pod(
         "automountServiceAccountToken": spec.service_account is not None,
         "volumes": volumes,
     }
+    services = [step.name for step in spec.steps if step.detach]
+    if services:
+        # Services are reached by name as on Drone, Vela and GitLab: every container of
+        # the pod shares its network namespace, so the name stands for localhost.
+        pod_spec["hostAliases"] = [{"ip": "127.0.0.1", "hostnames": services}]
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
     if spec.node_selector:

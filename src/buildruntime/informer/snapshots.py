@@ -54,6 +54,8 @@ class ContainerSnapshot(_Frozen, frozen=True):
     image_id: str = msgspec.field(default="", name="imageID")
     status_container_id: str | None = msgspec.field(default=None, name="containerID")
     restart_count: int = 0
+    ready: bool = False
+    """The container passes its readinessProbe (a service's ports accept connections)."""
     state: ContainerState = ContainerState()
     last_state: ContainerState = ContainerState()
     """The previous instance's end, after a restart (an image patch restarts a container
