@@ -14,6 +14,7 @@ actions that need control of the control plane skip with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -133,6 +134,11 @@ class Target:
         (the ground truth); None when it does not exist."""
         raise NotImplementedError
 
+    async def create_claim(self, name: str) -> None:
+        """A PersistentVolumeClaim ``name`` in the namespace, bound to a volume on the
+        node (removed with the target), for a build's workspace."""
+        raise NotImplementedError
+
     async def pod_gone(self, name: str) -> None:
         """Poll the ground truth until the pod no longer exists (bound it with
         ``anyio.fail_after``): a deletion takes the pod's grace period."""
@@ -232,6 +238,11 @@ class FakeTarget(Target):
             current, reason, message, type=type, component="integration-test", container=container
         )
 
+    async def create_claim(self, name: str) -> None:
+        # FakeCluster's kubelet gives every claim name a directory of its own that
+        # outlives the pods using it, as a bound volume does.
+        return None
+
     async def read_pod(self, name: str) -> JSON | None:
         # Straight from the fake's storage: not a request of the port, and None once the
         # pod is deleted (its history keeps the deleted version).
@@ -256,9 +267,57 @@ class ClusterTarget(Target):
         self.pause_image = LOCAL_PAUSE_IMAGE
         self._outside = KubeCluster.from_kubeconfig(kubeconfig)
         self._admin = config.new_client_from_config(config_file=kubeconfig)
+        self._volumes: list[str] = []
 
     async def delete_pod_from_outside(self, name: str) -> None:
         await self._outside.delete_pod(self.namespace, name)
+
+    async def create_claim(self, name: str) -> None:
+        # A hostPath volume on the one node, pre-bound to the claim (no provisioner
+        # here); kube-controller-manager's binder marks both Bound.
+        self.require_control("a volume on the node")
+        from kubernetes import client
+
+        core = client.CoreV1Api(self._admin)
+        volume = f"{self.namespace}-{name}"
+        path = f"/var/lib/buildruntime-cluster/volumes/{volume}"
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": path, "type": "DirectoryOrCreate"},
+                "claimRef": {"namespace": self.namespace, "name": name},
+            },
+        }
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+        await anyio.to_thread.run_sync(lambda: core.create_persistent_volume(pv))
+        self._volumes.append(volume)
+        await anyio.to_thread.run_sync(
+            lambda: core.create_namespaced_persistent_volume_claim(self.namespace, pvc)
+        )
+        with anyio.fail_after(60):
+            while True:
+                claim = await anyio.to_thread.run_sync(
+                    lambda: core.read_namespaced_persistent_volume_claim(name, self.namespace)
+                )
+                if claim.status.phase == "Bound":
+                    return
+                await anyio.sleep(0.2)
 
     def cut_connections(self) -> None:
         self.proxy.cut()
@@ -412,6 +471,12 @@ class ClusterTarget(Target):
         return await anyio.to_thread.run_sync(read)
 
     async def aclose(self) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self._admin)
+        for volume in self._volumes:
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(lambda v=volume: core.delete_persistent_volume(v))
         await self.cluster.aclose()
         await self._outside.aclose()
         self._admin.close()

@@ -26,4 +26,4 @@ REGISTRY_ADDR=127.0.0.1:5055
 
 # kube-controller-manager runs only what pods, ServiceAccounts, namespaces, RBAC
 # aggregation and ResourceQuota need.
-KCM_CONTROLLERS=serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,resourcequota-controller
+KCM_CONTROLLERS=persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,resourcequota-controller
