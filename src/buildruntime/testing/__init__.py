@@ -19,5 +19,6 @@ The modules, one job each: ``apiserver`` (storage, versions, change history), ``
 from buildruntime.cluster.port import Request
 from buildruntime.testing.cluster import FakeCluster
 from buildruntime.testing.faults import Faults
+from buildruntime.testing.imagestore import ImageConfig
 
-__all__ = ["FakeCluster", "Faults", "Request"]
+__all__ = ["FakeCluster", "Faults", "ImageConfig", "Request"]

@@ -6,7 +6,9 @@ fields), each value expanded with the variables defined before it; then ``comman
 ``args`` expanded with the whole environment. ``$(VAR)`` is replaced when VAR is
 defined and left as written otherwise; ``$$`` is a literal ``$`` (so a script's ``$$``
 reaches the shell as ``$``). PATH and HOME come from this machine, since the steps run
-here; HOSTNAME is the pod's name.
+here; HOSTNAME is the pod's name. The command line is the runtime's merge of the
+container's ``command``/``args`` with the image's ``ENTRYPOINT``/``CMD`` (see
+:func:`command_line`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from buildruntime.testing.imagestore import ImageConfig
 from buildruntime.testing.objects import JSON
 
 
@@ -78,7 +81,16 @@ def environment(pod: JSON, spec: JSON) -> dict[str, str]:
     return env
 
 
-def command_line(spec: JSON, env: dict[str, str]) -> list[str]:
-    """``command + args``, expanded."""
-    words = (spec.get("command") or []) + (spec.get("args") or [])
-    return [expand(str(word), env) for word in words]
+def command_line(spec: JSON, image: ImageConfig, env: dict[str, str]) -> list[str]:
+    """The process a container runs, as containerd builds it from the pod spec and the
+    image config: ``command`` set gives ``command + args`` (the image's CMD ignored);
+    only ``args`` gives ``ENTRYPOINT + args``; neither gives ``ENTRYPOINT + CMD``. Only
+    the container's own words are ``$(VAR)``-expanded: the image's are not the
+    kubelet's."""
+    command = [expand(str(word), env) for word in spec.get("command") or []]
+    args = [expand(str(word), env) for word in spec.get("args") or []]
+    if command:
+        return command + args
+    if args:
+        return [*image.entrypoint, *args]
+    return [*image.entrypoint, *image.cmd]

@@ -28,12 +28,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from buildruntime.cluster.port import ApiError, NotFoundError
-from buildruntime.images import normalize_image
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import DELETED, APIServer
 from buildruntime.testing.environment import command_line, environment
 from buildruntime.testing.events import WARNING, EventRecorder
 from buildruntime.testing.imagepull import Backoff, ImageManager, go_duration
+from buildruntime.testing.imagestore import ImageStore
 from buildruntime.testing.logs import ContainerLog
 from buildruntime.testing.objects import JSON
 from buildruntime.testing.podstatus import (
@@ -61,26 +61,23 @@ class Kubelet:
         tasks: SystemTasks,
         *,
         node_name: str,
-        images: set[str],
-        pause_image: str,
+        images: ImageStore,
         pull_delay: float,
     ) -> None:
         self.server = server
         self.recorder = recorder
         self.tasks = tasks
         self.node_name = node_name
-        self.images = {normalize_image(i) for i in images}
-        self.pause_image = normalize_image(pause_image)
+        self.images = images
         self.pull_delay = pull_delay
         self.workers: dict[str, PodWorker] = {}
         self._next_ip = 0
 
     def is_pause(self, image: str) -> bool:
-        return normalize_image(image) == self.pause_image
+        return self.images.is_pause(image)
 
     def has_image(self, image: str) -> bool:
-        normalized = normalize_image(image)
-        return normalized == self.pause_image or normalized in self.images
+        return self.images.has(image)
 
     def allocate_ip(self) -> str:
         self._next_ip += 1
@@ -413,7 +410,8 @@ class PodWorker:
         instance = Instance(
             name=record.name,
             image=image,
-            normalized_image=normalize_image(image),
+            reported_image=self.kubelet.images.reported_name(image),
+            image_id=self.kubelet.images.image_id(image),
             pause=self.kubelet.is_pause(image),
         )
         instance.on_change = self._instance_changed
@@ -425,7 +423,7 @@ class PodWorker:
             instance.start_pause()
             return True
         env = environment(pod, spec)
-        argv = command_line(spec, env)
+        argv = command_line(spec, self.kubelet.images.config(image), env)
         limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
         self._procs.start_soon(
             self._run_instance,

@@ -96,13 +96,17 @@ def _resident_bytes(pids: list[int]) -> int:
 class Instance:
     """One runtime container: one attempt at running a container of the pod spec."""
 
-    def __init__(self, *, name: str, image: str, normalized_image: str, pause: bool) -> None:
+    def __init__(
+        self, *, name: str, image: str, reported_image: str, image_id: str, pause: bool
+    ) -> None:
         self.name = name
         self.image = image
-        self.normalized_image = normalized_image
+        """The image as the pod spec names it (a changed spec restarts the container)."""
+        self.reported_image = reported_image
+        """The image as the container status names it (normal form, or the alias)."""
+        self.image_id = image_id
         self.pause = pause
         self.container_id = objects.container_id()
-        self.image_id = objects.image_id(normalized_image)
         self.log = ContainerLog()
         self.state = "created"
         self.started_at: str | None = None
