@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -76,8 +77,13 @@ class FakeCluster:
     Beyond the port: ``faults`` (see :class:`~buildruntime.testing.faults.Faults`),
     :meth:`kill_container`, :meth:`rotate_log`, ``requests`` (one :class:`Request` per
     call, appended before anything else happens), ``open_watches``/``open_log_streams``
-    (open right now) and :meth:`history` (every version of a pod as written: the ground
-    truth).
+    (open right now), :meth:`history` (every version of a pod as written: the ground
+    truth) and :meth:`pod_root`.
+
+    A step runs with a container's minimal environment (PATH, HOSTNAME, HOME and its
+    ``env``; see :mod:`~buildruntime.testing.environment`) in its pod's own temporary
+    root directory (a ``workingDir`` ``/x/y`` is ``<pod root>/x/y``, HOME is
+    ``<pod root>/root``; see :mod:`~buildruntime.testing.rootfs`).
 
     It binds to the event loop of its first use (asyncio or trio) and must be closed
     with :meth:`aclose` (or used as ``async with``), which kills what it started.
@@ -369,6 +375,12 @@ class FakeCluster:
         :mod:`buildruntime.testing.logs` for what open follow streams do)."""
         self._tasks.check_loop()
         self._kubelet.log_for(namespace, pod, container).rotate()
+
+    def pod_root(self, namespace: str, pod: str) -> Path | None:
+        """The directory standing in for ``/`` in the containers of ``pod`` (see
+        :mod:`buildruntime.testing.rootfs`), or None when the node runs no such pod."""
+        worker = self._kubelet.worker_for(namespace, pod)
+        return None if worker is None or worker.root is None else worker.root.path
 
     def history(self, namespace: str, pod: str) -> builtins.list[JSON]:
         """Every version of the pod named ``pod`` ever written (across uids), in
