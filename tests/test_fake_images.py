@@ -54,6 +54,18 @@ async def test_images_none_makes_every_valid_image_present() -> None:
         assert await read_logs(cluster, "anyimage", "a", timestamps=False) == b"from a\n"
         assert await read_logs(cluster, "anyimage", "b", timestamps=False) == b"from b\n"
 
+        # A registry under .invalid never resolves: the pull fails as on a real node.
+        await cluster.create_pod(
+            NS, manifest("nohost", step("c", "true", image="example.invalid/tool:1.0"))
+        )
+        pod = await wait_until(
+            cluster, "nohost", lambda p: waiting_reason(p, "c") == "ErrImagePull"
+        )
+        assert container(pod, "c")["state"]["waiting"]["message"].endswith(
+            'Head "https://example.invalid/v2/tool/manifests/1.0": '
+            "dial tcp: lookup example.invalid: no such host"
+        )
+
         # An image name that does not parse is still refused by the node.
         await cluster.create_pod(NS, manifest("badname", step("c", "true", image="Bad/Name")))
         await wait_until(cluster, "badname", lambda p: waiting_reason(p, "c") == "InvalidImageName")

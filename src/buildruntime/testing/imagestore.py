@@ -3,8 +3,10 @@
 In the simulation an image is a name plus, optionally, the two fields of its config a
 container runtime reads to build a command line (:class:`ImageConfig`). What it models:
 
-- presence: a set of images, or every valid reference (``images=None``); the pause image,
-  each image with a config and each tag of an aliased image are always present;
+- presence: a set of images, or every valid reference (``images=None``) but those of a
+  registry under ``.invalid``, a name that never resolves (RFC 6761), so that a real
+  node could never pull them either; the pause image, each image with a config and each
+  tag of an aliased image are always present;
 - identity: an image has one digest whatever tag names it, so ``imageID`` (a repo digest,
   ``<repository>@sha256:<64 hex>``) is the same for an image and its aliases;
 - the name a container status reports: containerd answers ``ContainerStatus`` with the
@@ -53,6 +55,33 @@ def _checked(reference: str, what: str) -> str:
     return normalize_image(reference)
 
 
+def registry_host(image: str) -> str:
+    """The host name of the registry an image is pulled from."""
+    return normalize_image(image).split("/", 1)[0].rsplit(":", 1)[0].lower()
+
+
+def unresolvable_registry(image: str) -> bool:
+    """Whether the image's registry is under ``.invalid``, which never resolves."""
+    host = registry_host(image)
+    return host == "invalid" or host.endswith(".invalid")
+
+
+def pull_error(image: str) -> str:
+    """What containerd answers when the image cannot be pulled."""
+    normalized = normalize_image(image)
+    failed = f'failed to pull and unpack image "{normalized}": failed to resolve reference '
+    if unresolvable_registry(image):
+        host = registry_host(image)
+        path = normalized.split("/", 1)[1]
+        name, _, tag = path.partition(":")
+        return (
+            f'rpc error: code = Unknown desc = {failed}"{normalized}": failed to do request: '
+            f'Head "https://{host}/v2/{name}/manifests/{tag.split("@")[0] or "latest"}": '
+            f"dial tcp: lookup {host}: no such host"
+        )
+    return f'rpc error: code = NotFound desc = {failed}"{normalized}": {normalized}: not found'
+
+
 class ImageStore:
     """What images the node has, what they run and how they are reported."""
 
@@ -94,7 +123,7 @@ class ImageStore:
 
     def has(self, image: str) -> bool:
         if self._present is None:
-            return image_problem(image) is None
+            return image_problem(image) is None and not unresolvable_registry(image)
         return self.canonical(image) in self._present
 
     def is_pause(self, image: str) -> bool:
