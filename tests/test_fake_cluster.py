@@ -764,7 +764,10 @@ async def test_environment_expansion_and_working_dir(cluster: FakeCluster) -> No
     )
     out = await read_logs(cluster, "env", "step", timestamps=False)
     # Kubernetes expands $(VAR) and turns $$ into $ before the shell sees the script.
-    assert out == b"hi hi hi\nenv\n/tmp\n"
+    # The working dir /tmp is the pod's own /tmp, inside its root on the host.
+    root = cluster.pod_root(NS, "env")
+    assert root is not None
+    assert out == b"hi hi hi\nenv\n" + f"{root}/tmp\n".encode()
 
 
 async def test_a_missing_executable_is_a_start_error(cluster: FakeCluster) -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -38,6 +39,7 @@ from buildruntime.testing import objects
 from buildruntime.testing.apiserver import APIServer
 from buildruntime.testing.events import EventRecorder
 from buildruntime.testing.faults import Faults
+from buildruntime.testing.imagestore import ImageConfig, ImageStore
 from buildruntime.testing.kubelet import Kubelet
 from buildruntime.testing.logs import LogContext, LogStream
 from buildruntime.testing.patch import apply_patch
@@ -55,14 +57,33 @@ class FakeCluster:
 
     ``images`` are the images the node can run (compared after normalisation, so
     ``busybox`` is ``docker.io/library/busybox:latest``); any other image fails to pull.
-    The ``pause_image`` is always present and runs nothing. ``pull_delay`` is how long a
+    ``images=None`` makes every valid image reference present (an image is only a name
+    here), as ``--simulate`` wants; a reference that does not parse still gets
+    ``InvalidImageName``. The ``pause_image`` is always present and runs nothing.
+
+    ``image_configs`` gives images an :class:`ImageConfig` (``ENTRYPOINT`` and ``CMD``),
+    used as a container runtime uses them: ``command`` set runs ``command + args``; only
+    ``args`` runs ``ENTRYPOINT + args``; neither runs ``ENTRYPOINT + CMD``. An image with
+    no config has both empty (so a container with neither runs nothing and exits 0). An
+    image named here is present.
+
+    ``image_aliases`` maps an image to a second tag of the same image on the node
+    (``{"localhost/pause:3.10": "docker.io/kubernetes/pause:latest"}``): both names are
+    present and are the same image (same ``imageID``, the pause image's alias is the
+    placeholder too), and container statuses report the alias as ``image`` for a
+    container of either name, as containerd does. ``pull_delay`` is how long a
     pull takes; ``bookmark_interval`` how often watches get a BOOKMARK.
 
     Beyond the port: ``faults`` (see :class:`~buildruntime.testing.faults.Faults`),
     :meth:`kill_container`, :meth:`rotate_log`, ``requests`` (one :class:`Request` per
     call, appended before anything else happens), ``open_watches``/``open_log_streams``
-    (open right now) and :meth:`history` (every version of a pod as written: the ground
-    truth).
+    (open right now), :meth:`history` (every version of a pod as written: the ground
+    truth) and :meth:`pod_root`.
+
+    A step runs with a container's minimal environment (PATH, HOSTNAME, HOME and its
+    ``env``; see :mod:`~buildruntime.testing.environment`) in its pod's own temporary
+    root directory (a ``workingDir`` ``/x/y`` is ``<pod root>/x/y``, HOME is
+    ``<pod root>/root``; see :mod:`~buildruntime.testing.rootfs`).
 
     It binds to the event loop of its first use (asyncio or trio) and must be closed
     with :meth:`aclose` (or used as ``async with``), which kills what it started.
@@ -74,8 +95,10 @@ class FakeCluster:
 
     def __init__(
         self,
-        images: Iterable[str] = ("busybox",),
+        images: Iterable[str] | None = ("busybox",),
         *,
+        image_configs: Mapping[str, ImageConfig] | None = None,
+        image_aliases: Mapping[str, str] | None = None,
         pause_image: str = DEFAULT_PAUSE_IMAGE,
         node_name: str = "fake-node",
         pull_delay: float = 0.02,
@@ -84,8 +107,9 @@ class FakeCluster:
         watch_cache_size: int = 10_000,
         keep_history: bool = True,
     ) -> None:
-        if isinstance(images, str):
-            images = (images,)
+        store = ImageStore(
+            images, pause_image=pause_image, configs=image_configs, aliases=image_aliases
+        )
         self.requests: list[Request] = []
         self.node_name = node_name
         self.pause_image = pause_image
@@ -110,8 +134,7 @@ class FakeCluster:
             self._recorder,
             self._tasks,
             node_name=node_name,
-            images=set(images),
-            pause_image=pause_image,
+            images=store,
             pull_delay=pull_delay,
         )
         self._server.observers.extend([self._scheduler.observe, self._kubelet.observe])
@@ -352,6 +375,12 @@ class FakeCluster:
         :mod:`buildruntime.testing.logs` for what open follow streams do)."""
         self._tasks.check_loop()
         self._kubelet.log_for(namespace, pod, container).rotate()
+
+    def pod_root(self, namespace: str, pod: str) -> Path | None:
+        """The directory standing in for ``/`` in the containers of ``pod`` (see
+        :mod:`buildruntime.testing.rootfs`), or None when the node runs no such pod."""
+        worker = self._kubelet.worker_for(namespace, pod)
+        return None if worker is None or worker.root is None else worker.root.path
 
     def history(self, namespace: str, pod: str) -> builtins.list[JSON]:
         """Every version of the pod named ``pod`` ever written (across uids), in

@@ -1,20 +1,39 @@
-"""A container's environment and command line as the kubelet makes them.
+"""A container's environment and command line as the kubelet and the container runtime
+make them.
 
-Mimics ``pkg/kubelet/kubelet_pods.go`` and ``third_party/forked/golang/expansion``:
+The kubelet (``pkg/kubelet/kubelet_pods.go``, ``third_party/forked/golang/expansion``):
 ``env`` entries in order (``value``, or ``valueFrom.fieldRef`` for the pod's own
-fields), each value expanded with the variables defined before it; then ``command`` and
-``args`` expanded with the whole environment. ``$(VAR)`` is replaced when VAR is
-defined and left as written otherwise; ``$$`` is a literal ``$`` (so a script's ``$$``
-reaches the shell as ``$``). PATH and HOME come from this machine, since the steps run
-here; HOSTNAME is the pod's name.
+fields), each value expanded with the entries defined before it; then ``command`` and
+``args`` expanded with the container's env. ``$(VAR)`` is replaced when VAR is defined
+there and left as written otherwise (the variables the runtime adds, PATH, HOSTNAME and
+HOME, are not the kubelet's to expand); ``$$`` is a literal ``$`` (so a script's ``$$``
+reaches the shell as ``$``).
+
+The runtime (containerd, runc): the process gets only the environment below, nothing of
+the host's (no credentials, no ``VIRTUAL_ENV``), in this order, a later name replacing an
+earlier one:
+
+- ``PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin``, containerd's
+  default for an image that sets none (the simulated steps use the host's ``/bin/sh``
+  and coreutils from those directories);
+- ``HOSTNAME=<pod name>``;
+- ``HOME``: the simulated ``/root`` (see :mod:`.rootfs`), as runc sets it for uid 0;
+- the container's ``env``.
+
+The command line is the runtime's merge of the container's ``command``/``args`` with
+the image's ``ENTRYPOINT``/``CMD`` (see :func:`command_line`). The service-link variables
+a real kubelet adds (``KUBERNETES_SERVICE_HOST``...) are left out: nothing would answer
+at those addresses, and they would make a step believe it runs in a cluster.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from buildruntime.testing.imagestore import ImageConfig
 from buildruntime.testing.objects import JSON
+
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -56,15 +75,10 @@ def field_ref(pod: JSON, path: str) -> str:
     return "" if current is None else str(current)
 
 
-def environment(pod: JSON, spec: JSON) -> dict[str, str]:
-    """The environment of container ``spec`` of ``pod``."""
-    env = {
-        "PATH": os.environ.get(
-            "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        ),
-        "HOME": os.environ.get("HOME", "/root"),
-        "HOSTNAME": pod["metadata"]["name"],
-    }
+def container_env(pod: JSON, spec: JSON) -> dict[str, str]:
+    """The variables the kubelet gives container ``spec`` of ``pod`` (its ``env``,
+    expanded): what ``command`` and ``args`` are expanded with."""
+    env: dict[str, str] = {}
     for variable in spec.get("env") or []:
         name = variable.get("name")
         if not name:
@@ -78,7 +92,26 @@ def environment(pod: JSON, spec: JSON) -> dict[str, str]:
     return env
 
 
-def command_line(spec: JSON, env: dict[str, str]) -> list[str]:
-    """``command + args``, expanded."""
-    words = (spec.get("command") or []) + (spec.get("args") or [])
-    return [expand(str(word), env) for word in words]
+def process_env(pod: JSON, kubelet_env: dict[str, str], *, home: str) -> dict[str, str]:
+    """The whole environment of the container's process (see the module docstring)."""
+    return {
+        "PATH": CONTAINER_PATH,
+        "HOSTNAME": pod["metadata"]["name"],
+        "HOME": home,
+        **kubelet_env,
+    }
+
+
+def command_line(spec: JSON, image: ImageConfig, kubelet_env: dict[str, str]) -> list[str]:
+    """The process a container runs, as containerd builds it from the pod spec and the
+    image config: ``command`` set gives ``command + args`` (the image's CMD ignored);
+    only ``args`` gives ``ENTRYPOINT + args``; neither gives ``ENTRYPOINT + CMD``. Only
+    the container's own words are ``$(VAR)``-expanded: the image's are not the
+    kubelet's."""
+    command = [expand(str(word), kubelet_env) for word in spec.get("command") or []]
+    args = [expand(str(word), kubelet_env) for word in spec.get("args") or []]
+    if command:
+        return command + args
+    if args:
+        return [*image.entrypoint, *args]
+    return [*image.entrypoint, *image.cmd]

@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import anyio
 
-from buildruntime.images import image_problem, normalize_image
+from buildruntime.images import image_problem
+from buildruntime.testing.imagestore import pull_error
 from buildruntime.testing.objects import JSON
 from buildruntime.testing.podstatus import ContainerRecord
 
@@ -122,11 +123,7 @@ class ImageManager:
             )
             self.backoffs.pop(image, None)
             return True
-        normalized = normalize_image(image)
-        error = (
-            f'rpc error: code = NotFound desc = failed to pull and unpack image "{normalized}": '
-            f'failed to resolve reference "{normalized}": {normalized}: not found'
-        )
+        error = pull_error(image)
         self._post(
             "Failed", f'Failed to pull image "{image}": {error}', container=name, warning=True
         )

@@ -28,12 +28,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from buildruntime.cluster.port import ApiError, NotFoundError
-from buildruntime.images import normalize_image
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import DELETED, APIServer
-from buildruntime.testing.environment import command_line, environment
+from buildruntime.testing.environment import command_line, container_env, process_env
 from buildruntime.testing.events import WARNING, EventRecorder
 from buildruntime.testing.imagepull import Backoff, ImageManager, go_duration
+from buildruntime.testing.imagestore import ImageStore
 from buildruntime.testing.logs import ContainerLog
 from buildruntime.testing.objects import JSON
 from buildruntime.testing.podstatus import (
@@ -44,6 +44,7 @@ from buildruntime.testing.podstatus import (
     phase,
 )
 from buildruntime.testing.process import Instance, parse_quantity
+from buildruntime.testing.rootfs import PodRoot
 from buildruntime.testing.tasks import Notifier, SystemTasks
 
 SYNC_AFTER_FAILURE = 0.1
@@ -61,26 +62,23 @@ class Kubelet:
         tasks: SystemTasks,
         *,
         node_name: str,
-        images: set[str],
-        pause_image: str,
+        images: ImageStore,
         pull_delay: float,
     ) -> None:
         self.server = server
         self.recorder = recorder
         self.tasks = tasks
         self.node_name = node_name
-        self.images = {normalize_image(i) for i in images}
-        self.pause_image = normalize_image(pause_image)
+        self.images = images
         self.pull_delay = pull_delay
         self.workers: dict[str, PodWorker] = {}
         self._next_ip = 0
 
     def is_pause(self, image: str) -> bool:
-        return normalize_image(image) == self.pause_image
+        return self.images.is_pause(image)
 
     def has_image(self, image: str) -> bool:
-        normalized = normalize_image(image)
-        return normalized == self.pause_image or normalized in self.images
+        return self.images.has(image)
 
     def allocate_ip(self) -> str:
         self._next_ip += 1
@@ -188,6 +186,8 @@ class PodWorker:
         self.start_time = objects.api_time()
         self.grace_seconds = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
         self._procs: TaskGroup | None = None
+        self.root: PodRoot | None = None
+        """The pod's stand-in for ``/``: made when the worker starts, removed with the pod."""
         self._status_fields: JSON | None = None
 
     # ------------------------------------------------------------- helpers
@@ -261,12 +261,14 @@ class PodWorker:
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> None:
+        self.root = PodRoot(self.namespace, self.name)
         try:
             async with anyio.create_task_group() as procs:
                 self._procs = procs
                 await self._lifecycle()
         finally:
             self.kubelet.workers.pop(self.uid, None)
+            self.root.remove()
 
     async def _lifecycle(self) -> None:
         if self.pod() is None:
@@ -413,7 +415,8 @@ class PodWorker:
         instance = Instance(
             name=record.name,
             image=image,
-            normalized_image=normalize_image(image),
+            reported_image=self.kubelet.images.reported_name(image),
+            image_id=self.kubelet.images.image_id(image),
             pause=self.kubelet.is_pause(image),
         )
         instance.on_change = self._instance_changed
@@ -424,15 +427,28 @@ class PodWorker:
         if instance.pause:
             instance.start_pause()
             return True
-        env = environment(pod, spec)
-        argv = command_line(spec, env)
+        root = self.root
+        assert root is not None  # made before the first sync
+        kubelet_env = container_env(pod, spec)
+        env = process_env(pod, kubelet_env, home=str(root.home))
+        argv = command_line(spec, self.kubelet.images.config(image), kubelet_env)
+        working_dir = spec.get("workingDir")
+        try:
+            cwd = root.working_dir(working_dir)
+        except OSError as error:
+            # runc creates a missing working directory, and fails when it cannot.
+            instance.start_failed(
+                f'error during container init: chdir to cwd ("{working_dir or "/"}") set in '
+                f"config.json failed: {error.strerror.lower() if error.strerror else error}"
+            )
+            return True
         limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
         self._procs.start_soon(
             self._run_instance,
             instance,
             argv,
             env,
-            spec.get("workingDir"),
+            str(cwd),
             None if limit is None else parse_quantity(limit),
         )
         await instance.wait_started()
@@ -443,10 +459,10 @@ class PodWorker:
         instance: Instance,
         argv: list[str],
         env: dict[str, str],
-        working_dir: str | None,
+        cwd: str,
         memory_limit: float | None,
     ) -> None:
-        await instance.run(argv, env=env, working_dir=working_dir, memory_limit=memory_limit)
+        await instance.run(argv, env=env, cwd=cwd, memory_limit=memory_limit)
 
     # ----------------------------------------------------------- terminate
     async def _terminate(self) -> None:
@@ -470,6 +486,9 @@ class PodWorker:
                 stops.start_soon(instance.stop, grace)
         for record in self.records.values():
             record.restarting = False
+        if self.root is not None:
+            # Gone by the time the pod is, as the kubelet cleans up a pod's volumes.
+            self.root.remove()
         if self.pod() is not None:
             self.write_status(final=True)
             self.server.remove("pods", self.namespace, self.name)

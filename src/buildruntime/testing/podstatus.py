@@ -76,7 +76,7 @@ def container_status(record: ContainerRecord, spec: JSON, restart_policy: str) -
         "started": False,
     }
     if current is not None:
-        status["image"] = current.normalized_image
+        status["image"] = current.reported_image
         status["imageID"] = current.image_id
         status["containerID"] = current.container_id
         status["restartCount"] = len(record.instances) - 1

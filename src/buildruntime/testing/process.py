@@ -1,7 +1,9 @@
 """Container instances: what containerd + runc would run, as local processes.
 
-A step image runs its ``command + args`` (or ``args`` alone: the image's entrypoint is
-unknown here, and busybox-like images have none) as a subprocess in its own session, so
+A step image runs its command line (``command + args`` merged with the image's
+``ENTRYPOINT``/``CMD`` by :func:`.environment.command_line`) in the working directory
+the kubelet resolved inside the pod's root (:mod:`.rootfs`), with only the environment
+:mod:`.environment` gives it, as a subprocess in its own session, so
 signalling it reaches every process of the "container" the way a signal to a container's
 init and the end of its PID namespace would. stdout and stderr are read line by line and
 timestamped as they are read. A memory limit is enforced by polling the resident memory
@@ -16,10 +18,8 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -96,13 +96,17 @@ def _resident_bytes(pids: list[int]) -> int:
 class Instance:
     """One runtime container: one attempt at running a container of the pod spec."""
 
-    def __init__(self, *, name: str, image: str, normalized_image: str, pause: bool) -> None:
+    def __init__(
+        self, *, name: str, image: str, reported_image: str, image_id: str, pause: bool
+    ) -> None:
         self.name = name
         self.image = image
-        self.normalized_image = normalized_image
+        """The image as the pod spec names it (a changed spec restarts the container)."""
+        self.reported_image = reported_image
+        """The image as the container status names it (normal form, or the alias)."""
+        self.image_id = image_id
         self.pause = pause
         self.container_id = objects.container_id()
-        self.image_id = objects.image_id(normalized_image)
         self.log = ContainerLog()
         self.state = "created"
         self.started_at: str | None = None
@@ -206,22 +210,26 @@ class Instance:
         argv: list[str],
         *,
         env: Mapping[str, str],
-        working_dir: str | None,
+        cwd: str,
         memory_limit: float | None,
     ) -> None:
-        """Run the process until it exits; always leaves the instance terminated and no
-        process of its group alive."""
-        scratch: str | None = None
-        if not working_dir or not await anyio.Path(working_dir).is_dir():
-            scratch = tempfile.mkdtemp(prefix=f"fake-{self.name}-")
-            working_dir = scratch
+        """Run the process in ``cwd`` until it exits; always leaves the instance
+        terminated and no process of its group alive."""
         try:
-            await self._run(argv, env=env, cwd=working_dir, memory_limit=memory_limit)
+            await self._run(argv, env=env, cwd=cwd, memory_limit=memory_limit)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._reap()
-            if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
+
+    def start_failed(self, message: str) -> None:
+        """The runtime could not start the process (``StartError``, exit 128)."""
+        self._set_terminated(
+            128,
+            "StartError",
+            "failed to create containerd task: failed to create shim task: OCI runtime "
+            f"create failed: runc create failed: unable to start container process: {message}"
+            ": unknown",
+        )
 
     async def _run(
         self, argv: list[str], *, env: Mapping[str, str], cwd: str, memory_limit: float | None
@@ -249,13 +257,7 @@ class Instance:
                 why = "permission denied"
             else:
                 why = str(error.strerror)
-            self._set_terminated(
-                128,
-                "StartError",
-                "failed to create containerd task: failed to create shim task: OCI runtime "
-                "create failed: runc create failed: unable to start container process: "
-                f'exec: "{argv[0]}": {why}: unknown',
-            )
+            self.start_failed(f'exec: "{argv[0]}": {why}')
             return
         self._process = process
         self._pgid = process.pid
