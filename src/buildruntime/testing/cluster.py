@@ -399,6 +399,7 @@ class FakeCluster:
             stream.close()
         with anyio.CancelScope(shield=True):
             await self._tasks.aclose()
+        self._kubelet.volumes.remove()
 
     async def __aenter__(self) -> FakeCluster:
         return self

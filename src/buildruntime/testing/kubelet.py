@@ -24,6 +24,8 @@ Time is scaled down: back-offs start at 0.2 s and stop growing at 2 s (the real 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 from anyio.abc import TaskGroup
 
@@ -44,7 +46,7 @@ from buildruntime.testing.podstatus import (
     phase,
 )
 from buildruntime.testing.process import Instance, parse_quantity
-from buildruntime.testing.rootfs import PodRoot
+from buildruntime.testing.rootfs import NodeVolumes, PodRoot
 from buildruntime.testing.tasks import Notifier, SystemTasks
 
 SYNC_AFTER_FAILURE = 0.1
@@ -71,6 +73,8 @@ class Kubelet:
         self.node_name = node_name
         self.images = images
         self.pull_delay = pull_delay
+        self.volumes = NodeVolumes()
+        """The node's directories for claims and hostPaths, kept across pods."""
         self.workers: dict[str, PodWorker] = {}
         self._next_ip = 0
 
@@ -189,6 +193,8 @@ class PodWorker:
         self.root: PodRoot | None = None
         """The pod's stand-in for ``/``: made when the worker starts, removed with the pod."""
         self._status_fields: JSON | None = None
+        self.failed: tuple[str, str] | None = None
+        """The pod failed as a whole (reason, message): its active deadline passed."""
 
     # ------------------------------------------------------------- helpers
     def pod(self) -> JSON | None:
@@ -222,6 +228,8 @@ class PodWorker:
         new_phase = phase(statuses, records, policy, terminal=final)
         if final and new_phase not in TERMINAL_PHASES:
             new_phase = "Failed"
+        if self.failed is not None:
+            new_phase = "Failed"
         if old.get("phase") in TERMINAL_PHASES:
             new_phase = old["phase"]
         status: JSON = {
@@ -240,6 +248,8 @@ class PodWorker:
             "containerStatuses": statuses,
             "qosClass": old.get("qosClass", "BestEffort"),
         }
+        if self.failed is not None:
+            status["reason"], status["message"] = self.failed
         if status == old:
             return
         updated = objects.evolve(pod, status=status)
@@ -262,6 +272,9 @@ class PodWorker:
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         self.root = PodRoot(self.namespace, self.name)
+        pod = self.pod()
+        if pod is not None:
+            self._mount_volumes(pod)
         try:
             async with anyio.create_task_group() as procs:
                 self._procs = procs
@@ -276,9 +289,29 @@ class PodWorker:
         self.write_status()
         async with anyio.create_task_group() as loops:
             loops.start_soon(self._sync, loops)
+            deadline = (self.pod() or {}).get("spec", {}).get("activeDeadlineSeconds")
+            if deadline is not None:
+                loops.start_soon(self._active_deadline, float(deadline))
             await self._wait_for_deletion()
             loops.cancel_scope.cancel()
         await self._terminate()
+
+    async def _active_deadline(self, seconds: float) -> None:
+        """``activeDeadlineSeconds``, counted from the pod's start on the node: then the
+        kubelet kills every container (with the grace period) and fails the pod as a
+        whole, ``DeadlineExceeded``; the pod stays in the API until it is deleted."""
+        await anyio.sleep(seconds)
+        message = "Pod was active on the node longer than the specified deadline"
+        self.failed = ("DeadlineExceeded", message)
+        self._event("DeadlineExceeded", message, warning=True)
+        pod = self.pod()
+        grace = self._grace(pod) if pod is not None else self.grace_seconds
+        live = [r.current for r in self.records.values() if r.current and not r.current.terminated]
+        async with anyio.create_task_group() as stops:
+            for instance in live:
+                stops.start_soon(instance.stop, grace)
+        self.write_status(final=True)
+        self.notifier.notify()
 
     async def _wait_for_deletion(self) -> None:
         while True:
@@ -299,6 +332,36 @@ class PodWorker:
                 self._after_failed_start(record)
         for container in pod["spec"]["containers"]:
             loops.start_soon(self._container_loop, container["name"])
+            if (container.get("readinessProbe") or {}).get("tcpSocket"):
+                loops.start_soon(self._readiness_loop, container["name"])
+
+    async def _readiness_loop(self, name: str) -> None:
+        """The prober's readiness worker for a ``tcpSocket`` probe: every period, while
+        the container runs, connect to its port (the pod's network is the host's here);
+        the result is the status's ``ready``, reset by a restart. A failure is an
+        ``Unhealthy`` Warning event, as the kubelet posts one."""
+        record = self.records[name]
+        while True:
+            pod = self.pod()
+            if pod is None or pod["metadata"].get("deletionTimestamp"):
+                return
+            probe = self._spec_of(pod, name).get("readinessProbe") or {}
+            port = int((probe.get("tcpSocket") or {}).get("port", 0))
+            current = record.current
+            if current is not None and current.running and port:
+                if await _accepts_connections(port):
+                    if record.ready_instance is not current:
+                        record.ready_instance = current
+                        self.write_status()
+                else:
+                    self._event(
+                        "Unhealthy",
+                        f"Readiness probe failed: dial tcp {self.ip}:{port}: connect: "
+                        "connection refused",
+                        container=name,
+                        warning=True,
+                    )
+            await anyio.sleep(float(probe.get("periodSeconds", 10)))
 
     def _spec_of(self, pod: JSON, name: str) -> JSON:
         for container in pod["spec"]["containers"]:
@@ -324,7 +387,7 @@ class PodWorker:
         failed_image = self._spec_of(pod, name)["image"] if pod is not None else ""
         while True:
             pod = self.pod()
-            if pod is None or pod["metadata"].get("deletionTimestamp"):
+            if pod is None or pod["metadata"].get("deletionTimestamp") or self.failed:
                 return
             policy = pod["spec"].get("restartPolicy", "Always")
             spec = self._spec_of(pod, name)
@@ -430,7 +493,7 @@ class PodWorker:
         root = self.root
         assert root is not None  # made before the first sync
         kubelet_env = container_env(pod, spec)
-        env = process_env(pod, kubelet_env, home=str(root.home))
+        env = process_env(pod, self._mapped_paths(spec, kubelet_env), home=str(root.home))
         argv = command_line(spec, self.kubelet.images.config(image), kubelet_env)
         working_dir = spec.get("workingDir")
         try:
@@ -453,6 +516,39 @@ class PodWorker:
         )
         await instance.wait_started()
         return True
+
+    def _mapped_paths(self, spec: JSON, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with each value that is exactly a mount path or the working directory
+        given as its host path (see :mod:`.rootfs`)."""
+        root = self.root
+        assert root is not None
+        paths = {m.get("mountPath") for m in spec.get("volumeMounts") or []}
+        paths.add(spec.get("workingDir"))
+        mapped = dict(env)
+        for name, value in env.items():
+            if value in paths and value.startswith("/"):
+                host = root.host_path(value)
+                if host is not None:
+                    mapped[name] = str(host)
+        return mapped
+
+    def _mount_volumes(self, pod: JSON) -> None:
+        """Give each claim and hostPath volume's mount paths the node's directory."""
+        root = self.root
+        assert root is not None
+        sources: dict[str, Path] = {}
+        for volume in pod["spec"].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            host = (volume.get("hostPath") or {}).get("path")
+            if claim:
+                sources[volume["name"]] = self.kubelet.volumes.claim(self.namespace, claim)
+            elif host:
+                sources[volume["name"]] = self.kubelet.volumes.host_path(host)
+        for container in pod["spec"]["containers"]:
+            for mount in container.get("volumeMounts") or []:
+                source = sources.get(mount.get("name", ""))
+                if source is not None and mount.get("mountPath"):
+                    root.mount(mount["mountPath"], source)
 
     async def _run_instance(
         self,
@@ -492,3 +588,14 @@ class PodWorker:
         if self.pod() is not None:
             self.write_status(final=True)
             self.server.remove("pods", self.namespace, self.name)
+
+
+async def _accepts_connections(port: int) -> bool:
+    """Whether something listens on ``port`` of this host (the simulated pod's network)."""
+    try:
+        with anyio.fail_after(1.0):
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+    except (OSError, TimeoutError):
+        return False
+    await stream.aclose()
+    return True

@@ -31,6 +31,8 @@ class ContainerRecord:
     """The reason and message of the last start failure (the kubelet's reason cache)."""
     restarting: bool = False
     """Killed for a spec change; the new instance is being started."""
+    ready_instance: Instance | None = None
+    """The instance whose readiness probe last passed (a restart makes a new one)."""
 
     @property
     def current(self) -> Instance | None:
@@ -82,7 +84,9 @@ def container_status(record: ContainerRecord, spec: JSON, restart_policy: str) -
         status["restartCount"] = len(record.instances) - 1
         if current.running:
             status["state"] = {"running": {"startedAt": current.started_at}}
-            status["ready"] = True
+            # Without a readinessProbe a running container is ready; with one, once
+            # the probe passed for this instance.
+            status["ready"] = "readinessProbe" not in spec or record.ready_instance is current
             status["started"] = True
         elif current.terminated:
             status["state"] = {"terminated": terminated_state(current)}
