@@ -31,6 +31,7 @@ import pytest
 
 from buildruntime import Runtime
 from buildruntime.cluster.port import Request
+from buildruntime.images import DEFAULT_PAUSE_IMAGE
 from buildruntime.informer.reflector import ReflectorSettings
 
 from .admission import InjectingCluster, SidecarWebhook
@@ -38,6 +39,8 @@ from .tcp_proxy import TcpProxy
 
 BUSYBOX = "busybox"
 LOCAL_PAUSE_IMAGE = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
+PAUSE_ALIAS = "docker.io/kubernetes/pause:latest"
+"""The second tag integration/cluster/up gives the pause image (FakeTarget's node too)."""
 RECOVERY = ReflectorSettings(backoff_initial=0.1, backoff_max=1.0)
 CLUSTER_SCRIPTS = Path(__file__).parent / "cluster"
 APISERVER_START = 2.5
@@ -173,7 +176,10 @@ class FakeTarget(Target):
     def __init__(self) -> None:
         from buildruntime.testing import FakeCluster
 
-        self.fake = FakeCluster(images={BUSYBOX})
+        # A node whose pause image carries a second tag, as the local cluster's does.
+        self.fake = FakeCluster(
+            images={BUSYBOX}, image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS}
+        )
         self.cluster = self.fake
         self.namespace = "integration"
         self.pause_image = None
