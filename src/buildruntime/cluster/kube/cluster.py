@@ -1,34 +1,8 @@
-"""The :class:`~buildruntime.cluster.port.Cluster` port on the official ``kubernetes`` client.
+"""KubeCluster: the port's calls (list, create, patch, delete, watch, log streams) on a
+real API server, with the request accounting both cluster implementations keep.
 
-What we take from the client, and what we do not:
-
-- We use its ``ApiClient``: configuration (kubeconfig, in-cluster service account,
-  exec/OIDC token refresh hooks), TLS, auth headers, URL building
-  (``param_serialize``) and the urllib3 transport (``call_api``).
-- We do not use its generated ``CoreV1Api`` methods nor its model objects. In client
-  37 those methods validate every argument with pydantic and turn a ``body`` dict into
-  a ``V1Pod`` model first: a manifest with a field the client's models do not know
-  (newer than the client) is rejected with ``extra_forbidden``, and building models is
-  the slow part of the client (about 1,700 watch events/s for an 11 KiB pod, against
-  about 14,000/s for bare ``json.loads``). ``read_namespaced_pod_log`` also lacks
-  ``sinceTime`` (the OpenAPI spec omits it: kubernetes #108498, client python #1351),
-  which log resumption needs. So every request goes through ``param_serialize`` +
-  ``call_api`` with the same paths, headers and auth the generated methods use, bodies
-  unread by the client (``preload_content=False``), and we decode JSON ourselves.
-- We do not use ``watch.Watch().stream()``: it builds model objects, can hang forever
-  on a silent connection (kubernetes-client/python #1148, #1402), and retries a 410
-  once by itself. Here watches are plain JSON lines with a read timeout, and a 410 in
-  any form is one :class:`~buildruntime.cluster.port.ExpiredError` for the reflector.
-- We turn urllib3's retries off: the informer's reflector and the runtime have their
-  own backoff, and a hidden retry loop under them would multiply the delays and hide
-  outages.
-
-The client is blocking, so every call runs in a worker thread, under one
-``anyio.CapacityLimiter`` of ``stream_threads`` tokens per cluster (never anyio's
-default limiter of 40, which other code in the process shares). A watch or log stream
-holds a token while its read waits for data, so ``stream_threads`` must exceed the
-number of streams open at once, plus room for unary calls; a warning is logged the
-first time every token is taken.
+Each call names its HTTP request here (verb, path, query, media types); loading the
+client's configuration is in :mod:`.config`.
 """
 
 from __future__ import annotations
@@ -37,22 +11,20 @@ import builtins
 import http.client
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import kubernetes.client
-import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from .kube_stream import BrokenStream, LineSplitter, StreamConnection
-from .port import (
+from ..kube_stream import BrokenStream, LineSplitter, StreamConnection
+from ..port import (
     JSON,
     RESOURCES_WITHOUT_BOOKMARKS,
     ApiError,
@@ -61,25 +33,19 @@ from .port import (
     UnavailableError,
     error_for_status,
 )
-from .watch_events import (
+from ..watch_events import (
     WatchDecoder,
     decode_event,
     decode_typed_event,
     watch_error,
 )
-
-if TYPE_CHECKING:
-    pass
-
+from .config import disable_urllib3_retries, load_in_cluster, load_kubeconfig, server_url
 
 __all__ = ["KubeCluster"]
 
 logger = logging.getLogger("buildruntime.cluster")
 
 T = TypeVar("T")
-
-_config_loaders: Any = kubernetes.config
-"""The client's (untyped) kubeconfig and in-cluster loaders."""
 
 _RESOURCES: frozenset[str] = frozenset({"pods", "events"})
 
@@ -144,7 +110,7 @@ class KubeCluster:
         if min(request_timeout, watch_read_timeout, log_read_timeout) <= 0:
             raise ValueError("timeouts must be positive")
         self._api_client: Any = api_client
-        _disable_urllib3_retries(api_client)
+        disable_urllib3_retries(api_client)
         self._limiter = anyio.CapacityLimiter(stream_threads)
         self._warned_exhausted = False
         self._closed = False
@@ -155,6 +121,12 @@ class KubeCluster:
         self.requests: builtins.list[Request] = []
         self.open_watches = 0
         self.open_log_streams = 0
+
+    @property
+    def server(self) -> str:
+        """The URL of the API server this cluster talks to, as its configuration
+        says (``https://host:port``)."""
+        return server_url(self._api_client)
 
     # -- construction ------------------------------------------------------------
 
@@ -173,17 +145,8 @@ class KubeCluster:
         process-wide default). ``path=None`` means ``$KUBECONFIG`` (read now, and
         possibly a list of files) or ``~/.kube/config``; ``context=None`` its current
         context. Refreshed credentials are not written back to the file."""
-        if path is None:
-            path = os.environ.get("KUBECONFIG") or "~/.kube/config"
-        configuration = kubernetes.client.Configuration()
-        _config_loaders.load_kube_config(
-            config_file=path,
-            context=context,
-            client_configuration=configuration,
-            persist_config=False,
-        )
         return cls(
-            _new_api_client(configuration),
+            load_kubeconfig(path, context),
             stream_threads=stream_threads,
             request_timeout=request_timeout,
             watch_read_timeout=watch_read_timeout,
@@ -201,10 +164,8 @@ class KubeCluster:
     ) -> KubeCluster:
         """Use the pod's service account (token, CA and ``KUBERNETES_SERVICE_HOST``),
         into a private ``Configuration``; the token file is re-read as it rotates."""
-        configuration = kubernetes.client.Configuration()
-        _config_loaders.load_incluster_config(client_configuration=configuration)
         return cls(
-            _new_api_client(configuration),
+            load_in_cluster(),
             stream_threads=stream_threads,
             request_timeout=request_timeout,
             watch_read_timeout=watch_read_timeout,
@@ -727,34 +688,6 @@ class _LogStream(_Stream):
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def _new_api_client(configuration: kubernetes.client.Configuration) -> Any:
-    configuration.retries = False
-    return kubernetes.client.ApiClient(configuration)
-
-
-def _disable_urllib3_retries(api_client: Any) -> None:
-    """Make urllib3 raise at the first failure instead of retrying on its own.
-
-    urllib3 retries connection errors 3 times by default, and the client's optional
-    client-go-style retries add more for GETs. The pool manager was built from the
-    configuration when the ApiClient was made, so it is updated too; its existing
-    pools (and their idle connections) are dropped so new ones pick the setting up.
-    """
-    configuration = api_client.configuration
-    configuration.retries = False
-    if hasattr(configuration, "client_go_retries"):
-        configuration.client_go_retries = False
-    pool_manager = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
-    pool_kw = getattr(pool_manager, "connection_pool_kw", None)
-    if (
-        pool_manager is not None
-        and isinstance(pool_kw, dict)
-        and pool_kw.get("retries", None) is not False
-    ):
-        pool_kw["retries"] = False
-        pool_manager.clear()
 
 
 def _check_resource(resource: str) -> None:
