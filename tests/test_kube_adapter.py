@@ -742,14 +742,14 @@ async def test_reads_batch_many_events_per_thread_hop(any_server: FakeApiServer)
     any_server.route("GET", PODS, chunked(*body, pause=0))
     async with make_cluster(any_server) as cluster:
         hops = 0
-        original = cluster._in_thread
+        original = cluster._threads.run
 
         async def counting(func: Any) -> Any:
             nonlocal hops
             hops += 1
             return await original(func)
 
-        cluster._in_thread = counting  # type: ignore[method-assign]
+        cluster._threads.run = counting  # type: ignore[method-assign]
         async with cluster.watch("pods", "ci", resource_version="1") as stream:
             got = [e async for e in stream]
     assert got == events

@@ -23,12 +23,8 @@ What we take from the client, and what we do not:
   own backoff, and a hidden retry loop under them would multiply the delays and hide
   outages.
 
-The client is blocking, so every call runs in a worker thread, under one
-``anyio.CapacityLimiter`` of ``stream_threads`` tokens per cluster (never anyio's
-default limiter of 40, which other code in the process shares). A watch or log stream
-holds a token while its read waits for data, so ``stream_threads`` must exceed the
-number of streams open at once, plus room for unary calls; a warning is logged the
-first time every token is taken.
+The client is blocking, so every call runs in a worker thread, under the cluster's own
+bounded limiter (:mod:`.threads`).
 """
 
 from .cluster import KubeCluster

@@ -2,7 +2,8 @@
 real API server, with the request accounting both cluster implementations keep.
 
 Each call names its HTTP request here (verb, path, query, media types); loading the
-client's configuration is in :mod:`.config`.
+client's configuration is in :mod:`.config`, and every blocking call runs in a thread of
+:mod:`.threads`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ from __future__ import annotations
 import builtins
 import http.client
 import json
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
-import anyio.to_thread
 import kubernetes.client
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
@@ -40,12 +38,9 @@ from ..watch_events import (
     watch_error,
 )
 from .config import disable_urllib3_retries, load_in_cluster, load_kubeconfig, server_url
+from .threads import ThreadLimiter
 
 __all__ = ["KubeCluster"]
-
-logger = logging.getLogger("buildruntime.cluster")
-
-T = TypeVar("T")
 
 _RESOURCES: frozenset[str] = frozenset({"pods", "events"})
 
@@ -111,8 +106,7 @@ class KubeCluster:
             raise ValueError("timeouts must be positive")
         self._api_client: Any = api_client
         disable_urllib3_retries(api_client)
-        self._limiter = anyio.CapacityLimiter(stream_threads)
-        self._warned_exhausted = False
+        self._threads = ThreadLimiter(stream_threads)
         self._closed = False
         self.stream_threads = stream_threads
         self.request_timeout = float(request_timeout)
@@ -212,7 +206,7 @@ class KubeCluster:
             resourceVersion=resource_version,
         )
         self.requests.append(Request("list", resource))
-        return await self._in_thread(
+        return await self._threads.run(
             partial(
                 self._unary,
                 f"list {resource} in {namespace}",
@@ -228,7 +222,7 @@ class KubeCluster:
         400/403/422 with the webhook's text in the Status message, which
         :class:`ApiError` carries verbatim."""
         self.requests.append(Request("create", "pods"))
-        return await self._in_thread(
+        return await self._threads.run(
             partial(
                 self._unary,
                 f"create pod in {namespace}",
@@ -246,7 +240,7 @@ class KubeCluster:
         container changes only that container (a JSON merge patch would replace the
         whole list)."""
         self.requests.append(Request("patch", "pods"))
-        return await self._in_thread(
+        return await self._threads.run(
             partial(
                 self._unary,
                 f"patch pod {namespace}/{name}",
@@ -263,7 +257,7 @@ class KubeCluster:
     ) -> None:
         """``DELETE`` the pod (404 raises :class:`NotFoundError`)."""
         self.requests.append(Request("delete", "pods"))
-        await self._in_thread(
+        await self._threads.run(
             partial(
                 self._unary,
                 f"delete pod {namespace}/{name}",
@@ -321,24 +315,6 @@ class KubeCluster:
         return _LogStream(self, namespace, pod, query)
 
     # -- plumbing ----------------------------------------------------------------
-
-    async def _in_thread(self, func: Callable[[], T]) -> T:
-        """Run a blocking call in a worker thread under this cluster's limiter.
-
-        ``abandon_on_cancel``: a cancelled caller returns at once. A stream read left
-        behind is woken by the stream's close (socket shutdown); a unary call left
-        behind ends within ``request_timeout`` and its result is dropped (a create or
-        delete may still take effect on the server, as with any cancelled request).
-        """
-        limiter = self._limiter
-        if not self._warned_exhausted and limiter.available_tokens == 0:
-            self._warned_exhausted = True
-            logger.warning(
-                "all %d stream threads of the cluster are busy: calls wait for a free "
-                "one; raise stream_threads above the number of open streams",
-                self.stream_threads,
-            )
-        return await anyio.to_thread.run_sync(func, limiter=limiter, abandon_on_cancel=True)
 
     def _send(
         self,
@@ -505,7 +481,7 @@ class _Stream:
         cluster.requests.append(Request(self._verb, self._resource))
         connection = self._connection
         try:
-            await cluster._in_thread(
+            await cluster._threads.run(
                 partial(
                     cluster._open_stream,
                     connection,
@@ -626,7 +602,7 @@ class _Watch(_Stream):
                 return event
             if self._ended:
                 raise StopAsyncIteration
-            self._batch, self._ended = await self._cluster._in_thread(self._read_lines)
+            self._batch, self._ended = await self._cluster._threads.run(self._read_lines)
             self._next = 0
 
     def _read_lines(self) -> tuple[builtins.list[bytes], bool]:
@@ -680,7 +656,7 @@ class _LogStream(_Stream):
     async def __anext__(self) -> bytes:
         if self._ended:
             raise StopAsyncIteration
-        block = await self._cluster._in_thread(self._read_block)
+        block = await self._cluster._threads.run(self._read_block)
         if not block:
             self._ended = True
             raise StopAsyncIteration
