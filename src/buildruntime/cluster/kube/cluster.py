@@ -2,15 +2,14 @@
 real API server, with the request accounting both cluster implementations keep.
 
 Each call names its HTTP request here (verb, path, query, media types); loading the
-client's configuration is in :mod:`.config`, and every blocking call runs in a thread of
+client's configuration is in :mod:`.config`, sending a request in :mod:`.request`, the
+error mapping in :mod:`.errors`, and every blocking call runs in a thread of
 :mod:`.threads`.
 """
 
 from __future__ import annotations
 
 import builtins
-import http.client
-import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -18,18 +17,14 @@ from types import TracebackType
 from typing import Any
 
 import kubernetes.client
-import urllib3.exceptions
-from kubernetes.client.exceptions import ApiException
 
-from ..kube_stream import BrokenStream, LineSplitter, StreamConnection
+from ..kube_stream import LineSplitter, StreamConnection
 from ..port import (
     JSON,
     RESOURCES_WITHOUT_BOOKMARKS,
     ApiError,
     Request,
     Resource,
-    UnavailableError,
-    error_for_status,
 )
 from ..watch_events import (
     WatchDecoder,
@@ -38,25 +33,14 @@ from ..watch_events import (
     watch_error,
 )
 from .config import disable_urllib3_retries, load_in_cluster, load_kubeconfig, server_url
+from .errors import TRANSPORT_ERRORS, broken_stream_error
+from .request import JSON_MEDIA_TYPE, Query, query_params, request_json, send
 from .threads import ThreadLimiter
 
 __all__ = ["KubeCluster"]
 
 _RESOURCES: frozenset[str] = frozenset({"pods", "events"})
 
-_TRANSPORT_ERRORS = (
-    # MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError...
-    urllib3.exceptions.HTTPError,
-    OSError,  # ConnectionError, TimeoutError, ssl.SSLError from reads past urllib3
-    http.client.HTTPException,  # IncompleteRead, RemoteDisconnected...
-    BrokenStream,
-)
-
-_UNAVAILABLE_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
-"""HTTP statuses that mean "try again later". 0 is what the client reports for a TLS
-failure below HTTP (rest.py wraps urllib3's SSLError into ``ApiException(status=0)``)."""
-
-_JSON = "application/json"
 _STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 
@@ -200,21 +184,18 @@ class KubeCluster:
         lets the API server answer from its watch cache; ``None`` sends no
         resourceVersion, which is a consistent (quorum) read from etcd."""
         _check_resource(resource)
-        query = _query(
+        query = query_params(
             labelSelector=label_selector,
             fieldSelector=field_selector,
             resourceVersion=resource_version,
         )
         self.requests.append(Request("list", resource))
-        return await self._threads.run(
-            partial(
-                self._unary,
-                f"list {resource} in {namespace}",
-                "GET",
-                f"/api/v1/namespaces/{{namespace}}/{resource}",
-                {"namespace": namespace},
-                query=query,
-            )
+        return await self._request_json(
+            f"list {resource} in {namespace}",
+            "GET",
+            f"/api/v1/namespaces/{{namespace}}/{resource}",
+            {"namespace": namespace},
+            query=query,
         )
 
     async def create_pod(self, namespace: str, manifest: JSON) -> JSON:
@@ -222,16 +203,13 @@ class KubeCluster:
         400/403/422 with the webhook's text in the Status message, which
         :class:`ApiError` carries verbatim."""
         self.requests.append(Request("create", "pods"))
-        return await self._threads.run(
-            partial(
-                self._unary,
-                f"create pod in {namespace}",
-                "POST",
-                "/api/v1/namespaces/{namespace}/pods",
-                {"namespace": namespace},
-                body=manifest,
-                content_type=_JSON,
-            )
+        return await self._request_json(
+            f"create pod in {namespace}",
+            "POST",
+            "/api/v1/namespaces/{namespace}/pods",
+            {"namespace": namespace},
+            body=manifest,
+            content_type=JSON_MEDIA_TYPE,
         )
 
     async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
@@ -240,16 +218,13 @@ class KubeCluster:
         container changes only that container (a JSON merge patch would replace the
         whole list)."""
         self.requests.append(Request("patch", "pods"))
-        return await self._threads.run(
-            partial(
-                self._unary,
-                f"patch pod {namespace}/{name}",
-                "PATCH",
-                "/api/v1/namespaces/{namespace}/pods/{name}",
-                {"namespace": namespace, "name": name},
-                body=patch,
-                content_type=_STRATEGIC_MERGE_PATCH,
-            )
+        return await self._request_json(
+            f"patch pod {namespace}/{name}",
+            "PATCH",
+            "/api/v1/namespaces/{namespace}/pods/{name}",
+            {"namespace": namespace, "name": name},
+            body=patch,
+            content_type=_STRATEGIC_MERGE_PATCH,
         )
 
     async def delete_pod(
@@ -257,16 +232,13 @@ class KubeCluster:
     ) -> None:
         """``DELETE`` the pod (404 raises :class:`NotFoundError`)."""
         self.requests.append(Request("delete", "pods"))
-        await self._threads.run(
-            partial(
-                self._unary,
-                f"delete pod {namespace}/{name}",
-                "DELETE",
-                "/api/v1/namespaces/{namespace}/pods/{name}",
-                {"namespace": namespace, "name": name},
-                query=_query(gracePeriodSeconds=grace_period_seconds),
-                decode=False,
-            )
+        await self._request_json(
+            f"delete pod {namespace}/{name}",
+            "DELETE",
+            "/api/v1/namespaces/{namespace}/pods/{name}",
+            {"namespace": namespace, "name": name},
+            query=query_params(gracePeriodSeconds=grace_period_seconds),
+            decode=False,
         )
 
     # -- streams -----------------------------------------------------------------
@@ -285,7 +257,7 @@ class KubeCluster:
     ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
         """``GET ...?watch=true``: see :class:`_Watch` for what the iterator does."""
         _check_resource(resource)
-        query = _query(
+        query = query_params(
             watch="true",
             allowWatchBookmarks="true" if allow_bookmarks else None,
             resourceVersion=resource_version,
@@ -306,7 +278,7 @@ class KubeCluster:
         since_time: str | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """``GET .../pods/{pod}/log``: see :class:`_LogStream`."""
-        query = _query(
+        query = query_params(
             container=container,
             follow="true" if follow else None,
             timestamps="true" if timestamps else None,
@@ -316,91 +288,35 @@ class KubeCluster:
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _send(
+    async def _request_json(
         self,
         what: str,
         method: str,
         path: str,
         path_params: dict[str, str],
         *,
-        query: builtins.list[tuple[str, str]],
-        body: JSON | None,
-        content_type: str | None,
-        timeout: float | tuple[float, float],
-        accept: str = _JSON,
-    ) -> Any:
-        """Blocking: send one request, return the unread urllib3 response of a 2xx;
-        raise the port's error for anything else."""
-        client = self._api_client
-        headers = {"Accept": accept}
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        params = client.param_serialize(
-            method=method,
-            resource_path=path,
-            path_params=path_params,
-            query_params=query,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        try:
-            response = client.call_api(*params, _request_timeout=timeout).response
-        except ApiException as exc:
-            raise _error_for_status(exc.status or 0, exc.reason or "", exc.body) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise UnavailableError(f"{what}: {exc}") from exc
-        status = response.status
-        if 200 <= status < 300:
-            return response
-        try:
-            data = response.data
-        except _TRANSPORT_ERRORS:
-            data = b""
-        finally:
-            response.release_conn()
-        raise _error_for_status(status, response.reason or "", data)
-
-    def _unary(
-        self,
-        what: str,
-        method: str,
-        path: str,
-        path_params: dict[str, str],
-        *,
-        query: builtins.list[tuple[str, str]] | None = None,
+        query: Query | None = None,
         body: JSON | None = None,
         content_type: str | None = None,
         decode: bool = True,
     ) -> JSON:
-        """Blocking: one request, its whole body read and decoded with ``json.loads``
-        (the connection goes back to the pool once the body is read). ``decode=False``
-        reads the body but ignores it (a delete: the pod or a Status, unused)."""
-        response = self._send(
-            what,
-            method,
-            path,
-            path_params,
-            query=query or [],
-            body=body,
-            content_type=content_type,
-            timeout=self.request_timeout,
+        """A unary call (:func:`~.request.request_json`) in a worker thread, bounded
+        by ``request_timeout``."""
+        return await self._threads.run(
+            partial(
+                request_json,
+                self._api_client,
+                what,
+                method,
+                path,
+                path_params,
+                timeout=self.request_timeout,
+                query=query,
+                body=body,
+                content_type=content_type,
+                decode=decode,
+            )
         )
-        try:
-            data = response.data
-        except _TRANSPORT_ERRORS as exc:
-            raise UnavailableError(f"{what}: {exc}") from exc
-        finally:
-            response.release_conn()
-        if not decode:
-            return {}
-        try:
-            decoded = json.loads(data)
-        except ValueError:
-            decoded = None
-        if not isinstance(decoded, dict):
-            raise UnavailableError(f"{what}: the response is not a JSON object: {data[:200]!r}")
-        return decoded
 
     def _open_stream(
         self,
@@ -408,7 +324,7 @@ class KubeCluster:
         what: str,
         path: str,
         path_params: dict[str, str],
-        query: builtins.list[tuple[str, str]],
+        query: Query,
         accept: str,
         read_timeout: float,
     ) -> None:
@@ -418,7 +334,8 @@ class KubeCluster:
         headers and then to every read of the body, so a silent connection raises
         instead of hanging (the Python client's watch hang, #1148/#1402).
         """
-        response = self._send(
+        response = send(
+            self._api_client,
             what,
             "GET",
             path,
@@ -430,14 +347,6 @@ class KubeCluster:
             accept=accept,
         )
         connection.attach(response)
-
-    def _broken(self, what: str, exc: BaseException, read_timeout: float) -> UnavailableError:
-        if isinstance(exc, TimeoutError | urllib3.exceptions.ReadTimeoutError):
-            return UnavailableError(
-                f"{what}: no data for {read_timeout:g} s "
-                "(not even a bookmark): the connection is presumed broken"
-            )
-        return UnavailableError(f"{what}: the connection broke: {exc}")
 
 
 class _Stream:
@@ -452,14 +361,14 @@ class _Stream:
     _verb = ""
     _resource = ""
     _counter = ""
-    _accept = _JSON
+    _accept = JSON_MEDIA_TYPE
 
     def __init__(
         self,
         cluster: KubeCluster,
         path: str,
         path_params: dict[str, str],
-        query: builtins.list[tuple[str, str]],
+        query: Query,
         what: str,
     ) -> None:
         self._cluster = cluster
@@ -517,8 +426,8 @@ class _Stream:
         failures turned into :class:`UnavailableError`."""
         try:
             return self._connection.read()
-        except _TRANSPORT_ERRORS as exc:
-            raise self._cluster._broken(self._what, exc, self._read_timeout) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise broken_stream_error(self._what, exc, self._read_timeout) from exc
 
 
 class _Watch(_Stream):
@@ -551,7 +460,7 @@ class _Watch(_Stream):
         cluster: KubeCluster,
         resource: str,
         namespace: str,
-        query: builtins.list[tuple[str, str]],
+        query: Query,
         decoder: WatchDecoder[Any] | None,
     ) -> None:
         super().__init__(
@@ -635,7 +544,7 @@ class _LogStream(_Stream):
         cluster: KubeCluster,
         namespace: str,
         pod: str,
-        query: builtins.list[tuple[str, str]],
+        query: Query,
     ) -> None:
         super().__init__(
             cluster,
@@ -669,41 +578,3 @@ class _LogStream(_Stream):
 def _check_resource(resource: str) -> None:
     if resource not in _RESOURCES:
         raise ValueError(f"unsupported resource {resource!r}: expected pods or events")
-
-
-def _query(**params: str | int | None) -> builtins.list[tuple[str, str]]:
-    return [(key, str(value)) for key, value in params.items() if value is not None]
-
-
-def _decode_status(body: bytes | str | None) -> tuple[str, str] | None:
-    """(reason, message) of a ``Status`` body, or None if the body is not one."""
-    if not body:
-        return None
-    try:
-        status = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(status, dict):
-        return None
-    return str(status.get("reason") or ""), str(status.get("message") or "")
-
-
-def _error_for_status(status: int, http_reason: str, body: bytes | str | None) -> Exception:
-    """Map an error response to the port's exceptions.
-
-    The body of an API server error is a ``Status`` object; its ``message`` is kept
-    verbatim (an admission webhook's denial text is in there). A body that is not a
-    Status (a proxy's error page) becomes the message as text.
-    """
-    decoded = _decode_status(body)
-    if decoded is not None:
-        reason, message = decoded
-        reason = reason or http_reason
-    else:
-        reason = http_reason
-        if isinstance(body, bytes):
-            body = body.decode("utf-8", "replace")
-        message = (body or "").strip()[:1000] or http_reason
-    if status in _UNAVAILABLE_STATUSES:
-        return UnavailableError(f"{status} {reason}: {message}")
-    return error_for_status(status, reason, message)
