@@ -26,9 +26,9 @@ import anyio
 import kubernetes.client
 import pytest
 
-from buildruntime.cluster import kube_stream
-from buildruntime.cluster.kube import KubeCluster
-from buildruntime.cluster.kube_stream import Dechunker, LineSplitter
+from buildruntime.cluster.kube import KubeCluster, connection
+from buildruntime.cluster.kube.chunked import Dechunker
+from buildruntime.cluster.kube.watch import LineSplitter
 from buildruntime.cluster.port import (
     ApiError,
     ConflictError,
@@ -648,7 +648,7 @@ def _threads_reading() -> list[str]:
     for ident, frame in sys._current_frames().items():
         f: Any = frame
         while f is not None:
-            if f.f_code.co_filename == kube_stream.__file__ and f.f_code.co_name == "read":
+            if f.f_code.co_filename == connection.__file__ and f.f_code.co_name == "read":
                 reading.append(names.get(ident, str(ident)))
                 break
             f = f.f_back

@@ -18,24 +18,13 @@ from typing import Any
 
 import kubernetes.client
 
-from ..kube_stream import LineSplitter, StreamConnection
-from ..port import (
-    JSON,
-    RESOURCES_WITHOUT_BOOKMARKS,
-    ApiError,
-    Request,
-    Resource,
-)
-from ..watch_events import (
-    WatchDecoder,
-    decode_event,
-    decode_typed_event,
-    watch_error,
-)
+from ..port import JSON, Request, Resource
+from ..watch_events import WatchDecoder
 from .config import disable_urllib3_retries, load_in_cluster, load_kubeconfig, server_url
-from .errors import TRANSPORT_ERRORS, broken_stream_error
-from .request import JSON_MEDIA_TYPE, Query, query_params, request_json, send
+from .log_stream import LogStream
+from .request import JSON_MEDIA_TYPE, Query, query_params, request_json
 from .threads import ThreadLimiter
+from .watch import Watch
 
 __all__ = ["KubeCluster"]
 
@@ -255,7 +244,7 @@ class KubeCluster:
         allow_bookmarks: bool = True,
         decoder: WatchDecoder[Any] | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
-        """``GET ...?watch=true``: see :class:`_Watch` for what the iterator does."""
+        """``GET ...?watch=true``: see :class:`~.watch.Watch` for what the iterator does."""
         _check_resource(resource)
         query = query_params(
             watch="true",
@@ -265,7 +254,7 @@ class KubeCluster:
             fieldSelector=field_selector,
             timeoutSeconds=timeout_seconds,
         )
-        return _Watch(self, resource, namespace, query, decoder)
+        return Watch(self, resource, namespace, query, decoder)
 
     def stream_logs(
         self,
@@ -277,14 +266,14 @@ class KubeCluster:
         timestamps: bool = True,
         since_time: str | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """``GET .../pods/{pod}/log``: see :class:`_LogStream`."""
+        """``GET .../pods/{pod}/log``: see :class:`~.log_stream.LogStream`."""
         query = query_params(
             container=container,
             follow="true" if follow else None,
             timestamps="true" if timestamps else None,
             sinceTime=since_time,
         )
-        return _LogStream(self, namespace, pod, query)
+        return LogStream(self, namespace, pod, query)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -317,259 +306,6 @@ class KubeCluster:
                 decode=decode,
             )
         )
-
-    def _open_stream(
-        self,
-        connection: StreamConnection,
-        what: str,
-        path: str,
-        path_params: dict[str, str],
-        query: Query,
-        accept: str,
-        read_timeout: float,
-    ) -> None:
-        """Blocking: open a streamed GET and hand its response to ``connection``.
-
-        ``_request_timeout=(connect, read)``: the read timeout applies to the response
-        headers and then to every read of the body, so a silent connection raises
-        instead of hanging (the Python client's watch hang, #1148/#1402).
-        """
-        response = send(
-            self._api_client,
-            what,
-            "GET",
-            path,
-            path_params,
-            query=query,
-            body=None,
-            content_type=None,
-            timeout=(self.request_timeout, read_timeout),
-            accept=accept,
-        )
-        connection.attach(response)
-
-
-class _Stream:
-    """Shared life cycle of a watch and a log stream.
-
-    ``__aenter__`` opens the request in a worker thread and raises the port's error
-    for an error status; ``__aexit__`` closes the connection whatever ended the block
-    (normal end, exception, cancellation) so that no worker thread stays blocked on
-    it: see :class:`~buildruntime.cluster.kube_stream.StreamConnection`.
-    """
-
-    _verb = ""
-    _resource = ""
-    _counter = ""
-    _accept = JSON_MEDIA_TYPE
-
-    def __init__(
-        self,
-        cluster: KubeCluster,
-        path: str,
-        path_params: dict[str, str],
-        query: Query,
-        what: str,
-    ) -> None:
-        self._cluster = cluster
-        self._path = path
-        self._path_params = path_params
-        self._query = query
-        self._what = what
-        self._connection = StreamConnection()
-        self._read_timeout = cluster.watch_read_timeout
-        self._counted = False
-        self._entered = False
-        self._ended = False
-
-    async def _open(self) -> None:
-        if self._entered:
-            raise RuntimeError(f"{self._what}: a stream can be entered only once")
-        self._entered = True
-        cluster = self._cluster
-        cluster.requests.append(Request(self._verb, self._resource))
-        connection = self._connection
-        try:
-            await cluster._threads.run(
-                partial(
-                    cluster._open_stream,
-                    connection,
-                    self._what,
-                    self._path,
-                    self._path_params,
-                    self._query,
-                    self._accept,
-                    self._read_timeout,
-                )
-            )
-        except BaseException:
-            await connection.aclose()
-            raise
-        setattr(cluster, self._counter, getattr(cluster, self._counter) + 1)
-        self._counted = True
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._ended = True
-        await self._connection.aclose()
-        if self._counted:
-            self._counted = False
-            cluster = self._cluster
-            setattr(cluster, self._counter, getattr(cluster, self._counter) - 1)
-
-    def _read_block(self) -> bytes:
-        """Blocking: the next block of the body (``b""`` at its end), transport
-        failures turned into :class:`UnavailableError`."""
-        try:
-            return self._connection.read()
-        except TRANSPORT_ERRORS as exc:
-            raise broken_stream_error(self._what, exc, self._read_timeout) from exc
-
-
-class _Watch(_Stream):
-    """A watch: an async iterator of ``{"type": ..., "object": {...}}`` dicts, or of
-    what its decoder makes of each line (:mod:`~buildruntime.cluster.watch_events`).
-
-    - Each worker-thread hop reads every byte that has arrived (up to 256 KiB) and
-      splits it on ``b"\\n"``; a line split across reads waits for its newline. Each
-      ``__anext__`` then decodes one line, on the event loop. One at a time rather
-      than a whole read's worth at once: decoded pods kept alive in a batch make every
-      young-generation collection of the cyclic GC walk them, which costs more than
-      the decoding itself (measured: 17 dict pods of 15 KiB alive at a time decode
-      about 30 % slower than one at a time). A malformed line is logged and skipped.
-      Beyond the decoding, an event costs a list index and one comparison.
-    - A normal end of the body (the server's ``timeoutSeconds``, or the API server
-      closing watches on shutdown) ends the iteration; the reflector re-watches from
-      the last resourceVersion.
-    - ``ERROR`` events carry a ``Status``: code 410 (the resourceVersion was
-      compacted, "too old resource version") raises :class:`ExpiredError`, any other
-      code :class:`ApiError`. An HTTP 410 on the request raises ExpiredError too.
-    - A cut connection, or ``watch_read_timeout`` seconds without a byte, raises
-      :class:`UnavailableError`.
-    """
-
-    _verb = "watch"
-    _counter = "open_watches"
-
-    def __init__(
-        self,
-        cluster: KubeCluster,
-        resource: str,
-        namespace: str,
-        query: Query,
-        decoder: WatchDecoder[Any] | None,
-    ) -> None:
-        super().__init__(
-            cluster,
-            f"/api/v1/namespaces/{{namespace}}/{resource}",
-            {"namespace": namespace},
-            query,
-            f"watch {resource} in {namespace}",
-        )
-        self._resource = resource
-        if resource in RESOURCES_WITHOUT_BOOKMARKS:
-            # Silence proves nothing on such a watch: wait out the server's own end.
-            timeout = dict(query).get("timeoutSeconds")
-            server_end = float(timeout) if timeout else 1800.0
-            self._read_timeout = server_end + cluster.watch_read_timeout
-        self._decoder = decoder
-        self._batch: builtins.list[bytes] = []
-        self._next = 0
-        self._splitter = LineSplitter()
-
-    async def __aenter__(self) -> _Watch:
-        await self._open()
-        return self
-
-    def __aiter__(self) -> _Watch:
-        return self
-
-    async def __anext__(self) -> Any:
-        decoder = self._decoder
-        while True:
-            batch = self._batch
-            index = self._next
-            if index < len(batch):
-                self._next = index + 1
-                try:
-                    if decoder is not None:
-                        event: Any = decode_typed_event(batch[index], decoder)
-                    else:
-                        event = decode_event(batch[index])
-                        if event is not None and event["type"] == "ERROR":
-                            raise watch_error(event.get("object"))
-                except ApiError:
-                    self._ended = True
-                    self._batch = []
-                    raise
-                if event is None:
-                    continue
-                return event
-            if self._ended:
-                raise StopAsyncIteration
-            self._batch, self._ended = await self._cluster._threads.run(self._read_lines)
-            self._next = 0
-
-    def _read_lines(self) -> tuple[builtins.list[bytes], bool]:
-        block = self._read_block()
-        if block:
-            return self._splitter.feed(block), False
-        return self._splitter.finish(), True
-
-
-class _LogStream(_Stream):
-    """A container's log: an async iterator of raw byte chunks, as they arrive.
-
-    No decoding and no line splitting (the kubelet may split long lines, and the last
-    line may have no newline: the logs layer deals with lines). The body ends when the
-    container terminates (with ``follow``) or after the current log (without).
-    Errors: 400 while the container is still waiting to start ("container ... is
-    waiting to start", retryable) is an :class:`ApiError` with status 400; 404 once
-    the pod is gone; a cut or silent connection is :class:`UnavailableError`.
-    """
-
-    _verb = "log"
-    _resource = "pods"
-    _counter = "open_log_streams"
-    # The log endpoint answers text, but negotiates only json/yaml/protobuf by name:
-    # "text/plain" gets a 406 from current API servers, so accept anything.
-    _accept = "*/*"
-
-    def __init__(
-        self,
-        cluster: KubeCluster,
-        namespace: str,
-        pod: str,
-        query: Query,
-    ) -> None:
-        super().__init__(
-            cluster,
-            "/api/v1/namespaces/{namespace}/pods/{name}/log",
-            {"namespace": namespace, "name": pod},
-            query,
-            f"log of {namespace}/{pod}",
-        )
-        self._read_timeout = cluster.log_read_timeout
-
-    async def __aenter__(self) -> _LogStream:
-        await self._open()
-        return self
-
-    def __aiter__(self) -> _LogStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._ended:
-            raise StopAsyncIteration
-        block = await self._cluster._threads.run(self._read_block)
-        if not block:
-            self._ended = True
-            raise StopAsyncIteration
-        return block
 
 
 # -- helpers -----------------------------------------------------------------------

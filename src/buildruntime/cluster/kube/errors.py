@@ -26,8 +26,8 @@ import json
 
 import urllib3.exceptions
 
-from ..kube_stream import BrokenStream
 from ..port import UnavailableError, error_for_status
+from .chunked import BrokenStream
 
 TRANSPORT_ERRORS = (
     # MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError...
