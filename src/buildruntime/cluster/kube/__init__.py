@@ -23,8 +23,24 @@ What we take from the client, and what we do not:
   own backoff, and a hidden retry loop under them would multiply the delays and hide
   outages.
 
-The client is blocking, so every call runs in a worker thread, under the cluster's own
-bounded limiter (:mod:`.threads`).
+The modules, one idea each, from the port down to the socket:
+
+- :mod:`.cluster`: :class:`KubeCluster`, the port's calls as HTTP requests, and their
+  accounting.
+- :mod:`.config`: a kubeconfig or the in-cluster service account into a private
+  ``Configuration``, and the ``ApiClient`` on it (urllib3 retries off).
+- :mod:`.request`: one request through ``param_serialize`` + ``call_api``; a unary
+  call's JSON body.
+- :mod:`.errors`: the client's, urllib3's and the socket's failures, and error
+  responses, as the port's exceptions.
+- :mod:`.threads`: the bounded thread pool the blocking client runs on.
+- :mod:`.stream`: the life cycle a watch and a log stream share; :mod:`.watch` and
+  :mod:`.log_stream`: what each yields.
+- :mod:`.connection`: one streamed response, closed safely from the event loop;
+  :mod:`.chunked`: its chunked body read in large blocks.
+
+Decoding a watch line into an event is not here: both implementations of the port
+share it (:mod:`buildruntime.cluster.watch_events`).
 """
 
 from .cluster import KubeCluster

@@ -3,8 +3,8 @@ real API server, with the request accounting both cluster implementations keep.
 
 Each call names its HTTP request here (verb, path, query, media types); loading the
 client's configuration is in :mod:`.config`, sending a request in :mod:`.request`, the
-error mapping in :mod:`.errors`, and every blocking call runs in a thread of
-:mod:`.threads`.
+error mapping in :mod:`.errors`, the streams in :mod:`.watch` and :mod:`.log_stream`,
+and every blocking call runs in a thread of :mod:`.threads`.
 """
 
 from __future__ import annotations

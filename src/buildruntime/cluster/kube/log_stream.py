@@ -38,7 +38,7 @@ class LogStream(Stream):
 
     _verb = "log"
     _resource = "pods"
-    _counter = "open_log_streams"
+    _open_counter = "open_log_streams"
     # "text/plain" gets a 406 from current API servers (see the module docstring).
     _accept = "*/*"
 
@@ -57,13 +57,6 @@ class LogStream(Stream):
             f"log of {namespace}/{pod}",
         )
         self._read_timeout = cluster.log_read_timeout
-
-    async def __aenter__(self) -> LogStream:
-        await self._open()
-        return self
-
-    def __aiter__(self) -> LogStream:
-        return self
 
     async def __anext__(self) -> bytes:
         if self._ended:

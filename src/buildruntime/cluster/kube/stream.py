@@ -22,7 +22,7 @@ this module turns transport failures into the port's errors, and :mod:`.watch` /
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from ..port import Request
 from .connection import StreamConnection
@@ -44,7 +44,8 @@ class Stream:
 
     _verb = ""
     _resource = ""
-    _counter = ""
+    # The name of the cluster's attribute that counts the streams of this kind open now.
+    _open_counter = ""
     _accept = JSON_MEDIA_TYPE
 
     def __init__(
@@ -67,7 +68,7 @@ class Stream:
         self._entered = False
         self._ended = False
 
-    async def _open(self) -> None:
+    async def __aenter__(self) -> Self:
         if self._entered:
             raise RuntimeError(f"{self._what}: a stream can be entered only once")
         self._entered = True
@@ -79,8 +80,12 @@ class Stream:
         except BaseException:
             await connection.aclose()
             raise
-        setattr(cluster, self._counter, getattr(cluster, self._counter) + 1)
+        setattr(cluster, self._open_counter, getattr(cluster, self._open_counter) + 1)
         self._counted = True
+        return self
+
+    def __aiter__(self) -> Self:
+        return self
 
     async def __aexit__(
         self,
@@ -93,7 +98,7 @@ class Stream:
         if self._counted:
             self._counted = False
             cluster = self._cluster
-            setattr(cluster, self._counter, getattr(cluster, self._counter) - 1)
+            setattr(cluster, self._open_counter, getattr(cluster, self._open_counter) - 1)
 
     def _connect(self) -> None:
         """Blocking: send the request and hand its response to the connection."""

@@ -93,7 +93,7 @@ class Watch(Stream):
     """
 
     _verb = "watch"
-    _counter = "open_watches"
+    _open_counter = "open_watches"
 
     def __init__(
         self,
@@ -120,13 +120,6 @@ class Watch(Stream):
         self._batch: list[bytes] = []
         self._next = 0
         self._splitter = LineSplitter()
-
-    async def __aenter__(self) -> Watch:
-        await self._open()
-        return self
-
-    def __aiter__(self) -> Watch:
-        return self
 
     async def __anext__(self) -> Any:
         decoder = self._decoder
