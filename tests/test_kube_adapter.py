@@ -910,6 +910,14 @@ def test_settings_are_validated() -> None:
         cluster.watch("nodes", "ci", resource_version="1")  # type: ignore[arg-type]
 
 
+def test_server_is_the_url_the_configuration_points_at() -> None:
+    cluster = KubeCluster(
+        kubernetes.client.ApiClient(kubernetes.client.Configuration(host="https://10.0.0.1:6443"))
+    )
+    assert cluster.server == "https://10.0.0.1:6443"
+    cluster._api_client.close()
+
+
 # -- the body readers, byte by byte ----------------------------------------------------
 
 
