@@ -26,9 +26,9 @@ import anyio
 import kubernetes.client
 import pytest
 
-from buildruntime.cluster import kube_stream
-from buildruntime.cluster.kube import KubeCluster
-from buildruntime.cluster.kube_stream import Dechunker, LineSplitter
+from buildruntime.cluster.kube import KubeCluster, connection
+from buildruntime.cluster.kube.chunked import Dechunker
+from buildruntime.cluster.kube.watch import LineSplitter
 from buildruntime.cluster.port import (
     ApiError,
     ConflictError,
@@ -648,7 +648,7 @@ def _threads_reading() -> list[str]:
     for ident, frame in sys._current_frames().items():
         f: Any = frame
         while f is not None:
-            if f.f_code.co_filename == kube_stream.__file__ and f.f_code.co_name == "read":
+            if f.f_code.co_filename == connection.__file__ and f.f_code.co_name == "read":
                 reading.append(names.get(ident, str(ident)))
                 break
             f = f.f_back
@@ -742,14 +742,14 @@ async def test_reads_batch_many_events_per_thread_hop(any_server: FakeApiServer)
     any_server.route("GET", PODS, chunked(*body, pause=0))
     async with make_cluster(any_server) as cluster:
         hops = 0
-        original = cluster._in_thread
+        original = cluster._threads.run
 
         async def counting(func: Any) -> Any:
             nonlocal hops
             hops += 1
             return await original(func)
 
-        cluster._in_thread = counting  # type: ignore[method-assign]
+        cluster._threads.run = counting  # type: ignore[method-assign]
         async with cluster.watch("pods", "ci", resource_version="1") as stream:
             got = [e async for e in stream]
     assert got == events
@@ -908,6 +908,14 @@ def test_settings_are_validated() -> None:
     )
     with pytest.raises(ValueError, match="unsupported resource"):
         cluster.watch("nodes", "ci", resource_version="1")  # type: ignore[arg-type]
+
+
+def test_server_is_the_url_the_configuration_points_at() -> None:
+    cluster = KubeCluster(
+        kubernetes.client.ApiClient(kubernetes.client.Configuration(host="https://10.0.0.1:6443"))
+    )
+    assert cluster.server == "https://10.0.0.1:6443"
+    cluster._api_client.close()
 
 
 # -- the body readers, byte by byte ----------------------------------------------------

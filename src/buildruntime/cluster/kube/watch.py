@@ -1,0 +1,154 @@
+"""A watch (``GET ...?watch=true``) as an async iterator of events.
+
+Kubernetes behaviour handled here:
+
+- The body is ``application/json`` watch framing: one JSON event per line, ``{"type":
+  ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}``; a line may be split across
+  HTTP chunks and reads (:class:`LineSplitter`). Each line is decoded by
+  :mod:`~buildruntime.cluster.watch_events`, as a dict or straight into the informer's
+  typed snapshots.
+- An ``ERROR`` event carries a ``Status``; code 410 ("too old resource version": the
+  resourceVersion was compacted) is :class:`~buildruntime.cluster.port.ExpiredError`, as
+  an HTTP 410 on the request is, so the reflector has one signal meaning "relist".
+- With ``allowWatchBookmarks`` the API server sends a bookmark about every minute on a
+  pods watch, so ``watch_read_timeout`` (70 s) of silence means a dead connection. Events
+  are served from etcd, not the watch cache, and get no bookmarks
+  (:data:`~buildruntime.cluster.port.RESOURCES_WITHOUT_BOOKMARKS`): silence on their
+  watches is judged against the server's own ``timeoutSeconds``.
+- The server ends a watch normally after ``timeoutSeconds``, or when it shuts down: the
+  iteration ends and the reflector re-watches from the last resourceVersion.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..port import RESOURCES_WITHOUT_BOOKMARKS, ApiError
+from ..watch_events import WatchDecoder, decode_event, decode_typed_event, watch_error
+from .request import Query
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from .cluster import KubeCluster
+
+
+class LineSplitter:
+    """Splits a watch body into lines (``application/json`` watch framing: one JSON
+    object per line). A line split across reads waits in :attr:`_pending` until its
+    newline arrives; empty lines are dropped.
+
+    Splitting happens in the worker thread; decoding happens on the event loop, one
+    line at a time as the consumer asks for it (see :class:`Watch`).
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if b"\n" not in data:
+            if data:
+                self._pending.append(data)
+            return []
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending = []
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            self._pending.append(tail)
+        if b"" in lines:
+            lines = [line for line in lines if line]
+        return lines
+
+    def finish(self) -> list[bytes]:
+        """What is left when the body ends (a last line with no newline)."""
+        rest = b"".join(self._pending)
+        self._pending = []
+        return [rest] if rest.strip() else []
+
+
+class Watch(Stream):
+    """A watch: an async iterator of ``{"type": ..., "object": {...}}`` dicts, or of
+    what its decoder makes of each line (:mod:`~buildruntime.cluster.watch_events`).
+
+    - Each worker-thread hop reads every byte that has arrived (up to 256 KiB) and
+      splits it on ``b"\\n"``; a line split across reads waits for its newline. Each
+      ``__anext__`` then decodes one line, on the event loop. One at a time rather
+      than a whole read's worth at once: decoded pods kept alive in a batch make every
+      young-generation collection of the cyclic GC walk them, which costs more than
+      the decoding itself (measured: 17 dict pods of 15 KiB alive at a time decode
+      about 30 % slower than one at a time). A malformed line is logged and skipped.
+      Beyond the decoding, an event costs a list index and one comparison.
+    - A normal end of the body (the server's ``timeoutSeconds``, or the API server
+      closing watches on shutdown) ends the iteration; the reflector re-watches from
+      the last resourceVersion.
+    - ``ERROR`` events carry a ``Status``: code 410 (the resourceVersion was
+      compacted, "too old resource version") raises :class:`ExpiredError`, any other
+      code :class:`ApiError`. An HTTP 410 on the request raises ExpiredError too.
+    - A cut connection, or ``watch_read_timeout`` seconds without a byte, raises
+      :class:`UnavailableError`.
+    """
+
+    _verb = "watch"
+    _open_counter = "open_watches"
+
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        resource: str,
+        namespace: str,
+        query: Query,
+        decoder: WatchDecoder[Any] | None,
+    ) -> None:
+        super().__init__(
+            cluster,
+            f"/api/v1/namespaces/{{namespace}}/{resource}",
+            {"namespace": namespace},
+            query,
+            f"watch {resource} in {namespace}",
+        )
+        self._resource = resource
+        if resource in RESOURCES_WITHOUT_BOOKMARKS:
+            # Silence proves nothing on such a watch: wait out the server's own end.
+            timeout = dict(query).get("timeoutSeconds")
+            server_end = float(timeout) if timeout else 1800.0
+            self._read_timeout = server_end + cluster.watch_read_timeout
+        self._decoder = decoder
+        self._batch: list[bytes] = []
+        self._next = 0
+        self._splitter = LineSplitter()
+
+    async def __anext__(self) -> Any:
+        decoder = self._decoder
+        while True:
+            batch = self._batch
+            index = self._next
+            if index < len(batch):
+                self._next = index + 1
+                try:
+                    if decoder is not None:
+                        event: Any = decode_typed_event(batch[index], decoder)
+                    else:
+                        event = decode_event(batch[index])
+                        if event is not None and event["type"] == "ERROR":
+                            raise watch_error(event.get("object"))
+                except ApiError:
+                    self._ended = True
+                    self._batch = []
+                    raise
+                if event is None:
+                    continue
+                return event
+            if self._ended:
+                raise StopAsyncIteration
+            self._batch, self._ended = await self._threads.run(self._read_lines)
+            self._next = 0
+
+    def _read_lines(self) -> tuple[list[bytes], bool]:
+        block = self._read_block()
+        if block:
+            return self._splitter.feed(block), False
+        return self._splitter.finish(), True
