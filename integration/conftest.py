@@ -142,6 +142,11 @@ class Target:
         node (removed with the target), for a build's workspace."""
         raise NotImplementedError
 
+    async def read_secret(self, name: str) -> JSON | None:
+        """The Secret as the API server stores it now (the ground truth); None when it
+        does not exist."""
+        raise NotImplementedError
+
     async def pod_gone(self, name: str) -> None:
         """Poll the ground truth until the pod no longer exists (bound it with
         ``anyio.fail_after``): a deletion takes the pod's grace period."""
@@ -177,9 +182,7 @@ class FakeTarget(Target):
         from buildruntime.testing import FakeCluster
 
         # A node whose pause image carries a second tag, as the local cluster's does.
-        self.fake = FakeCluster(
-            images={BUSYBOX}, image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS}
-        )
+        self.fake = FakeCluster(images={BUSYBOX}, image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS})
         self.cluster = self.fake
         self.namespace = "integration"
         self.pause_image = None
@@ -248,6 +251,9 @@ class FakeTarget(Target):
         # FakeCluster's kubelet gives every claim name a directory of its own that
         # outlives the pods using it, as a bound volume does.
         return None
+
+    async def read_secret(self, name: str) -> JSON | None:
+        return self.fake.secret(self.namespace, name)
 
     async def read_pod(self, name: str) -> JSON | None:
         # Straight from the fake's storage: not a request of the port, and None once the
@@ -473,6 +479,24 @@ class ClusterTarget(Target):
                 raise
             pod: JSON = json.loads(response.data)
             return pod
+
+        return await anyio.to_thread.run_sync(read)
+
+    async def read_secret(self, name: str) -> JSON | None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self._admin)
+
+        def read() -> JSON | None:
+            try:
+                response = core.read_namespaced_secret(name, self.namespace, _preload_content=False)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            secret: JSON = json.loads(response.data)
+            return secret
 
         return await anyio.to_thread.run_sync(read)
 

@@ -50,4 +50,3 @@ async def test_steps_run_on_a_node_that_reports_the_placeholder_by_its_alias(
             assert (await rt.inspect_container(build, "second")).exit_code == 4
         finally:
             await rt.remove_build(build)
-

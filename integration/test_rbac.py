@@ -19,9 +19,11 @@ async def test_a_build_needs_only_the_shipped_role(
     spec = BuildSpec(
         build_id=f"rbac-{uuid.uuid4().hex[:6]}",
         steps=[
-            StepSpec(name="a", image=BUSYBOX, commands=["echo a"]),
+            StepSpec(name="a", image=BUSYBOX, commands=["echo a"], secrets=["token"]),
             StepSpec(name="b", image=BUSYBOX, commands=["echo b", "exit 1"]),
         ],
+        # The build's own Secret: created, handed to the pod and deleted with the Role.
+        secrets={"token": "rbac-secret-value"},
     )
     if cluster_namespace is None:
         cluster = target.cluster  # FakeCluster has no RBAC: check the requests instead
@@ -50,5 +52,5 @@ async def test_a_build_needs_only_the_shipped_role(
             await cluster.aclose()
     assert codes == [0, 1]
     used = {(r.verb, r.resource) for r in cluster.requests[before:]}
-    assert used
+    assert {("create", "secrets"), ("patch", "secrets"), ("delete", "secrets")} <= used
     assert all(role_allows(verb, resource) for verb, resource in used), used

@@ -18,6 +18,7 @@ from buildruntime.errors import (
 from buildruntime.events import BuildEvent
 from buildruntime.results import Failure, StepResult
 from buildruntime.runtime import Runtime
+from buildruntime.secrets import ExistingSecret
 from buildruntime.settings import RuntimeSettings
 from buildruntime.spec import BuildSpec, StepSpec
 from buildruntime.volumes import Workspace
@@ -30,6 +31,7 @@ __all__ = [
     "BuildSpec",
     "ClusterUnavailableError",
     "ContainerCreateError",
+    "ExistingSecret",
     "Failure",
     "ImagePullError",
     "PodGoneError",

@@ -10,6 +10,7 @@ captures and the namespace monitor read it; nothing writes to it but the fan-out
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -47,8 +48,11 @@ class BuildView:
         steps: list[str],
         *,
         publish: list[Topic[BuildEvent]] | None = None,
+        mask: Callable[[str], str] | None = None,
     ) -> None:
         self.build_id = build_id
+        self._mask = mask
+        """Masks the build's secrets in the messages of its domain events."""
         self.pod: PodSnapshot | None = None
         """The pod's latest snapshot; kept when the pod failed as a whole, None once deleted."""
         self.gone = False
@@ -210,6 +214,8 @@ class BuildView:
             if key in self._emitted:
                 return
             self._emitted.add(key)
+        if message is not None and self._mask is not None:
+            message = self._mask(message)
         event = BuildEvent(
             build_id=self.build_id,
             step=step,

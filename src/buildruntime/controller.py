@@ -17,8 +17,9 @@ into it. Everything runs in one task group that removing the build cancels.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -46,6 +47,7 @@ from buildruntime.informer.topic import Topic
 from buildruntime.labels import build_selector
 from buildruntime.logs import LogBuffer, LogCapture
 from buildruntime.results import Failure, StepResult
+from buildruntime.secrets import Masker, owned_by_pod, render_secret, secret_name
 from buildruntime.settings import RuntimeSettings
 from buildruntime.spec import BuildSpec, StepSpec
 
@@ -93,7 +95,13 @@ class BuildController:
         self.settings = settings
         self.placeholder = spec.pause_image or settings.pause_image
         steps = [s.name for s in spec.steps]
-        self.view = BuildView(spec.build_id, steps, publish=[runtime_events])
+        self.masker = Masker(spec.secret_values.values())
+        self.view = BuildView(
+            spec.build_id,
+            steps,
+            publish=[runtime_events],
+            mask=self.masker.text if self.masker else None,
+        )
         self.fanout = PodFanout(
             steps,
             self.placeholder,
@@ -111,6 +119,7 @@ class BuildController:
         self.steps = {name: StepRecord() for name in steps}
         self.buffers = {name: LogBuffer(settings.log_memory_limit) for name in steps}
         self._cancel = anyio.CancelScope()
+        self._secret_created = False
         self.started = False
         self.removed = False
         self.finished = anyio.Event()
@@ -184,14 +193,61 @@ class BuildController:
                     self.informer.pod_reflector.last_error or "no answer from the API server"
                 ),
             )
+        if self.spec.secrets:
+            await self._send(None, "create the build's Secret", self._create_secret_once())
         created = await self._send(None, "create the pod", self._create_once())
         uid = (created.get("metadata") or {}).get("uid", "")
         self.fanout.bind(uid)
+        if self._secret_created:
+            # From now on the Secret goes with the pod, whoever deletes it: the garbage
+            # collector does not need this worker to be alive.
+            await self._send(
+                None,
+                "hand the build's Secret to its pod",
+                lambda: self.cluster.patch_secret(
+                    self.namespace,
+                    secret_name(self.spec.pod_name),
+                    owned_by_pod(self.spec.pod_name, uid),
+                ),
+            )
         self.informer.watch_events(self._events_selector(uid))
         await self._wait_scheduled()
         await self._wait_placeholders()
         with anyio.move_on_after(self.settings.api_timeout):
             await self.informer.wait_synced()
+
+    def _create_secret_once(self) -> Callable[[], Awaitable[None]]:
+        manifest = render_secret(
+            self.spec.pod_name, self.namespace, self.build_id, self.spec.secret_values
+        )
+        attempts = 0
+
+        async def create() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                await self.cluster.create_secret(self.namespace, manifest)
+            except ConflictError as error:
+                if attempts == 1:
+                    raise AdmissionError(
+                        f"a Secret named {manifest['metadata']['name']} already exists",
+                        build_id=self.build_id,
+                        reason=error.reason,
+                        message=error.message,
+                    ) from error
+                # An earlier attempt got through before its connection broke.
+            except ApiError as error:
+                if error.status in (400, 403, 404, 422):
+                    raise AdmissionError(
+                        "the API server refused the build's Secret",
+                        build_id=self.build_id,
+                        reason=error.reason,
+                        message=error.message,
+                    ) from error
+                raise
+            self._secret_created = True
+
+        return create
 
     def _create_once(self) -> Callable[[], Awaitable[dict[str, Any]]]:
         attempts = 0
@@ -557,6 +613,26 @@ class BuildController:
         )
         await capture.run()
 
+    def tail(self, step: str) -> AsyncIterator[bytes]:
+        """The step's captured lines, every secret masked."""
+        lines = self.buffers[step].follow()
+        return _masked_lines(lines, self.masker) if self.masker else lines
+
+    def masked(self, result: StepResult) -> StepResult:
+        """``result`` with the build's secrets masked in its message (a failing step's
+        termination message is its last log lines)."""
+        if result.message and self.masker:
+            return dataclasses.replace(result, message=self.masker.text(result.message))
+        return result
+
+    @contextlib.contextmanager
+    def masking_errors(self) -> Iterator[None]:
+        """Errors raised in the block say nothing of the build's secrets."""
+        try:
+            yield
+        except BuildRuntimeError as error:
+            raise self.masker.error(error) from error.__cause__
+
     def gone_error(self, step: str | None) -> BuildRuntimeError:
         """The error for a step API that found the build's streams ended or its pod gone."""
         if self.crash is not None:
@@ -588,6 +664,8 @@ class BuildController:
                 async for pod in self.view.pods.follow(from_latest=True):
                     if pod is None:
                         break
+            if self._secret_created:
+                await self._send(None, "delete the build's Secret", self._delete_secret)
         self.stop()
         with anyio.CancelScope(shield=True):
             await self.finished.wait()
@@ -598,14 +676,29 @@ class BuildController:
         except NotFoundError:
             return
 
+    async def _delete_secret(self) -> None:
+        """The pod owns the Secret, so the garbage collector deletes it too; deleting it
+        here makes ``remove_build`` leave nothing behind at once."""
+        try:
+            await self.cluster.delete_secret(self.namespace, secret_name(self.spec.pod_name))
+        except NotFoundError:
+            return
+
     async def abandon(self) -> None:
         """After a failed assemble: delete what may have been created, stop the tasks."""
-        if self.fanout.pod_uid:
-            with anyio.move_on_after(self.settings.delete_timeout), contextlib.suppress(Exception):
+        with anyio.move_on_after(self.settings.delete_timeout), contextlib.suppress(Exception):
+            if self.fanout.pod_uid:
                 await self.cluster.delete_pod(self.namespace, self.spec.pod_name)
+            if self._secret_created:
+                await self._delete_secret()
         self.stop()
         await self.finished.wait()
 
     def close_unstarted(self) -> None:
         """A build removed before it was assembled: end its streams."""
         self.view.close()
+
+
+async def _masked_lines(lines: AsyncIterator[bytes], masker: Masker) -> AsyncIterator[bytes]:
+    async for line in lines:
+        yield masker.line(line)

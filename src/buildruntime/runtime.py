@@ -233,7 +233,8 @@ class Runtime:
             raise UsageError("the build was already assembled", build_id=build.build_id)
         await self._require_entered().start(controller.run)
         try:
-            await controller.assemble()
+            with controller.masking_errors():
+                await controller.assemble()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await controller.abandon()
@@ -250,7 +251,8 @@ class Runtime:
         controller = self._controller(build)
         spec = self._step(controller, step)
         self._require_assembled(controller)
-        await controller.start_step(spec)
+        with controller.masking_errors():
+            await controller.start_step(spec)
 
     def tail_container(self, build: Build, step: str) -> AsyncIterator[bytes]:
         """The step's log lines (bytes, newline stripped) from the first to the last.
@@ -265,7 +267,7 @@ class Runtime:
         if not controller.started:
             self._require_assembled(controller)
         self._require_started(controller, step)
-        return controller.buffers[step].follow()
+        return controller.tail(step)
 
     async def wait_container(self, build: Build, step: str) -> StepResult:
         """Wait until the step's container terminated and return its result.
@@ -278,13 +280,14 @@ class Runtime:
         spec = self._step(controller, step)
         self._require_assembled(controller)
         self._require_started(controller, step)
-        return await controller.step_result(spec)
+        with controller.masking_errors():
+            return controller.masked(await controller.step_result(spec))
 
     async def inspect_container(self, build: Build, step: str) -> StepResult:
         """The step's current state, from the cache. Sends nothing."""
         controller = self._controller(build)
         self._step(controller, step)
-        return controller.inspect(step)
+        return controller.masked(controller.inspect(step))
 
     async def remove_build(self, build: Build) -> None:
         """Let every capture drain, delete the pod, and wait until the deletion is seen

@@ -12,12 +12,19 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.secrets import (
+    ExistingSecret,
+    SecretValue,
+    check_build_secrets,
+    check_step_secrets,
+    secret_name,
+)
 from buildruntime.volumes import (
     DEFAULT_WORKSPACE_PATH,
     WORKSPACE_ENV,
@@ -147,6 +154,10 @@ class StepSpec:
     ports: Sequence[int] = ()
     """TCP ports a detached step serves; it is ready once the first accepts connections
     (its readinessProbe, as the kubelet checks it)."""
+    secrets: Mapping[str, str | ExistingSecret] | Sequence[str] = field(default_factory=dict)
+    """Secrets the step gets as environment variables: a list of the build's secret
+    names, or a mapping of variable name to a build secret's name or an
+    :class:`ExistingSecret`."""
 
     def __post_init__(self) -> None:
         problem = dns1123_label_problem(self.name)
@@ -185,6 +196,10 @@ class StepSpec:
             )
         object.__setattr__(self, "env", env)
         object.__setattr__(self, "mounts", check_mounts(self.mounts, where))
+        object.__setattr__(self, "secrets", check_step_secrets(self.secrets, where))
+        for name in self.secrets:
+            if name in env or name == WORKSPACE_ENV:
+                raise SpecError(f"{where}.secrets[{name!r}]", "is also set in env")
         if self.working_dir is not None and (
             not isinstance(self.working_dir, str) or not self.working_dir.startswith("/")
         ):
@@ -213,6 +228,12 @@ class StepSpec:
         if self.ports and not self.detach:
             raise SpecError(f"{where}.ports", "only a detached step (a service) has ports")
         object.__setattr__(self, "ports", tuple(self.ports))
+
+    @property
+    def secret_env(self) -> Mapping[str, str | ExistingSecret]:
+        """The step's secrets as environment variable to source (a list of names was
+        made a mapping on construction)."""
+        return cast("Mapping[str, str | ExistingSecret]", self.secrets)
 
     @property
     def args(self) -> list[str]:
@@ -255,6 +276,9 @@ class BuildSpec:
     volumes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Named Kubernetes volume sources (configMap, secret, emptyDir,
     persistentVolumeClaim, hostPath) that steps mount by name."""
+    secrets: Mapping[str, str | SecretValue] = field(default_factory=dict)
+    """Secret values by name, given to the steps that name them through the build's own
+    Secret; never in the pod spec, masked in every line the library shows."""
 
     def __post_init__(self) -> None:
         problem = dns1123_label_problem(self.build_id)
@@ -310,11 +334,26 @@ class BuildSpec:
                 "workspace", f"must be a Workspace, not {type(self.workspace).__name__}"
             )
         object.__setattr__(self, "volumes", check_volumes(self.volumes))
+        object.__setattr__(self, "secrets", check_build_secrets(self.secrets))
+        for step in self.steps:
+            for env, source in step.secret_env.items():
+                if isinstance(source, str) and source not in self.secrets:
+                    known = ", ".join(sorted(self.secrets)) or "none declared"
+                    raise SpecError(
+                        f"steps[{step.name}].secrets[{env!r}]",
+                        f"no secret {source!r} in the build's secrets ({known})",
+                        build_id=bid,
+                    )
         if self.timeout is not None:
             if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
                 raise SpecError("timeout", "must be a number of seconds", build_id=bid)
             if not self.timeout > 0 or self.timeout == float("inf"):
                 raise SpecError("timeout", "must be a finite number greater than 0", build_id=bid)
+
+    @property
+    def secret_values(self) -> Mapping[str, SecretValue]:
+        """The build's secrets (plain strings were wrapped on construction)."""
+        return cast("Mapping[str, SecretValue]", self.secrets)
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``; KeyError when there is none."""
@@ -327,6 +366,14 @@ class BuildSpec:
     def pod_name(self) -> str:
         """The pod's name: the build id itself, which is already unique per namespace."""
         return self.build_id
+
+
+def _secret_env(spec: BuildSpec, env: str, source: str | ExistingSecret) -> JSON:
+    if isinstance(source, ExistingSecret):
+        ref = {"name": source.name, "key": source.key}
+    else:
+        ref = {"name": secret_name(spec.pod_name), "key": source}
+    return {"name": env, "valueFrom": {"secretKeyRef": ref}}
 
 
 def render_pod(
@@ -356,6 +403,7 @@ def render_pod(
             "env": [
                 {"name": WORKSPACE_ENV, "value": path},
                 *({"name": k, "value": v} for k, v in step.env.items()),
+                *(_secret_env(spec, env, source) for env, source in step.secret_env.items()),
             ],
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "volumeMounts": mounts[step.name],

@@ -35,8 +35,8 @@ one is silent until the server ends it after ``timeoutSeconds``."""
 
 class Request(NamedTuple):
     """One request sent to the API server, for accounting: ``verb`` is one of list,
-    watch, get, create, patch, delete, log; ``resource`` is pods or events (log is on
-    pods). Both cluster implementations keep a list of these in ``.requests``."""
+    watch, get, create, patch, delete, log; ``resource`` is pods, events or secrets (log
+    is on pods). Both cluster implementations keep a list of these in ``.requests``."""
 
     verb: str
     resource: str
@@ -187,6 +187,19 @@ class Cluster(Protocol):
         self, namespace: str, name: str, *, grace_period_seconds: int | None = None
     ) -> None:
         """Delete a pod. Raises :class:`NotFoundError` when it does not exist."""
+        ...
+
+    async def create_secret(self, namespace: str, manifest: JSON) -> JSON:
+        """Create a Secret; returns the created object (its values included: callers
+        keep it to themselves). Raises :class:`ConflictError` when the name is taken."""
+        ...
+
+    async def patch_secret(self, namespace: str, name: str, patch: JSON) -> JSON:
+        """Apply a strategic merge patch to a Secret (the runtime sets its owner)."""
+        ...
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        """Delete a Secret. Raises :class:`NotFoundError` when it does not exist."""
         ...
 
     def stream_logs(

@@ -20,10 +20,12 @@ from buildruntime.testing.objects import JSON
 from buildruntime.testing.selectors import (
     EVENT_FIELDS,
     POD_FIELDS,
+    SECRET_FIELDS,
     Selector,
     event_fields,
     labels_of,
     pod_fields,
+    secret_fields,
 )
 
 Key = tuple[str, str]
@@ -171,6 +173,9 @@ class APIServer:
         self.rv = 100
         self.pods = ResourceStore("pods", "Pod", POD_FIELDS, pod_fields, history_limit)
         self.events = ResourceStore("events", "Event", EVENT_FIELDS, event_fields, history_limit)
+        self.secrets = ResourceStore(
+            "secrets", "Secret", SECRET_FIELDS, secret_fields, history_limit
+        )
         self.keep_history = keep_history
         self.pod_history: dict[Key, list[str]] = {}
         self.observers: list[Callable[[str, str, JSON, JSON | None], None]] = []
@@ -180,6 +185,8 @@ class APIServer:
             return self.pods
         if resource == "events":
             return self.events
+        if resource == "secrets":
+            return self.secrets
         raise ValueError(f"unknown resource {resource!r}")
 
     # ------------------------------------------------------------------ reads
@@ -272,7 +279,7 @@ class APIServer:
         """Compaction: advance the resourceVersion and forget every older change, so a
         watch from any version seen so far gets 410 Gone."""
         self.rv += 1
-        for store in (self.pods, self.events):
+        for store in (self.pods, self.events, self.secrets):
             store.min_rv = self.rv
             store.changes.clear()
 

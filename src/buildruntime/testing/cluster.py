@@ -45,6 +45,7 @@ from buildruntime.testing.logs import LogContext, LogStream
 from buildruntime.testing.patch import apply_patch
 from buildruntime.testing.podspec import create_pod_object, validate_update
 from buildruntime.testing.scheduler import Scheduler
+from buildruntime.testing.secrets import SecretsApi
 from buildruntime.testing.selectors import parse_field_selector, parse_label_selector
 from buildruntime.testing.tasks import SystemTasks
 from buildruntime.testing.watch import WatchContext, WatchStream
@@ -137,7 +138,11 @@ class FakeCluster:
             images=store,
             pull_delay=pull_delay,
         )
-        self._server.observers.extend([self._scheduler.observe, self._kubelet.observe])
+        self._secrets = SecretsApi(self._server)
+        self._kubelet.secret_data = self._secrets.data
+        self._server.observers.extend(
+            [self._scheduler.observe, self._kubelet.observe, self._secrets.collect_garbage]
+        )
         self._closed = False
 
     # ------------------------------------------------------------ plumbing
@@ -252,6 +257,22 @@ class FakeCluster:
         if self._server.get("pods", namespace, name) is not None:
             raise ConflictError(f'pods "{name}" already exists')
         return objects.load(self._server.write("pods", pod))
+
+    async def create_secret(self, namespace: str, manifest: JSON) -> JSON:
+        await self._request("create", "secrets")
+        return self._secrets.create(namespace, manifest)
+
+    async def patch_secret(self, namespace: str, name: str, patch: JSON) -> JSON:
+        await self._request("patch", "secrets")
+        return self._secrets.patch(namespace, name, patch)
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        await self._request("delete", "secrets")
+        self._secrets.delete(namespace, name)
+
+    def secret(self, namespace: str, name: str) -> JSON | None:
+        """A stored Secret as the API server holds it (not a request of the port)."""
+        return self._server.copy("secrets", namespace, name)
 
     async def patch_pod(self, namespace: str, name: str, patch: JSON) -> JSON:
         await self._request("patch", "pods")

@@ -28,6 +28,7 @@ at those addresses, and they would make a step believe it runs in a cluster.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from buildruntime.testing.imagestore import ImageConfig
@@ -75,10 +76,21 @@ def field_ref(pod: JSON, path: str) -> str:
     return "" if current is None else str(current)
 
 
-def container_env(pod: JSON, spec: JSON) -> dict[str, str]:
+class ConfigError(Exception):
+    """What makes the kubelet refuse to create a container (CreateContainerConfigError):
+    a Secret or key its env refers to is missing."""
+
+
+SecretLookup = Callable[[str, str], Mapping[str, str] | None]
+"""A Secret's decoded data by namespace and name, None when there is no such Secret."""
+
+
+def container_env(pod: JSON, spec: JSON, secret_data: SecretLookup | None = None) -> dict[str, str]:
     """The variables the kubelet gives container ``spec`` of ``pod`` (its ``env``,
-    expanded): what ``command`` and ``args`` are expanded with."""
+    expanded; ``secretKeyRef`` values read from the Secret): what ``command`` and
+    ``args`` are expanded with. Raises :class:`ConfigError` for a missing Secret or key."""
     env: dict[str, str] = {}
+    namespace = pod["metadata"]["namespace"]
     for variable in spec.get("env") or []:
         name = variable.get("name")
         if not name:
@@ -86,7 +98,18 @@ def container_env(pod: JSON, spec: JSON) -> dict[str, str]:
         if "value" in variable:
             env[name] = expand(str(variable.get("value") or ""), env)
             continue
-        ref = (variable.get("valueFrom") or {}).get("fieldRef") or {}
+        source = variable.get("valueFrom") or {}
+        secret_ref = source.get("secretKeyRef") or {}
+        if secret_ref:
+            secret, key = secret_ref.get("name", ""), secret_ref.get("key", "")
+            data = secret_data(namespace, secret) if secret_data else None
+            if data is None:
+                raise ConfigError(f'secret "{secret}" not found')
+            if key not in data:
+                raise ConfigError(f"couldn't find key {key} in Secret {namespace}/{secret}")
+            env[name] = data[key]
+            continue
+        ref = source.get("fieldRef") or {}
         if ref.get("fieldPath"):
             env[name] = field_ref(pod, ref["fieldPath"])
     return env

@@ -32,7 +32,13 @@ from anyio.abc import TaskGroup
 from buildruntime.cluster.port import ApiError, NotFoundError
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import DELETED, APIServer
-from buildruntime.testing.environment import command_line, container_env, process_env
+from buildruntime.testing.environment import (
+    ConfigError,
+    SecretLookup,
+    command_line,
+    container_env,
+    process_env,
+)
 from buildruntime.testing.events import WARNING, EventRecorder
 from buildruntime.testing.imagepull import Backoff, ImageManager, go_duration
 from buildruntime.testing.imagestore import ImageStore
@@ -73,6 +79,8 @@ class Kubelet:
         self.node_name = node_name
         self.images = images
         self.pull_delay = pull_delay
+        self.secret_data: SecretLookup | None = None
+        """Reads the Secrets a container's env refers to (set by the cluster)."""
         self.volumes = NodeVolumes()
         """The node's directories for claims and hostPaths, kept across pods."""
         self.workers: dict[str, PodWorker] = {}
@@ -492,7 +500,13 @@ class PodWorker:
             return True
         root = self.root
         assert root is not None  # made before the first sync
-        kubelet_env = container_env(pod, spec)
+        try:
+            kubelet_env = container_env(pod, spec, self.kubelet.secret_data)
+        except ConfigError as error:
+            # As the kubelet: the container is not created; retried at the next sync.
+            record.waiting = ("CreateContainerConfigError", str(error))
+            self._event("Failed", f"Error: {error}", container=record.name, warning=True)
+            return False
         env = process_env(pod, self._mapped_paths(spec, kubelet_env), home=str(root.home))
         argv = command_line(spec, self.kubelet.images.config(image), kubelet_env)
         working_dir = spec.get("workingDir")

@@ -237,6 +237,19 @@ def event_fields(event: Mapping[str, object]) -> dict[str, str]:
     return fields
 
 
+SECRET_FIELDS = frozenset({"metadata.name", "metadata.namespace", "type"})
+"""Secrets' selectable fields (``pkg/registry/core/secret.SelectableFields``)."""
+
+
+def secret_fields(secret: Mapping[str, Any]) -> dict[str, str]:
+    meta = secret.get("metadata") or {}
+    return {
+        "metadata.name": _text(meta.get("name")),
+        "metadata.namespace": _text(meta.get("namespace")),
+        "type": _text(secret.get("type")),
+    }
+
+
 def labels_of(obj: Mapping[str, object]) -> dict[str, str]:
     """An object's labels as a plain ``str -> str`` dict."""
     labels = _get(obj, "metadata.labels")

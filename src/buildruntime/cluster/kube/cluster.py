@@ -230,6 +230,41 @@ class KubeCluster:
             decode=False,
         )
 
+    async def create_secret(self, namespace: str, manifest: JSON) -> JSON:
+        """``POST`` a Secret (its values travel only in this request's body)."""
+        self.requests.append(Request("create", "secrets"))
+        return await self._request_json(
+            f"create secret in {namespace}",
+            "POST",
+            "/api/v1/namespaces/{namespace}/secrets",
+            {"namespace": namespace},
+            body=manifest,
+            content_type=JSON_MEDIA_TYPE,
+        )
+
+    async def patch_secret(self, namespace: str, name: str, patch: JSON) -> JSON:
+        """``PATCH`` a Secret with a strategic merge patch (its ownerReferences)."""
+        self.requests.append(Request("patch", "secrets"))
+        return await self._request_json(
+            f"patch secret {namespace}/{name}",
+            "PATCH",
+            "/api/v1/namespaces/{namespace}/secrets/{name}",
+            {"namespace": namespace, "name": name},
+            body=patch,
+            content_type=_STRATEGIC_MERGE_PATCH,
+        )
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        """``DELETE`` a Secret (404 raises :class:`NotFoundError`)."""
+        self.requests.append(Request("delete", "secrets"))
+        await self._request_json(
+            f"delete secret {namespace}/{name}",
+            "DELETE",
+            "/api/v1/namespaces/{namespace}/secrets/{name}",
+            {"namespace": namespace, "name": name},
+            decode=False,
+        )
+
     # -- streams -----------------------------------------------------------------
 
     def watch(

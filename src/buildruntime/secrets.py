@@ -1,0 +1,183 @@
+"""A build's secrets: values that live only in memory and in one Kubernetes Secret, and
+are masked wherever the library shows text.
+
+A build declares its secret values (``BuildSpec(secrets={"DEPLOY_TOKEN": "..."})``); each
+step names the ones it gets as environment variables (``StepSpec(secrets=["DEPLOY_TOKEN"])``,
+or ``{"TOKEN": "DEPLOY_TOKEN"}`` to rename, or ``{"DB_PASS": ExistingSecret("db", "password")}``
+for a Secret already in the namespace). The pod references them with ``secretKeyRef``: no
+value is ever in the pod spec. The runtime creates the build's Secret before the pod and
+then makes the pod its owner, so Kubernetes' garbage collector removes it with the pod
+even when no worker is left to do so.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from buildruntime.cluster.port import JSON
+from buildruntime.errors import BuildRuntimeError, SpecError
+from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+
+MASK = b"********"
+MIN_MASKED = 4
+"""Values (or lines of a multi-line value) shorter than this are not masked: masking
+"1" or "ab" would blank out unrelated text everywhere and tell a reader that the secret
+is that short. Use secrets of at least this many characters."""
+
+_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class SecretValue:
+    """A secret's value: shown as ``SecretValue('********')`` by ``repr`` and ``str``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("a secret value must be a string")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value itself, for the Secret the runtime creates and for masking."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretValue('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretValue) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ExistingSecret:
+    """A key of a Secret that already exists in the build's namespace."""
+
+    name: str
+    key: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SpecError("secret.name", f"{self.name!r} is not a Secret name")
+        if not isinstance(self.key, str) or not _KEY.match(self.key):
+            raise SpecError("secret.key", f"{self.key!r} is not a Secret key")
+
+
+def check_build_secrets(value: object) -> dict[str, SecretValue]:
+    """The build's secrets: name (a Secret key) to value."""
+    if not isinstance(value, Mapping):
+        raise SpecError("secrets", "must be a mapping of name to value")
+    checked: dict[str, SecretValue] = {}
+    for name, secret in value.items():
+        if not isinstance(name, str) or not _KEY.match(name):
+            raise SpecError(f"secrets[{name!r}]", "names are letters, digits, '-', '_' and '.'")
+        if isinstance(secret, str):
+            secret = SecretValue(secret)
+        if not isinstance(secret, SecretValue):
+            # The value is not quoted: it may be a secret of the wrong type.
+            raise SpecError(f"secrets[{name!r}]", f"must be a string, not {type(secret).__name__}")
+        checked[name] = secret
+    return checked
+
+
+def check_step_secrets(value: object, where: str) -> dict[str, str | ExistingSecret]:
+    """A step's secrets: environment variable to a build secret's name or an existing
+    Secret's key; a list of names gives each under its own name."""
+    field = f"{where}.secrets"
+    if isinstance(value, str | bytes):
+        raise SpecError(field, "must be a list of secret names or a mapping")
+    if not isinstance(value, Mapping):
+        if not isinstance(value, Iterable):
+            raise SpecError(field, "must be a list of secret names or a mapping")
+        value = {name: name for name in value}
+    checked: dict[str, str | ExistingSecret] = {}
+    for env, source in value.items():
+        if not isinstance(env, str) or not re.match(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", env):
+            raise SpecError(f"{field}[{env!r}]", "is not a valid environment variable name")
+        if not isinstance(source, str | ExistingSecret):
+            raise SpecError(f"{field}[{env!r}]", "must name a build secret or be an ExistingSecret")
+        checked[env] = source
+    return checked
+
+
+def secret_name(pod_name: str) -> str:
+    """The build's own Secret, named after its pod."""
+    return f"{pod_name}-secrets"
+
+
+def render_secret(
+    pod_name: str, namespace: str, build_id: str, values: Mapping[str, SecretValue]
+) -> JSON:
+    """The build's Secret (its values base64-encoded, as the API takes them)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": secret_name(pod_name),
+            "namespace": namespace,
+            "labels": {MANAGED_BY: MANAGED_BY_VALUE, BUILD_ID: build_id},
+        },
+        "data": {
+            key: base64.b64encode(value.reveal().encode()).decode() for key, value in values.items()
+        },
+    }
+
+
+def owned_by_pod(pod_name: str, pod_uid: str) -> JSON:
+    """A patch making the pod the owner of the build's Secret (garbage-collected with it)."""
+    return {
+        "metadata": {
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": pod_name, "uid": pod_uid}
+            ]
+        }
+    }
+
+
+class Masker:
+    """Replaces every secret value (each line of a multi-line one) with ``********``."""
+
+    __slots__ = ("_needles", "_text_needles")
+
+    def __init__(self, values: Iterable[SecretValue]) -> None:
+        needles: set[bytes] = set()
+        for value in values:
+            for line in value.reveal().splitlines():
+                if len(line) >= MIN_MASKED:
+                    needles.add(line.encode())
+        # Longest first: a value that contains another is masked whole.
+        self._needles = sorted(needles, key=len, reverse=True)
+        self._text_needles = [n.decode() for n in self._needles]
+
+    def __bool__(self) -> bool:
+        return bool(self._needles)
+
+    def line(self, line: bytes) -> bytes:
+        for needle in self._needles:
+            if needle in line:
+                line = line.replace(needle, MASK)
+        return line
+
+    def text(self, text: str) -> str:
+        for needle in self._text_needles:
+            if needle in text:
+                text = text.replace(needle, MASK.decode())
+        return text
+
+    def error(self, error: BuildRuntimeError) -> BuildRuntimeError:
+        """``error`` with every secret masked in what it says (changed in place)."""
+        if self._needles:
+            error.summary = self.text(error.summary)
+            if error.message is not None:
+                error.message = self.text(error.message)
+            error.args = (self.text(str(error)),)
+        return error
