@@ -142,9 +142,12 @@ async def test_patch_back_sigkills_a_step_that_ignores_sigterm(cluster: FakeClus
         grace=1,
     )
     assert 1 <= took < 3
-    # The shell reports its foreground sleep killed by the same SIGTERM, then traps it.
+    # The shell traps the SIGTERM, and may report its foreground sleep killed by the
+    # same signal before or after the trap's line (a race of the shell's own).
     assert log.startswith(f"{pgid}\nworking\n".encode())
-    assert log.endswith(b"got TERM\n")
+    tail = log.removeprefix(f"{pgid}\nworking\n".encode()).splitlines()
+    assert b"got TERM" in tail
+    assert set(tail) <= {b"got TERM", b"Terminated"}
     assert not group_alive(pgid)
     status = container(final, "step")
     assert status["restartCount"] == 2

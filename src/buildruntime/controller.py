@@ -117,7 +117,8 @@ class BuildController:
             settings=settings.reflector,
         )
         self.steps = {name: StepRecord() for name in steps}
-        self.buffers = {name: LogBuffer(settings.log_memory_limit) for name in steps}
+        mask = self.masker.lines if self.masker else None
+        self.buffers = {name: LogBuffer(settings.log_memory_limit, mask=mask) for name in steps}
         self._cancel = anyio.CancelScope()
         self._secret_created = False
         self.started = False
@@ -614,9 +615,8 @@ class BuildController:
         await capture.run()
 
     def tail(self, step: str) -> AsyncIterator[bytes]:
-        """The step's captured lines, every secret masked."""
-        lines = self.buffers[step].follow()
-        return _masked_lines(lines, self.masker) if self.masker else lines
+        """The step's captured lines (masked as they were captured)."""
+        return self.buffers[step].follow()
 
     def masked(self, result: StepResult) -> StepResult:
         """``result`` with the build's secrets masked in its message (a failing step's
@@ -697,8 +697,3 @@ class BuildController:
     def close_unstarted(self) -> None:
         """A build removed before it was assembled: end its streams."""
         self.view.close()
-
-
-async def _masked_lines(lines: AsyncIterator[bytes], masker: Masker) -> AsyncIterator[bytes]:
-    async for line in lines:
-        yield masker.line(line)

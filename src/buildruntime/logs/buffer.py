@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import IO
 
 import anyio
@@ -18,8 +18,16 @@ DEFAULT_MEMORY_LIMIT = 8 * 1024 * 1024
 class LogBuffer:
     """All lines of one step: appended by the capture, read by any number of tails."""
 
-    def __init__(self, memory_limit: int = DEFAULT_MEMORY_LIMIT) -> None:
+    def __init__(
+        self,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        *,
+        mask: Callable[[list[bytes]], list[bytes]] | None = None,
+    ) -> None:
         self._memory_limit = memory_limit
+        self._mask = mask
+        """Rewrites each batch before it is kept (the build's secrets masked), so no
+        secret value is ever in memory here or in the spill file."""
         self._head: list[bytes] = []
         self._head_bytes = 0
         self._spill: IO[bytes] | None = None
@@ -37,6 +45,8 @@ class LogBuffer:
         """Add lines (without their newline) and wake the tails."""
         if not lines:
             return
+        if self._mask is not None:
+            lines = self._mask(lines)
         for line in lines:
             if self._spill is None and self._head_bytes + len(line) <= self._memory_limit:
                 self._head.append(line)
