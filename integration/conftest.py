@@ -182,7 +182,12 @@ class FakeTarget(Target):
         from buildruntime.testing import FakeCluster
 
         # A node whose pause image carries a second tag, as the local cluster's does.
-        self.fake = FakeCluster(images={BUSYBOX}, image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS})
+        self.fake = FakeCluster(
+            images={BUSYBOX},
+            image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS},
+            # What the local cluster's node offers on the 2-core machine.
+            node_allocatable={"cpu": "2", "memory": "24Gi"},
+        )
         self.cluster = self.fake
         self.namespace = "integration"
         self.pause_image = None

@@ -18,6 +18,7 @@ from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.reservations import shared_requests
 from buildruntime.secrets import (
     ExistingSecret,
     SecretValue,
@@ -394,6 +395,8 @@ def render_pod(
         )
     except SpecError as error:
         raise SpecError(error.field, error.problem, build_id=spec.build_id) from None
+    # The pod requests its peak, not its sum: see buildruntime.reservations.
+    reserved = shared_requests([(step.name, step.resources, step.detach) for step in spec.steps])
     containers: list[JSON] = []
     for step in spec.steps:
         container: dict[str, Any] = {
@@ -414,8 +417,8 @@ def render_pod(
             # The kubelet expands $(VAR) in args and turns $$ into $: escape every $
             # so the shell, not the kubelet, gives it meaning.
             container["args"] = [arg.replace("$", "$$") for arg in step.args]
-        if step.resources:
-            container["resources"] = {k: dict(v) for k, v in step.resources.items()}
+        if step.name in reserved:
+            container["resources"] = reserved[step.name]
         if step.ports:
             container["ports"] = [{"containerPort": port} for port in step.ports]
             # Checked by the kubelet, seen by the runtime as the container's `ready` flag

@@ -74,6 +74,9 @@ class FakeCluster:
     placeholder too), and container statuses report the alias as ``image`` for a
     container of either name, as containerd does. ``pull_delay`` is how long a
     pull takes; ``bookmark_interval`` how often watches get a BOOKMARK.
+    ``node_allocatable`` is what the node offers pods (default ``{"cpu": "4", "memory":
+    "16Gi"}``): a pod whose requests do not fit what is left is Unschedulable
+    (``Insufficient cpu``), as kube-scheduler says.
 
     Beyond the port: ``faults`` (see :class:`~buildruntime.testing.faults.Faults`),
     :meth:`kill_container`, :meth:`rotate_log`, ``requests`` (one :class:`Request` per
@@ -107,6 +110,7 @@ class FakeCluster:
         log_chunk_bytes: int = 65536,
         watch_cache_size: int = 10_000,
         keep_history: bool = True,
+        node_allocatable: Mapping[str, str] | None = None,
     ) -> None:
         store = ImageStore(
             images, pause_image=pause_image, configs=image_configs, aliases=image_aliases
@@ -128,7 +132,12 @@ class FakeCluster:
             changed=self._faults_changed,
         )
         self._scheduler = Scheduler(
-            self._server, self._recorder, self.faults, self._tasks, node_name
+            self._server,
+            self._recorder,
+            self.faults,
+            self._tasks,
+            node_name,
+            allocatable=dict(node_allocatable) if node_allocatable is not None else None,
         )
         self._kubelet = Kubelet(
             self._server,

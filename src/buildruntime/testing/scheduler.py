@@ -3,7 +3,10 @@
 Mimics kube-scheduler's observable behaviour: a new pod is bound within milliseconds
 (``spec.nodeName`` and condition PodScheduled=True in one write, then a ``Scheduled``
 event from ``default-scheduler``). When the pod cannot be placed (the
-``unschedulable`` fault, or a ``nodeSelector`` the node's labels do not satisfy) it gets
+``unschedulable`` fault, a ``nodeSelector`` the node's labels do not satisfy, or
+requests that do not fit what the node has left: the sum of its containers' requests,
+a request defaulting to its limit, against the node's allocatable less the requests of
+the pods already bound and not finished) it gets
 PodScheduled=False/Unschedulable and a Warning ``FailedScheduling`` event, retried about
 every second (the event's count rises) until it fits.
 """
@@ -17,6 +20,7 @@ from buildruntime.testing.apiserver import ADDED, APIServer
 from buildruntime.testing.events import SCHEDULER, WARNING, EventRecorder
 from buildruntime.testing.faults import Faults
 from buildruntime.testing.objects import JSON
+from buildruntime.testing.process import parse_quantity
 from buildruntime.testing.tasks import Notifier, SystemTasks
 
 RETRY_SECONDS = 1.0
@@ -44,8 +48,13 @@ class Scheduler:
         faults: Faults,
         tasks: SystemTasks,
         node_name: str,
+        allocatable: dict[str, str] | None = None,
     ) -> None:
         self._server = server
+        self.allocatable = {
+            name: parse_quantity(amount)
+            for name, amount in (allocatable or {"cpu": "4", "memory": "16Gi"}).items()
+        }
         self._recorder = recorder
         self._faults = faults
         self._tasks = tasks
@@ -72,6 +81,26 @@ class Scheduler:
             return (
                 "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. "
                 "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            )
+        wanted = pod_requests(pod)
+        used: dict[str, float] = {}
+        for (_, _), other in self._server.pods.objects.items():
+            if other["spec"].get("nodeName") != self.node_name:
+                continue
+            if (other.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            for name, amount in pod_requests(other).items():
+                used[name] = used.get(name, 0.0) + amount
+        short = sorted(
+            name
+            for name, amount in wanted.items()
+            if name in self.allocatable and used.get(name, 0.0) + amount > self.allocatable[name]
+        )
+        if short:
+            reasons = ", ".join(f"1 Insufficient {name}" for name in short)
+            return (
+                f"0/1 nodes are available: {reasons}. preemption: 0/1 nodes are available: "
+                "1 No preemption victims found for incoming pod."
             )
         return None
 
@@ -136,3 +165,15 @@ class Scheduler:
                 updated, "FailedScheduling", why, type=WARNING, component=SCHEDULER
             )
             await self.changed.wait(RETRY_SECONDS)
+
+
+def pod_requests(pod: JSON) -> dict[str, float]:
+    """What the scheduler reserves for a pod: the sum of its containers' requests, a
+    missing request defaulting to the container's limit (the API server's defaulting)."""
+    total: dict[str, float] = {}
+    for container in pod.get("spec", {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        effective = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        for name, amount in effective.items():
+            total[name] = total.get(name, 0.0) + parse_quantity(str(amount))
+    return total
