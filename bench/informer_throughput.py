@@ -492,7 +492,7 @@ def profile(url: str, limit: int) -> None:
     from pyinstrument import Profiler
 
     from buildruntime.cluster.kube import KubeCluster
-    from buildruntime.cluster.kube_stream import StreamConnection
+    from buildruntime.cluster.kube.connection import StreamConnection
 
     _common.PROFILES_DIR.mkdir(exist_ok=True)
     profiler = Profiler(interval=0.0005)

@@ -18,6 +18,7 @@ from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.pod_policy import POD_FIELDS, apply_overrides, check_policy_value
 from buildruntime.reservations import shared_requests
 from buildruntime.secrets import (
     ExistingSecret,
@@ -155,6 +156,10 @@ class StepSpec:
     ports: Sequence[int] = ()
     """TCP ports a detached step serves; it is ready once the first accepts connections
     (its readinessProbe, as the kubelet checks it)."""
+    security_context: Mapping[str, Any] | None = None
+    """The container's securityContext (runAsUser, capabilities, ...)."""
+    privileged: bool = False
+    """Run the step's container privileged (``securityContext.privileged``)."""
     secrets: Mapping[str, str | ExistingSecret] | Sequence[str] = field(default_factory=dict)
     """Secrets the step gets as environment variables: a list of the build's secret
     names, or a mapping of variable name to a build secret's name or an
@@ -229,6 +234,12 @@ class StepSpec:
         if self.ports and not self.detach:
             raise SpecError(f"{where}.ports", "only a detached step (a service) has ports")
         object.__setattr__(self, "ports", tuple(self.ports))
+        if self.security_context is not None:
+            if not isinstance(self.security_context, Mapping):
+                raise SpecError(f"{where}.security_context", "must be a mapping")
+            object.__setattr__(self, "security_context", dict(self.security_context))
+        if not isinstance(self.privileged, bool):
+            raise SpecError(f"{where}.privileged", "must be true or false")
 
     @property
     def secret_env(self) -> Mapping[str, str | ExistingSecret]:
@@ -280,6 +291,17 @@ class BuildSpec:
     secrets: Mapping[str, str | SecretValue] = field(default_factory=dict)
     """Secret values by name, given to the steps that name them through the build's own
     Secret; never in the pod spec, masked in every line the library shows."""
+    tolerations: Sequence[Mapping[str, Any]] | None = None
+    affinity: Mapping[str, Any] | None = None
+    runtime_class_name: str | None = None
+    priority_class_name: str | None = None
+    security_context: Mapping[str, Any] | None = None
+    """The pod's securityContext."""
+    dns_config: Mapping[str, Any] | None = None
+    dns_policy: str | None = None
+    pod_overrides: Mapping[str, Any] | None = None
+    """A strategic merge patch applied to the rendered pod, for what the spec does not
+    model (see :mod:`buildruntime.pod_policy`)."""
 
     def __post_init__(self) -> None:
         problem = dns1123_label_problem(self.build_id)
@@ -336,6 +358,12 @@ class BuildSpec:
             )
         object.__setattr__(self, "volumes", check_volumes(self.volumes))
         object.__setattr__(self, "secrets", check_build_secrets(self.secrets))
+        for name in POD_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_policy_value(name, value))
+        if self.pod_overrides is not None and not isinstance(self.pod_overrides, Mapping):
+            raise SpecError("pod_overrides", "must be a mapping (a patch of the pod)", build_id=bid)
         for step in self.steps:
             for env, source in step.secret_env.items():
                 if isinstance(source, str) and source not in self.secrets:
@@ -419,6 +447,11 @@ def render_pod(
             container["args"] = [arg.replace("$", "$$") for arg in step.args]
         if step.name in reserved:
             container["resources"] = reserved[step.name]
+        if step.security_context is not None or step.privileged:
+            context = dict(step.security_context or {})
+            if step.privileged:
+                context["privileged"] = True
+            container["securityContext"] = context
         if step.ports:
             container["ports"] = [{"containerPort": port} for port in step.ports]
             # Checked by the kubelet, seen by the runtime as the container's `ready` flag
@@ -450,7 +483,11 @@ def render_pod(
     if spec.timeout is not None:
         # Whole seconds, at least one, rounded up: never shorter than asked.
         pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout))
-    return {
+    for name, (key, _) in POD_FIELDS.items():
+        value = getattr(spec, name)
+        if value is not None:
+            pod_spec[key] = value
+    pod: JSON = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -465,3 +502,14 @@ def render_pod(
         },
         "spec": pod_spec,
     }
+    if spec.pod_overrides:
+        runtime_keys = {
+            **{key: labels[key] for key in (MANAGED_BY, BUILD_ID)},
+            STEPS_ANNOTATION: pod["metadata"]["annotations"][STEPS_ANNOTATION],
+            PAUSE_ANNOTATION: placeholder,
+        }
+        try:
+            pod = apply_overrides(pod, spec.pod_overrides, runtime_keys)
+        except SpecError as error:
+            raise SpecError(error.field, error.problem, build_id=spec.build_id) from None
+    return pod
