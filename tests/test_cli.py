@@ -964,3 +964,26 @@ def test_a_build_whose_pod_is_gone_runs_no_more_steps() -> None:
     rows = table(out.getvalue())
     assert (rows["long"]["RESULT"], rows["always"]["RESULT"]) == ("failed", "skipped")
     assert "never" not in out.getvalue()
+
+
+# -- services, detached steps, the workspace and volumes ---------------------------------
+
+
+def test_run_help_documents_services_workspace_and_volumes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "run", "--help")
+    assert status == 0
+    epilog = out[out.index("pipeline file keys:") :]
+    for key in ("services", "workspace", "volumes", "detach", "ports"):
+        assert re.search(rf"^  {key}\s", epilog, re.MULTILINE), key
+    # volumes is both a top-level key and a step key: listed twice.
+    assert len(re.findall(r"^  volumes\s", epilog, re.MULTILINE)) == 2
+    flat = " ".join(epilog.split())
+    assert "started before the steps" in flat
+    assert '"name:/path"' in flat
+    assert "size_limit" in flat
+    assert "Services start first, one after another in file order" in flat
+    assert "removing the build stops it" in flat
+    assert "examples/app.yaml" in flat
+    assert [line for line in epilog.splitlines() if len(line) > 80] == []
