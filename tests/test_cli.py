@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 
-from buildruntime import Runtime, cli
+from buildruntime import Failure, Runtime, ServiceError, StepResult, cli
 from buildruntime.cli.console import Console
 from buildruntime.pipeline import load_pipeline_file, load_plan_text
 from buildruntime.testing import FakeCluster
@@ -987,3 +987,277 @@ def test_run_help_documents_services_workspace_and_volumes(
     assert "removing the build stops it" in flat
     assert "examples/app.yaml" in flat
     assert [line for line in epilog.splitlines() if len(line) > 80] == []
+
+
+class _Container:
+    """One scripted container: its lines, how it ends, whether it ends by itself."""
+
+    def __init__(self, lines: list[str], exit_code: int, *, runs_for: float | None) -> None:
+        self.lines = [line.encode() for line in lines]
+        self.exit_code = exit_code
+        self.runs_for = runs_for  # None: until the build is removed (a service)
+        self.ended = anyio.Event()
+        self.stopped = False
+
+
+class ScriptedRuntime:
+    """A Runtime stand-in whose containers follow a script, to test the order in which
+    ``run`` starts, awaits and stops services and steps whatever a cluster supports.
+
+    ``script``: step name to (lines, exit code, seconds it runs or None for "until
+    stopped", ready): a service that is not ready fails ``run_container`` with a
+    ServiceError after printing its lines and exiting with its code."""
+
+    api_timeout = 30.0
+
+    def __init__(self, script: dict[str, tuple[list[str], int, float | None, bool]]) -> None:
+        self.script = script
+        self.calls: list[tuple[str, str]] = []
+        self.containers: dict[str, _Container] = {}
+
+    async def setup_build(self, spec: Any) -> Any:
+        class _Build:
+            build_id = spec.build_id
+
+            def __init__(self) -> None:
+                self.spec = spec
+
+            async def events(self) -> AsyncIterator[Any]:
+                await anyio.sleep_forever()
+                yield None  # pragma: no cover
+
+        return _Build()
+
+    async def assemble_build(self, build: Any) -> None:
+        self.calls.append(("assemble", ""))
+
+    async def run_container(self, build: Any, step: str) -> None:
+        lines, code, runs_for, ready = self.script[step]
+        self.calls.append(("run", step))
+        container = self.containers[step] = _Container(lines, code, runs_for=runs_for)
+        await anyio.sleep(0.05)  # the image patch, the start, the readiness probe
+        if not ready:
+            container.ended.set()
+            raise ServiceError(
+                f"service {step} exited with code {code} before port 5432 accepted connections",
+                build_id=build.build_id,
+                step=step,
+                reason="Error",
+                message="last lines: " + " | ".join(lines),
+            )
+        self.calls.append(("ready", step))
+        if runs_for is not None:
+
+            async def end() -> None:
+                await anyio.sleep(runs_for)
+                container.ended.set()
+
+            self._tg.start_soon(end)
+
+    async def tail_container(self, build: Any, step: str) -> AsyncIterator[bytes]:
+        container = self.containers[step]
+        for line in container.lines:
+            yield line
+        await container.ended.wait()
+        self.calls.append(("tail ended", step))
+
+    async def wait_container(self, build: Any, step: str) -> StepResult:
+        self.calls.append(("wait", step))
+        await self.containers[step].ended.wait()
+        return await self.inspect_container(build, step)
+
+    async def inspect_container(self, build: Any, step: str) -> StepResult:
+        container = self.containers[step]
+        if not container.ended.is_set():
+            return StepResult(step=step, state="running")
+        code = 143 if container.stopped else container.exit_code
+        return StepResult(
+            step=step,
+            state="terminated",
+            exit_code=code,
+            reason="Completed" if code == 0 else "Error",
+            failure=None if code == 0 else Failure.APP_ERROR,
+        )
+
+    async def remove_build(self, build: Any) -> None:
+        self.calls.append(("remove", ""))
+        for container in self.containers.values():
+            if not container.ended.is_set():
+                container.stopped = True
+                container.ended.set()
+
+    def run(self, plan: Any) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        console = Console(out, err, colour=False)
+
+        async def main() -> int:
+            async with anyio.create_task_group() as self._tg:
+                with anyio.fail_after(20):
+                    return await cli.run_build(self, plan, console)  # type: ignore[arg-type]
+
+        status = anyio.run(main)
+        console.close()
+        return status, out.getvalue(), err.getvalue()
+
+
+SERVICE_PIPELINE = """
+build_id: svc-1
+services:
+  - {name: db, image: busybox, ports: [5432]}
+  - {name: cache, image: busybox}
+steps:
+  - {name: build, image: busybox}
+  - {name: test, image: busybox}
+  - {name: notify, image: busybox, when: {status: failure}}
+"""
+
+
+def test_services_start_first_in_file_order_and_stop_with_the_build() -> None:
+    rt = ScriptedRuntime(
+        {
+            "db": (["db up"], 0, None, True),
+            "cache": (["cache up"], 0, None, True),
+            "build": (["built"], 0, 0.1, True),
+            "test": (["tested"], 0, 0.1, True),
+            "notify": (["never"], 0, 0.1, True),
+        }
+    )
+    status, out, err = rt.run(load_plan_text(SERVICE_PIPELINE))
+    assert status == 0, err
+    # Each service ready before the next starts, both before the first step; only the
+    # steps are awaited; the build's removal ends the services' logs.
+    assert rt.calls[:6] == [
+        ("assemble", ""),
+        ("run", "db"),
+        ("ready", "db"),
+        ("run", "cache"),
+        ("ready", "cache"),
+        ("run", "build"),
+    ]
+    assert ("wait", "db") not in rt.calls
+    assert ("wait", "cache") not in rt.calls
+    assert rt.calls.index(("remove", "")) < rt.calls.index(("tail ended", "db"))
+    assert rt.calls.index(("wait", "test")) < rt.calls.index(("remove", ""))
+    assert sorted(logs(out)) == ["[build] built", "[cache] cache up", "[db] db up", "[test] tested"]
+    rows = table(out)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "db": ("stopped", "-"),
+        "cache": ("stopped", "-"),
+        "build": ("ok", "0"),
+        "test": ("ok", "0"),
+        "notify": ("skipped", "-"),
+    }
+    # Services run beside every step by design: no PARALLEL WITH column for them.
+    assert "PARALLEL WITH" not in out
+    assert err == ""
+
+
+def test_a_service_that_is_never_ready_fails_the_build_with_one_line() -> None:
+    rt = ScriptedRuntime(
+        {
+            "db": (["starting", "cannot open data directory"], 3, None, False),
+            "cache": ([], 0, None, True),
+            "build": ([], 0, 0.1, True),
+            "test": ([], 0, 0.1, True),
+            "notify": (["telling the team"], 0, 0.1, True),
+        }
+    )
+    status, out, err = rt.run(load_plan_text(SERVICE_PIPELINE))
+    assert status == 1
+    assert err.splitlines() == [
+        "error: build svc-1, step db: service db exited with code 3 before port 5432 "
+        "accepted connections: last lines: starting | cannot open data directory (Error)"
+    ]
+    # Its lines, as a failing step's; then only what runs after a failure.
+    assert logs(out) == [
+        "[db] starting",
+        "[db] cannot open data directory",
+        "[notify] telling the team",
+    ]
+    assert ("run", "cache") not in rt.calls
+    rows = table(out)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "db": ("failed", "3"),
+        "cache": ("skipped", "-"),
+        "build": ("skipped", "-"),
+        "test": ("skipped", "-"),
+        "notify": ("ok", "0"),
+    }
+    assert rows["db"]["FAILURE"] == "APP_ERROR: Error"
+
+
+def test_a_service_that_dies_while_the_build_runs_is_shown_failed() -> None:
+    rt = ScriptedRuntime(
+        {
+            "db": (["db up", "out of memory"], 137, 0.05, True),
+            "cache": ([], 0, 0.05, True),
+            "build": ([], 0, 0.5, True),
+            "test": (["tested"], 0, 0.1, True),
+            "notify": ([], 0, 0.1, True),
+        }
+    )
+    status, out, err = rt.run(load_plan_text(SERVICE_PIPELINE))
+    # Its end is said and shown; the steps that needed it fail by themselves.
+    assert status == 0, err
+    assert "[db] service ended while the build ran: exit code 137 (APP_ERROR: Error)" in err
+    assert "[cache] service ended (exit code 0)" in err
+    rows = table(out)
+    assert (rows["db"]["RESULT"], rows["db"]["EXIT"]) == ("failed", "137")
+    assert (rows["cache"]["RESULT"], rows["cache"]["EXIT"]) == ("ok", "0")
+    assert rows["test"]["RESULT"] == "ok"
+
+
+def test_a_detached_step_starts_at_its_turn_and_its_dependants_once_it_is_ready() -> None:
+    plan = load_plan_text(
+        "build_id: det-1\nsteps:\n"
+        "  - {name: build, image: busybox}\n"
+        "  - {name: web, image: busybox, detach: true, ports: [8080], depends_on: [build]}\n"
+        "  - {name: left, image: busybox, depends_on: [web]}\n"
+        "  - {name: right, image: busybox, depends_on: [web]}\n"
+    )
+    rt = ScriptedRuntime(
+        {
+            "build": (["built"], 0, 0.1, True),
+            "web": (["serving"], 0, None, True),
+            "left": ([], 0, 0.3, True),
+            "right": ([], 0, 0.3, True),
+        }
+    )
+    status, out, err = rt.run(plan)
+    assert status == 0, err
+    calls = rt.calls
+    assert calls.index(("wait", "build")) < calls.index(("run", "web"))
+    assert calls.index(("ready", "web")) < calls.index(("run", "left"))
+    assert calls.index(("ready", "web")) < calls.index(("run", "right"))
+    assert ("wait", "web") not in calls
+    rows = table(out)
+    assert {name: (row["RESULT"], row["PARALLEL WITH"]) for name, row in rows.items()} == {
+        "build": ("ok", ""),
+        "web": ("stopped", ""),
+        "left": ("ok", "right"),
+        "right": ("ok", "left"),
+    }
+    assert "[web] serving" in logs(out)
+
+
+def test_a_detached_step_never_ready_fails_the_build_unless_ignored() -> None:
+    text = (
+        "build_id: det-2\nsteps:\n"
+        "  - {name: web, image: busybox, detach: true, ports: [8080]FAILURE}\n"
+        "  - {name: test, image: busybox}\n"
+    )
+    script: dict[str, tuple[list[str], int, float | None, bool]] = {
+        "web": (["bind: address in use"], 1, None, False),
+        "test": (["tested"], 0, 0.1, True),
+    }
+    status, out, err = ScriptedRuntime(script).run(load_plan_text(text.replace("FAILURE", "")))
+    assert status == 1
+    assert len(err.splitlines()) == 1
+    assert "service web exited with code 1" in err
+    assert table(out)["test"]["RESULT"] == "skipped"
+    status, out, err = ScriptedRuntime(script).run(
+        load_plan_text(text.replace("FAILURE", ", failure: ignore"))
+    )
+    assert status == 0, err
+    assert table(out)["web"]["RESULT"] == "failed (ignored)"
+    assert table(out)["test"]["RESULT"] == "ok"
