@@ -1261,3 +1261,139 @@ def test_a_detached_step_never_ready_fails_the_build_unless_ignored() -> None:
     assert status == 0, err
     assert table(out)["web"]["RESULT"] == "failed (ignored)"
     assert table(out)["test"]["RESULT"] == "ok"
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "buildruntime", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+
+
+def _by_step(out: str) -> dict[str, list[str]]:
+    """Each step's log lines, in order: steps that run at the same time interleave."""
+    lines: dict[str, list[str]] = {}
+    for line in logs(out):
+        name, _, text = line.partition("] ")
+        lines.setdefault(name[1:], []).append(text)
+    return lines
+
+
+APP_LOGS = {
+    "web": ["serving public/ on port 8088"],
+    "checkout": ["checked out src/index.html.in and src/build.sh"],
+    "build": ["index.html", "VERSION", "built app 1.4.2"],
+    "test-page": ["Hello from app 1.4.2", "page ok"],
+    "test-archive": ["archive holds version 1.4.2"],
+    "e2e": ["staging did not answer in time"],
+}
+"""examples/app.yaml's log lines by step, the same on every target."""
+APP_RESULTS = {
+    "web": ("stopped", "-"),
+    "checkout": ("ok", "0"),
+    "build": ("ok", "0"),
+    "test-page": ("ok", "0"),
+    "test-archive": ("ok", "0"),
+    "e2e": ("failed (ignored)", "1"),
+    "notify": ("skipped", "-"),
+}
+
+
+def test_the_app_example_runs_with_its_service() -> None:
+    done = _run_cli("run", "examples/app.yaml", "--simulate")
+    assert done.returncode == 0, done.stderr
+    assert _by_step(done.stdout) == APP_LOGS
+    # The service first, then the steps in their order.
+    assert logs(done.stdout)[:5] == [
+        "[web] serving public/ on port 8088",
+        "[checkout] checked out src/index.html.in and src/build.sh",
+        "[build] index.html",
+        "[build] VERSION",
+        "[build] built app 1.4.2",
+    ]
+    rows = table(done.stdout)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == APP_RESULTS
+    assert rows["test-page"]["PARALLEL WITH"].startswith("test-archive")
+    assert rows["web"]["PARALLEL WITH"] == ""
+    assert done.stderr.splitlines() == [
+        "[e2e] failed: exit code 1 (APP_ERROR: Error)",
+        "[e2e] failure ignored (failure: ignore)",
+    ]
+
+
+def test_a_service_that_dies_before_it_is_ready_exits_1_with_one_line(tmp_path: Path) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "build_id: svc-dies-1\n"
+        "services:\n"
+        "  - name: db\n"
+        "    image: busybox\n"
+        "    ports: [5432]\n"
+        "    commands: ['echo starting', 'echo cannot open data directory >&2', 'exit 3']\n"
+        "steps:\n"
+        "  - {name: test, image: busybox, commands: ['echo never']}\n",
+    )
+    done = _run_cli("run", path, "--simulate")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: build svc-dies-1, step db: service db exited with code 3 before port 5432 "
+        "accepted connections: last lines: starting | cannot open data directory (Error)"
+    ]
+    assert logs(done.stdout) == ["[db] starting", "[db] cannot open data directory"]
+    rows = table(done.stdout)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "db": ("failed", "3"),
+        "test": ("skipped", "-"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "volumes: {cache: {emptydir: {}}}\n",
+            "volumes.cache: 'emptydir' is not one of configMap, secret, emptyDir, "
+            "persistentVolumeClaim, hostPath (did you mean 'emptyDir'?)",
+        ),
+        (
+            "volumes: {cache: {persistentVolumeClaim: {name: c}}}\n",
+            "volumes.cache.persistentVolumeClaim: needs claimName (a string)",
+        ),
+        (
+            "workspace: relative/path\n",
+            "workspace.path: must be an absolute path, not 'relative/path'",
+        ),
+        ("workspace: {medium: disk}\n", "workspace.medium: 'disk' is not Memory"),
+        (
+            "services: [{name: db, image: busybox, when: {status: failure}}]\n",
+            "services[0]: a service has no 'when': services start before every step, in "
+            "file order (a step with detach: true starts at its turn)",
+        ),
+        (
+            "services: [{name: db, image: busybox, ports: [99999]}]\n",
+            "services[0].ports[0]: 99999 is not a TCP port number (1-65535)",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\nsteps+ volumes: ['cache:/a', 'cahce:/b']",
+            "steps[0].volumes[1]: no volume 'cahce' under volumes (cache)",
+        ),
+        (
+            "steps+ ports: [80]",
+            "steps[0].ports: only a detached step (a service) has ports",
+        ),
+    ],
+)
+def test_bad_services_workspace_and_volumes_exit_2_with_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    head, _, step_keys = text.partition("steps+ ")
+    extra = f", {step_keys}" if step_keys else ""
+    path = pipeline_file(tmp_path, f"{head}steps:\n  - {{name: a, image: busybox{extra}}}\n")
+    done = _run_cli("run", path, "--simulate")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"error: {path}: {message}"]
