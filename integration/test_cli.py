@@ -401,7 +401,10 @@ async def test_a_service_that_dies_before_it_is_ready_fails_the_run(
         f"build_id: {build_id}\n"
         "services:\n"
         f"  - name: db\n    image: {BUSYBOX}\n    ports: [5432]\n"
-        "    commands: ['echo starting', 'echo cannot open data directory >&2', 'exit 3']\n"
+        # Both lines on stderr: a container's stdout and stderr lines interleave in
+        # whichever order the pipes deliver them.
+        "    commands: ['echo starting >&2', 'echo cannot open data directory >&2', "
+        "'exit 3']\n"
         "steps:\n"
         f"  - {{name: test, image: {BUSYBOX}, commands: ['echo never']}}\n"
         f"  - {{name: notify, image: {BUSYBOX}, when: {{status: failure}}, "

@@ -1333,7 +1333,10 @@ def test_a_service_that_dies_before_it_is_ready_exits_1_with_one_line(tmp_path: 
         "  - name: db\n"
         "    image: busybox\n"
         "    ports: [5432]\n"
-        "    commands: ['echo starting', 'echo cannot open data directory >&2', 'exit 3']\n"
+        # Both lines on stderr: a container's stdout and stderr lines interleave in
+        # whichever order the pipes deliver them.
+        "    commands: ['echo starting >&2', 'echo cannot open data directory >&2', "
+        "'exit 3']\n"
         "steps:\n"
         "  - {name: test, image: busybox, commands: ['echo never']}\n",
     )
