@@ -10,6 +10,7 @@ the cluster, no step process on this machine).
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import sys
@@ -336,3 +337,142 @@ async def test_the_example_pipeline(target: Target, tmp_path: Path) -> None:
         "cleanup": "ok",
     }
     assert "[publish] publishing example" in _logs(run.out)
+
+
+APP_LOGS = {
+    "web": ["serving public/ on port 8088"],
+    "checkout": ["checked out src/index.html.in and src/build.sh"],
+    "build": ["index.html", "VERSION", "built app 1.4.2"],
+    "test-page": ["Hello from app 1.4.2", "page ok"],
+    "test-archive": ["archive holds version 1.4.2"],
+    "e2e": ["staging did not answer in time"],
+}
+"""examples/app.yaml's log lines by step: the same on both targets."""
+
+
+def _by_step(out: str) -> dict[str, list[str]]:
+    """Each step's log lines, in order: steps that run at the same time interleave."""
+    lines: dict[str, list[str]] = {}
+    for line in _logs(out):
+        name, _, text = line.partition("] ")
+        lines.setdefault(name[1:], []).append(text)
+    return lines
+
+
+async def test_the_app_example_with_its_service(target: Target, tmp_path: Path) -> None:
+    # examples/app.yaml as is, with a build id of its own on a shared cluster.
+    pipeline = tmp_path / "app.yaml"
+    build_id = _id("cli-app")
+    pipeline.write_text(f"build_id: {build_id}\n" + (ROOT / "examples/app.yaml").read_text())
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    assert _by_step(run.out) == APP_LOGS
+    # The service is up before the first step starts.
+    assert _logs(run.out)[:2] == [
+        "[web] serving public/ on port 8088",
+        "[checkout] checked out src/index.html.in and src/build.sh",
+    ]
+    rows = _table(run.out)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "web": ("stopped", "-"),
+        "checkout": ("ok", "0"),
+        "build": ("ok", "0"),
+        "test-page": ("ok", "0"),
+        "test-archive": ("ok", "0"),
+        "e2e": ("failed (ignored)", "1"),
+        "notify": ("skipped", "-"),
+    }
+    assert "test-archive" in rows["test-page"]["PARALLEL WITH"]
+    assert run.err.splitlines() == [
+        "[e2e] failed: exit code 1 (APP_ERROR: Error)",
+        "[e2e] failure ignored (failure: ignore)",
+    ]
+    if target.kind == "cluster":
+        # Removing the build stopped the service with it.
+        assert await target.read_pod(build_id) is None
+
+
+async def test_a_service_that_dies_before_it_is_ready_fails_the_run(
+    target: Target, tmp_path: Path
+) -> None:
+    build_id = _id("cli-svc-dies")
+    pipeline = tmp_path / "dies.yaml"
+    pipeline.write_text(
+        f"build_id: {build_id}\n"
+        "services:\n"
+        f"  - name: db\n    image: {BUSYBOX}\n    ports: [5432]\n"
+        # Both lines on stderr: a container's stdout and stderr lines interleave in
+        # whichever order the pipes deliver them.
+        "    commands: ['echo starting >&2', 'echo cannot open data directory >&2', "
+        "'exit 3']\n"
+        "steps:\n"
+        f"  - {{name: test, image: {BUSYBOX}, commands: ['echo never']}}\n"
+        f"  - {{name: notify, image: {BUSYBOX}, when: {{status: failure}}, "
+        "commands: ['echo db never came up']}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 1, run.err
+    assert run.err.splitlines() == [
+        f"error: build {build_id}, step db: service db exited with code 3 before port 5432 "
+        "accepted connections: last lines: starting | cannot open data directory (Error)"
+    ]
+    assert _logs(run.out) == [
+        "[db] starting",
+        "[db] cannot open data directory",
+        "[notify] db never came up",
+    ]
+    rows = _table(run.out)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "db": ("failed", "3"),
+        "test": ("skipped", "-"),
+        "notify": ("ok", "0"),
+    }
+
+
+async def test_a_detached_step_is_reached_by_name_on_a_cluster(
+    target: Target, tmp_path: Path
+) -> None:
+    # On a cluster, hostAliases make the service's name stand for localhost; the
+    # simulation's steps share the host's resolver, where only localhost works.
+    host = "web" if target.kind == "cluster" else "localhost"
+    port = random.randrange(20_000, 40_000)
+    pipeline = tmp_path / "detached.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-detach')}\n"
+        "steps:\n"
+        f"  - {{name: page, image: {BUSYBOX}, commands: ['mkdir -p www', "
+        "'echo served > www/index.html']}\n"
+        f"  - {{name: web, image: {BUSYBOX}, detach: true, ports: [{port}], "
+        f"commands: ['exec busybox httpd -f -p {port} -h www']}}\n"
+        f"  - {{name: fetch, image: {BUSYBOX}, "
+        f"commands: ['busybox wget -q -O - http://{host}:{port}/']}}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    assert _logs(run.out) == ["[fetch] served"]
+    rows = _table(run.out)
+    assert [rows[n]["RESULT"] for n in ("page", "web", "fetch")] == ["ok", "stopped", "ok"]
+
+
+async def test_a_named_volume_and_the_workspace_path(target: Target, tmp_path: Path) -> None:
+    # The mount path reaches the commands through the environment: the simulation's
+    # steps see the host's own /scratch, and get the volume's place for a value that is
+    # exactly a mount path. Both steps mount it at one path: the simulation makes an
+    # emptyDir a directory at its mount path, not one directory wherever it is mounted.
+    pipeline = tmp_path / "volumes.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-vol')}\n"
+        "workspace: /src\n"
+        "volumes:\n  scratch: {emptyDir: {}}\n"
+        "steps:\n"
+        f"  - {{name: write, image: {BUSYBOX}, volumes: ['scratch:/scratch'], "
+        "environment: {AT: /scratch}, "
+        "commands: ['echo kept > \"$AT/note\"', 'echo in-workspace > here']}\n"
+        f"  - {{name: read, image: {BUSYBOX}, volumes: ['scratch:/scratch'], "
+        "environment: {AT: /scratch}, "
+        "commands: ['cat \"$AT/note\"', 'cat \"$CI_WORKSPACE/here\"', "
+        "'echo \"${CI_WORKSPACE##*/}\"']}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    assert _logs(run.out) == ["[read] kept", "[read] in-workspace", "[read] src"]

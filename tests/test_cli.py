@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 
-from buildruntime import Runtime, cli
+from buildruntime import Failure, Runtime, ServiceError, StepResult, cli
 from buildruntime.cli.console import Console
 from buildruntime.pipeline import load_pipeline_file, load_plan_text
 from buildruntime.testing import FakeCluster
@@ -964,3 +964,439 @@ def test_a_build_whose_pod_is_gone_runs_no_more_steps() -> None:
     rows = table(out.getvalue())
     assert (rows["long"]["RESULT"], rows["always"]["RESULT"]) == ("failed", "skipped")
     assert "never" not in out.getvalue()
+
+
+# -- services, detached steps, the workspace and volumes ---------------------------------
+
+
+def test_run_help_documents_services_workspace_and_volumes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "run", "--help")
+    assert status == 0
+    epilog = out[out.index("pipeline file keys:") :]
+    for key in ("services", "workspace", "volumes", "detach", "ports"):
+        assert re.search(rf"^  {key}\s", epilog, re.MULTILINE), key
+    # volumes is both a top-level key and a step key: listed twice.
+    assert len(re.findall(r"^  volumes\s", epilog, re.MULTILINE)) == 2
+    flat = " ".join(epilog.split())
+    assert "started before the steps" in flat
+    assert '"name:/path"' in flat
+    assert "size_limit" in flat
+    assert "Services start first, one after another in file order" in flat
+    assert "removing the build stops it" in flat
+    assert "examples/app.yaml" in flat
+    assert [line for line in epilog.splitlines() if len(line) > 80] == []
+
+
+class _Container:
+    """One scripted container: its lines, how it ends, whether it ends by itself."""
+
+    def __init__(self, lines: list[str], exit_code: int, *, runs_for: float | None) -> None:
+        self.lines = [line.encode() for line in lines]
+        self.exit_code = exit_code
+        self.runs_for = runs_for  # None: until the build is removed (a service)
+        self.ended = anyio.Event()
+        self.stopped = False
+
+
+class ScriptedRuntime:
+    """A Runtime stand-in whose containers follow a script, to test the order in which
+    ``run`` starts, awaits and stops services and steps whatever a cluster supports.
+
+    ``script``: step name to (lines, exit code, seconds it runs or None for "until
+    stopped", ready): a service that is not ready fails ``run_container`` with a
+    ServiceError after printing its lines and exiting with its code."""
+
+    api_timeout = 30.0
+
+    def __init__(self, script: dict[str, tuple[list[str], int, float | None, bool]]) -> None:
+        self.script = script
+        self.calls: list[tuple[str, str]] = []
+        self.containers: dict[str, _Container] = {}
+
+    async def setup_build(self, spec: Any) -> Any:
+        class _Build:
+            build_id = spec.build_id
+
+            def __init__(self) -> None:
+                self.spec = spec
+
+            async def events(self) -> AsyncIterator[Any]:
+                await anyio.sleep_forever()
+                yield None  # pragma: no cover
+
+        return _Build()
+
+    async def assemble_build(self, build: Any) -> None:
+        self.calls.append(("assemble", ""))
+
+    async def run_container(self, build: Any, step: str) -> None:
+        lines, code, runs_for, ready = self.script[step]
+        self.calls.append(("run", step))
+        container = self.containers[step] = _Container(lines, code, runs_for=runs_for)
+        await anyio.sleep(0.05)  # the image patch, the start, the readiness probe
+        if not ready:
+            container.ended.set()
+            raise ServiceError(
+                f"service {step} exited with code {code} before port 5432 accepted connections",
+                build_id=build.build_id,
+                step=step,
+                reason="Error",
+                message="last lines: " + " | ".join(lines),
+            )
+        self.calls.append(("ready", step))
+        if runs_for is not None:
+
+            async def end() -> None:
+                await anyio.sleep(runs_for)
+                container.ended.set()
+
+            self._tg.start_soon(end)
+
+    async def tail_container(self, build: Any, step: str) -> AsyncIterator[bytes]:
+        container = self.containers[step]
+        for line in container.lines:
+            yield line
+        await container.ended.wait()
+        self.calls.append(("tail ended", step))
+
+    async def wait_container(self, build: Any, step: str) -> StepResult:
+        self.calls.append(("wait", step))
+        await self.containers[step].ended.wait()
+        return await self.inspect_container(build, step)
+
+    async def inspect_container(self, build: Any, step: str) -> StepResult:
+        container = self.containers[step]
+        if not container.ended.is_set():
+            return StepResult(step=step, state="running")
+        code = 143 if container.stopped else container.exit_code
+        return StepResult(
+            step=step,
+            state="terminated",
+            exit_code=code,
+            reason="Completed" if code == 0 else "Error",
+            failure=None if code == 0 else Failure.APP_ERROR,
+        )
+
+    async def remove_build(self, build: Any) -> None:
+        self.calls.append(("remove", ""))
+        for container in self.containers.values():
+            if not container.ended.is_set():
+                container.stopped = True
+                container.ended.set()
+
+    def run(self, plan: Any) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        console = Console(out, err, colour=False)
+
+        async def main() -> int:
+            async with anyio.create_task_group() as self._tg:
+                with anyio.fail_after(20):
+                    return await cli.run_build(self, plan, console)  # type: ignore[arg-type]
+
+        status = anyio.run(main)
+        console.close()
+        return status, out.getvalue(), err.getvalue()
+
+
+SERVICE_PIPELINE = """
+build_id: svc-1
+services:
+  - {name: db, image: busybox, ports: [5432]}
+  - {name: cache, image: busybox}
+steps:
+  - {name: build, image: busybox}
+  - {name: test, image: busybox}
+  - {name: notify, image: busybox, when: {status: failure}}
+"""
+
+
+def test_services_start_first_in_file_order_and_stop_with_the_build() -> None:
+    rt = ScriptedRuntime(
+        {
+            "db": (["db up"], 0, None, True),
+            "cache": (["cache up"], 0, None, True),
+            "build": (["built"], 0, 0.1, True),
+            "test": (["tested"], 0, 0.1, True),
+            "notify": (["never"], 0, 0.1, True),
+        }
+    )
+    status, out, err = rt.run(load_plan_text(SERVICE_PIPELINE))
+    assert status == 0, err
+    # Each service ready before the next starts, both before the first step; only the
+    # steps are awaited; the build's removal ends the services' logs.
+    assert rt.calls[:6] == [
+        ("assemble", ""),
+        ("run", "db"),
+        ("ready", "db"),
+        ("run", "cache"),
+        ("ready", "cache"),
+        ("run", "build"),
+    ]
+    assert ("wait", "db") not in rt.calls
+    assert ("wait", "cache") not in rt.calls
+    assert rt.calls.index(("remove", "")) < rt.calls.index(("tail ended", "db"))
+    assert rt.calls.index(("wait", "test")) < rt.calls.index(("remove", ""))
+    assert sorted(logs(out)) == ["[build] built", "[cache] cache up", "[db] db up", "[test] tested"]
+    rows = table(out)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "db": ("stopped", "-"),
+        "cache": ("stopped", "-"),
+        "build": ("ok", "0"),
+        "test": ("ok", "0"),
+        "notify": ("skipped", "-"),
+    }
+    # Services run beside every step by design: no PARALLEL WITH column for them.
+    assert "PARALLEL WITH" not in out
+    assert err == ""
+
+
+def test_a_service_that_is_never_ready_fails_the_build_with_one_line() -> None:
+    rt = ScriptedRuntime(
+        {
+            "db": (["starting", "cannot open data directory"], 3, None, False),
+            "cache": ([], 0, None, True),
+            "build": ([], 0, 0.1, True),
+            "test": ([], 0, 0.1, True),
+            "notify": (["telling the team"], 0, 0.1, True),
+        }
+    )
+    status, out, err = rt.run(load_plan_text(SERVICE_PIPELINE))
+    assert status == 1
+    assert err.splitlines() == [
+        "error: build svc-1, step db: service db exited with code 3 before port 5432 "
+        "accepted connections: last lines: starting | cannot open data directory (Error)"
+    ]
+    # Its lines, as a failing step's; then only what runs after a failure.
+    assert logs(out) == [
+        "[db] starting",
+        "[db] cannot open data directory",
+        "[notify] telling the team",
+    ]
+    assert ("run", "cache") not in rt.calls
+    rows = table(out)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "db": ("failed", "3"),
+        "cache": ("skipped", "-"),
+        "build": ("skipped", "-"),
+        "test": ("skipped", "-"),
+        "notify": ("ok", "0"),
+    }
+    assert rows["db"]["FAILURE"] == "APP_ERROR: Error"
+
+
+def test_a_service_that_dies_while_the_build_runs_is_shown_failed() -> None:
+    rt = ScriptedRuntime(
+        {
+            "db": (["db up", "out of memory"], 137, 0.05, True),
+            "cache": ([], 0, 0.05, True),
+            "build": ([], 0, 0.5, True),
+            "test": (["tested"], 0, 0.1, True),
+            "notify": ([], 0, 0.1, True),
+        }
+    )
+    status, out, err = rt.run(load_plan_text(SERVICE_PIPELINE))
+    # Its end is said and shown; the steps that needed it fail by themselves.
+    assert status == 0, err
+    assert "[db] service ended while the build ran: exit code 137 (APP_ERROR: Error)" in err
+    assert "[cache] service ended (exit code 0)" in err
+    rows = table(out)
+    assert (rows["db"]["RESULT"], rows["db"]["EXIT"]) == ("failed", "137")
+    assert (rows["cache"]["RESULT"], rows["cache"]["EXIT"]) == ("ok", "0")
+    assert rows["test"]["RESULT"] == "ok"
+
+
+def test_a_detached_step_starts_at_its_turn_and_its_dependants_once_it_is_ready() -> None:
+    plan = load_plan_text(
+        "build_id: det-1\nsteps:\n"
+        "  - {name: build, image: busybox}\n"
+        "  - {name: web, image: busybox, detach: true, ports: [8080], depends_on: [build]}\n"
+        "  - {name: left, image: busybox, depends_on: [web]}\n"
+        "  - {name: right, image: busybox, depends_on: [web]}\n"
+    )
+    rt = ScriptedRuntime(
+        {
+            "build": (["built"], 0, 0.1, True),
+            "web": (["serving"], 0, None, True),
+            "left": ([], 0, 0.3, True),
+            "right": ([], 0, 0.3, True),
+        }
+    )
+    status, out, err = rt.run(plan)
+    assert status == 0, err
+    calls = rt.calls
+    assert calls.index(("wait", "build")) < calls.index(("run", "web"))
+    assert calls.index(("ready", "web")) < calls.index(("run", "left"))
+    assert calls.index(("ready", "web")) < calls.index(("run", "right"))
+    assert ("wait", "web") not in calls
+    rows = table(out)
+    assert {name: (row["RESULT"], row["PARALLEL WITH"]) for name, row in rows.items()} == {
+        "build": ("ok", ""),
+        "web": ("stopped", ""),
+        "left": ("ok", "right"),
+        "right": ("ok", "left"),
+    }
+    assert "[web] serving" in logs(out)
+
+
+def test_a_detached_step_never_ready_fails_the_build_unless_ignored() -> None:
+    text = (
+        "build_id: det-2\nsteps:\n"
+        "  - {name: web, image: busybox, detach: true, ports: [8080]FAILURE}\n"
+        "  - {name: test, image: busybox}\n"
+    )
+    script: dict[str, tuple[list[str], int, float | None, bool]] = {
+        "web": (["bind: address in use"], 1, None, False),
+        "test": (["tested"], 0, 0.1, True),
+    }
+    status, out, err = ScriptedRuntime(script).run(load_plan_text(text.replace("FAILURE", "")))
+    assert status == 1
+    assert len(err.splitlines()) == 1
+    assert "service web exited with code 1" in err
+    assert table(out)["test"]["RESULT"] == "skipped"
+    status, out, err = ScriptedRuntime(script).run(
+        load_plan_text(text.replace("FAILURE", ", failure: ignore"))
+    )
+    assert status == 0, err
+    assert table(out)["web"]["RESULT"] == "failed (ignored)"
+    assert table(out)["test"]["RESULT"] == "ok"
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "buildruntime", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+
+
+def _by_step(out: str) -> dict[str, list[str]]:
+    """Each step's log lines, in order: steps that run at the same time interleave."""
+    lines: dict[str, list[str]] = {}
+    for line in logs(out):
+        name, _, text = line.partition("] ")
+        lines.setdefault(name[1:], []).append(text)
+    return lines
+
+
+APP_LOGS = {
+    "web": ["serving public/ on port 8088"],
+    "checkout": ["checked out src/index.html.in and src/build.sh"],
+    "build": ["index.html", "VERSION", "built app 1.4.2"],
+    "test-page": ["Hello from app 1.4.2", "page ok"],
+    "test-archive": ["archive holds version 1.4.2"],
+    "e2e": ["staging did not answer in time"],
+}
+"""examples/app.yaml's log lines by step, the same on every target."""
+APP_RESULTS = {
+    "web": ("stopped", "-"),
+    "checkout": ("ok", "0"),
+    "build": ("ok", "0"),
+    "test-page": ("ok", "0"),
+    "test-archive": ("ok", "0"),
+    "e2e": ("failed (ignored)", "1"),
+    "notify": ("skipped", "-"),
+}
+
+
+def test_the_app_example_runs_with_its_service() -> None:
+    done = _run_cli("run", "examples/app.yaml", "--simulate")
+    assert done.returncode == 0, done.stderr
+    assert _by_step(done.stdout) == APP_LOGS
+    # The service first, then the steps in their order.
+    assert logs(done.stdout)[:5] == [
+        "[web] serving public/ on port 8088",
+        "[checkout] checked out src/index.html.in and src/build.sh",
+        "[build] index.html",
+        "[build] VERSION",
+        "[build] built app 1.4.2",
+    ]
+    rows = table(done.stdout)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == APP_RESULTS
+    assert rows["test-page"]["PARALLEL WITH"].startswith("test-archive")
+    assert rows["web"]["PARALLEL WITH"] == ""
+    assert done.stderr.splitlines() == [
+        "[e2e] failed: exit code 1 (APP_ERROR: Error)",
+        "[e2e] failure ignored (failure: ignore)",
+    ]
+
+
+def test_a_service_that_dies_before_it_is_ready_exits_1_with_one_line(tmp_path: Path) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "build_id: svc-dies-1\n"
+        "services:\n"
+        "  - name: db\n"
+        "    image: busybox\n"
+        "    ports: [5432]\n"
+        # Both lines on stderr: a container's stdout and stderr lines interleave in
+        # whichever order the pipes deliver them.
+        "    commands: ['echo starting >&2', 'echo cannot open data directory >&2', "
+        "'exit 3']\n"
+        "steps:\n"
+        "  - {name: test, image: busybox, commands: ['echo never']}\n",
+    )
+    done = _run_cli("run", path, "--simulate")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: build svc-dies-1, step db: service db exited with code 3 before port 5432 "
+        "accepted connections: last lines: starting | cannot open data directory (Error)"
+    ]
+    assert logs(done.stdout) == ["[db] starting", "[db] cannot open data directory"]
+    rows = table(done.stdout)
+    assert {name: (row["RESULT"], row["EXIT"]) for name, row in rows.items()} == {
+        "db": ("failed", "3"),
+        "test": ("skipped", "-"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "volumes: {cache: {emptydir: {}}}\n",
+            "volumes.cache: 'emptydir' is not one of configMap, secret, emptyDir, "
+            "persistentVolumeClaim, hostPath (did you mean 'emptyDir'?)",
+        ),
+        (
+            "volumes: {cache: {persistentVolumeClaim: {name: c}}}\n",
+            "volumes.cache.persistentVolumeClaim: needs claimName (a string)",
+        ),
+        (
+            "workspace: relative/path\n",
+            "workspace.path: must be an absolute path, not 'relative/path'",
+        ),
+        ("workspace: {medium: disk}\n", "workspace.medium: 'disk' is not Memory"),
+        (
+            "services: [{name: db, image: busybox, when: {status: failure}}]\n",
+            "services[0]: a service has no 'when': services start before every step, in "
+            "file order (a step with detach: true starts at its turn)",
+        ),
+        (
+            "services: [{name: db, image: busybox, ports: [99999]}]\n",
+            "services[0].ports[0]: 99999 is not a TCP port number (1-65535)",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\nsteps+ volumes: ['cache:/a', 'cahce:/b']",
+            "steps[0].volumes[1]: no volume 'cahce' under volumes (cache)",
+        ),
+        (
+            "steps+ ports: [80]",
+            "steps[0].ports: only a detached step (a service) has ports",
+        ),
+    ],
+)
+def test_bad_services_workspace_and_volumes_exit_2_with_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    head, _, step_keys = text.partition("steps+ ")
+    extra = f", {step_keys}" if step_keys else ""
+    path = pipeline_file(tmp_path, f"{head}steps:\n  - {{name: a, image: busybox{extra}}}\n")
+    done = _run_cli("run", path, "--simulate")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"error: {path}: {message}"]

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buildruntime import BuildSpec, SpecError, StepSpec
+from buildruntime import BuildSpec, SpecError, StepSpec, Workspace
 from buildruntime.pipeline import (
     PipelinePlan,
     StepRules,
@@ -513,6 +513,22 @@ keys = st.one_of(
             "depends_on",
             "ignore",
             "success",
+            "detach",
+            "ports",
+            "volumes",
+            "cache",
+            "cache:/c",
+            "cache:/workspace",
+            "emptyDir",
+            "configMap",
+            "claimName",
+            "path",
+            "/src",
+            "size_limit",
+            "medium",
+            "Memory",
+            "claim",
+            "5432/tcp",
         ]
     ),
     st.text(alphabet=string.ascii_letters + "_-./", max_size=8),
@@ -546,6 +562,9 @@ steps = st.lists(
                 "failure": values,
                 "when": st.one_of(values, st.fixed_dictionaries({"status": values})),
                 "depends_on": values,
+                "detach": st.one_of(st.booleans(), values),
+                "ports": st.one_of(st.lists(st.integers(-1, 70000), max_size=2), values),
+                "volumes": st.one_of(st.lists(st.sampled_from(["cache:/c", "x:/y"])), values),
             },
         ),
         values,
@@ -563,6 +582,17 @@ documents = st.one_of(
             "service_account": values,
             "node_selector": values,
             "pause_image": values,
+            "services": st.one_of(steps, values),
+            "workspace": st.one_of(
+                values,
+                st.fixed_dictionaries(
+                    {}, optional={k: values for k in ("path", "size_limit", "medium", "claim")}
+                ),
+            ),
+            "volumes": st.one_of(
+                values,
+                st.fixed_dictionaries({"cache": st.one_of(values, st.just({"emptyDir": {}}))}),
+            ),
         },
     ),
 )
@@ -612,3 +642,294 @@ def test_any_text_gives_a_spec_or_a_spec_error(text: str) -> None:
         load_pipeline_text(text)
     except SpecError as error:
         assert "\n" not in str(error)
+
+
+# -- services, detach, ports, workspace, volumes -----------------------------------------
+
+SERVICES = """
+workspace: {path: /src, size_limit: 1Gi}
+volumes:
+  cache: {persistentVolumeClaim: {claimName: build-cache}}
+  settings: {configMap: {name: app-settings}}
+  scratch: {emptyDir: {medium: Memory}}
+services:
+  - {name: db, image: busybox, ports: [5432], commands: ["exec nc -lk -p 5432"]}
+  - {name: cache-server, image: busybox, ports: ["6379/tcp", "6380"], detach: true}
+steps:
+  - name: build
+    image: busybox
+    volumes: ["cache:/root/.cache", "settings:/etc/app/"]
+  - {name: serve, image: busybox, detach: true, ports: [8080], depends_on: [build]}
+  - {name: test, image: busybox, depends_on: [serve, db]}
+"""
+
+
+def test_services_are_detached_steps_that_come_first() -> None:
+    plan = load_plan_text(SERVICES)
+    assert [s.name for s in plan.spec.steps] == ["db", "cache-server", "build", "serve", "test"]
+    assert plan.services == ("db", "cache-server")
+    db, cache, build, serve, test = plan.spec.steps
+    assert (db.detach, db.ports, db.commands) == (True, (5432,), ("exec nc -lk -p 5432",))
+    assert (cache.detach, cache.ports) == (True, (6379, 6380))
+    assert (serve.detach, serve.ports) == (True, (8080,))
+    assert not build.detach
+    assert not test.detach
+    # Services need nothing: they start before every step. A step may still name one.
+    assert {s.name: plan.needs(s.name) for s in plan.spec.steps} == {
+        "db": (),
+        "cache-server": (),
+        "build": (),
+        "serve": ("build",),
+        "test": ("serve", "db"),
+    }
+
+
+def test_without_depends_on_the_first_step_needs_no_service() -> None:
+    plan = load_plan_text(
+        "services: [{name: db, image: busybox}]\n"
+        "steps: [{name: a, image: busybox}, {name: b, image: busybox, detach: true},"
+        " {name: c, image: busybox}]\n"
+    )
+    assert not plan.is_dag
+    assert [plan.needs(n) for n in ("db", "a", "b", "c")] == [(), (), ("a",), ("b",)]
+    assert plan.services == ("db",)
+
+
+def test_workspace_and_volumes_are_read() -> None:
+    spec = load_plan_text(SERVICES).spec
+    assert spec.workspace == Workspace(path="/src", size_limit="1Gi")
+    assert dict(spec.volumes) == {
+        "cache": {"persistentVolumeClaim": {"claimName": "build-cache"}},
+        "settings": {"configMap": {"name": "app-settings"}},
+        "scratch": {"emptyDir": {"medium": "Memory"}},
+    }
+    assert dict(spec.step("build").mounts) == {"cache": "/root/.cache", "settings": "/etc/app"}
+    assert dict(spec.step("test").mounts) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "workspace"),
+    [
+        ("workspace: /src", Workspace(path="/src")),
+        ("workspace: {path: /w, medium: memory}", Workspace(path="/w", medium="Memory")),
+        ("workspace: {size_limit: 2Gi}", Workspace(size_limit="2Gi")),
+        ("workspace: {claim: my-cache}", Workspace(claim="my-cache")),
+        ("workspace: {size_limit: 1000000}", Workspace(size_limit="1000000")),
+    ],
+)
+def test_workspace_forms(text: str, workspace: Workspace) -> None:
+    spec = load_pipeline_text(f"{text}\nsteps: [{{name: a, image: busybox}}]")
+    assert spec.workspace == workspace
+
+
+def test_without_the_new_keys_the_spec_is_as_before() -> None:
+    spec = load_pipeline_text("steps: [{name: a, image: busybox}]")
+    assert spec.workspace is None
+    assert dict(spec.volumes) == {}
+    assert not spec.steps[0].detach
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("services: {name: db}", "services", "must be a list of services, not a mapping"),
+        ("services: [db]", "services[0]", "must be a mapping"),
+        ("services: [{name: db}]", "services[0].image", "missing"),
+        (
+            "services: [{name: db, image: busybox, when: {status: failure}}]",
+            "services[0]",
+            "a service has no 'when': services start before every step",
+        ),
+        (
+            "services: [{name: db, image: busybox, depends_on: [a]}]",
+            "services[0]",
+            "a service has no 'depends_on'",
+        ),
+        (
+            "services: [{name: db, image: busybox, failure: ignore}]",
+            "services[0]",
+            "a service has no 'failure'",
+        ),
+        (
+            "services: [{name: db, image: busybox, detach: false}]",
+            "services[0].detach",
+            "a service is always detached",
+        ),
+        (
+            "services: [{name: db, image: busybox, prots: [1]}]",
+            "services[0]",
+            "unknown key 'prots' (did you mean 'ports'?)",
+        ),
+        (
+            "services: [{name: a, image: busybox}]",
+            "steps[0].name",
+            "duplicate step name 'a', already that of services[0] (services and steps",
+        ),
+        (
+            "services: [{name: db, image: busybox}, {name: db, image: busybox}]",
+            "services[1].name",
+            "duplicate step name 'db', already that of services[0]",
+        ),
+        (
+            "services: [{name: Db, image: busybox}]",
+            "services[0].name",
+            "not a DNS-1123 label",
+        ),
+        (
+            "services: [{name: db, image: busybox, ports: [0]}]",
+            "services[0].ports[0]",
+            "0 is not a TCP port number",
+        ),
+        (
+            "services: [{name: db, image: busybox, ports: ['53/udp']}]",
+            "services[0].ports[0]",
+            "'53/udp' is not a TCP port number",
+        ),
+        (
+            "services: [{name: db, image: busybox, ports: {a: 1}}]",
+            "services[0].ports",
+            "must be a list of TCP port numbers",
+        ),
+        (
+            "services: [{name: db, image: busybox, ports: [true]}]",
+            "services[0].ports[0]",
+            "is not a TCP port number",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, detach: yes please}]",
+            "steps[1].detach",
+            "true or false",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, ports: [80]}]",
+            "steps[1].ports",
+            "only a detached step (a service) has ports",
+        ),
+        ("workspace: [/src]", "workspace", "must be a path or a mapping"),
+        ("workspace: src", "workspace.path", "must be an absolute path"),
+        ("workspace: {path: /}", "workspace.path", "must not be the container's root"),
+        ("workspace: {pth: /src}", "workspace", "unknown key 'pth' (did you mean 'path'?)"),
+        ("workspace: {size_limit: lots}", "workspace.size_limit", "is not a quantity"),
+        ("workspace: {size_limit: [1]}", "workspace.size_limit", "must be a quantity"),
+        ("workspace: {medium: disk}", "workspace.medium", "'disk' is not Memory"),
+        ("workspace: {claim: Bad_Name}", "workspace.claim", "is not a claim name"),
+        ("workspace: {path: 7}", "workspace.path", "must be a string, not a number"),
+        (
+            "workspace: {claim: c, size_limit: 1Gi}",
+            "workspace",
+            "size_limit and medium apply to an emptyDir",
+        ),
+        ("volumes: [cache]", "volumes", "must be a mapping of name to volume source"),
+        ("volumes: {cache: {}}", "volumes.cache", "must hold exactly one of"),
+        ("volumes: {cache: tmp}", "volumes.cache", "must be a mapping with one of"),
+        (
+            "volumes: {cache: {emptydir: {}}}",
+            "volumes.cache",
+            "'emptydir' is not one of configMap, secret, emptyDir, persistentVolumeClaim,"
+            " hostPath (did you mean 'emptyDir'?)",
+        ),
+        ("volumes: {cache: {emptyDir: 1}}", "volumes.cache.emptyDir", "must be a mapping"),
+        (
+            "volumes: {cache: {persistentVolumeClaim: {}}}",
+            "volumes.cache.persistentVolumeClaim",
+            "needs claimName",
+        ),
+        ("volumes: {cfg: {configMap: {}}}", "volumes.cfg.configMap", "needs name"),
+        ("volumes: {s: {secret: {name: x}}}", "volumes.s.secret", "needs secretName"),
+        ("volumes: {h: {hostPath: {}}}", "volumes.h.hostPath", "needs path"),
+        ("volumes: {Cache: {emptyDir: {}}}", "volumes.Cache", "DNS-1123 label"),
+        ("volumes: {workspace: {emptyDir: {}}}", "volumes.workspace", "the workspace's own"),
+        ("volumes: {1: {emptyDir: {}}}", "volumes", "names must be strings"),
+        (
+            "steps+: [{name: b, image: busybox, volumes: cache:/c}]",
+            "steps[1].volumes",
+            'must be a list of "name:/path" strings, not a string',
+        ),
+        (
+            "steps+: [{name: b, image: busybox, volumes: [{cache: /c}]}]",
+            "steps[1].volumes[0]",
+            'must be a "name:/path" string, not a mapping',
+        ),
+        (
+            "steps+: [{name: b, image: busybox, volumes: ['nope:/c']}]",
+            "steps[1].volumes[0]",
+            "no volume 'nope' under volumes (none declared)",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\n"
+            "steps+: [{name: b, image: busybox, volumes: ['cahce:/c']}]",
+            "steps[1].volumes[0]",
+            "no volume 'cahce' under volumes (cache)",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\n"
+            "steps+: [{name: b, image: busybox, volumes: ['cache']}]",
+            "steps[1].volumes[0]",
+            "'cache' is not \"name:/path\"",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\n"
+            "steps+: [{name: b, image: busybox, volumes: ['cache:relative']}]",
+            "steps[1].volumes[0]",
+            "'cache:relative' is not \"name:/path\" (an absolute path)",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\n"
+            "steps+: [{name: b, image: busybox, volumes: ['cache:/c:ro']}]",
+            "steps[1].volumes[0]",
+            'is not "name:/path"',
+        ),
+        (
+            "steps+: [{name: b, image: busybox, volumes: ['/var/run/docker.sock:/s']}]",
+            "steps[1].volumes[0]",
+            "mounts a host path: declare it under volumes",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\n"
+            "steps+: [{name: b, image: busybox, volumes: ['cache:/workspace/']}]",
+            "steps[1].volumes[0]",
+            "/workspace is the workspace's path",
+        ),
+        (
+            "workspace: /src\nvolumes: {cache: {emptyDir: {}}}\n"
+            "steps+: [{name: b, image: busybox, volumes: ['cache:/src']}]",
+            "steps[1].volumes[0]",
+            "/src is the workspace's path",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\n"
+            "steps+: [{name: b, image: busybox, volumes: ['cache:/a', 'cache:/b']}]",
+            "steps[1].volumes[1]",
+            "volume 'cache' is mounted twice",
+        ),
+        (
+            "volumes: {a: {emptyDir: {}}, b: {emptyDir: {}}}\n"
+            "steps+: [{name: x, image: busybox, volumes: ['a:/m', 'b:/m/']}]",
+            "steps[1].volumes[1]",
+            "'a' is already mounted at /m",
+        ),
+        (
+            "volumes: {cache: {emptyDir: {}}}\n"
+            "services: [{name: db, image: busybox, volumes: ['cache:rel']}]",
+            "services[0].volumes[0]",
+            'is not "name:/path"',
+        ),
+    ],
+)
+def test_each_problem_of_the_new_keys_names_its_field(text: str, field: str, words: str) -> None:
+    # "steps+:" adds to one valid step, so that each case holds one problem.
+    if "steps+:" in text:
+        head, _, more = text.partition("steps+: [")
+        text = f"{head}steps: [{{name: a, image: busybox}}, {more}"
+    else:
+        text = f"{text}\nsteps: [{{name: a, image: busybox}}]"
+    error = problem(text)
+    assert error.field == field, error
+    assert words in error.problem, error
+    assert "\n" not in str(error)
+
+
+def test_a_plan_keeps_services_detached() -> None:
+    spec = BuildSpec(build_id="b-1", steps=[StepSpec(name="db", image="busybox")])
+    with pytest.raises(SpecError, match="a service must be a detached step"):
+        PipelinePlan(spec, services=("db",))

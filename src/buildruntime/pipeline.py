@@ -18,6 +18,27 @@ steps:
     depends_on: [greet]          # run once greet finished (a DAG)
 ```
 
+Services, the workspace and volumes, in Woodpecker's and Drone's spelling:
+
+```yaml
+workspace: /src            # or {path: /src, size_limit: 2Gi, medium: Memory, claim: pvc}
+volumes:                   # name -> Kubernetes volume source
+  cache: {persistentVolumeClaim: {claimName: build-cache}}
+services:                  # detached steps, started before the steps, in file order
+  - name: db
+    image: postgres:16
+    ports: [5432]          # ready once 5432 accepts connections
+steps:
+  - name: test
+    image: golang:1.23
+    volumes: ["cache:/root/.cache"]   # name:/path
+    commands: ["go test ./..."]
+```
+
+A service takes a step's keys (not ``when``, ``failure`` or ``depends_on``: services
+start before every step); a step with ``detach: true`` is a service started at its
+turn. Services share the steps' names: a step and a service cannot have the same one.
+
 Step order, in Woodpecker's and Drone's terms:
 
 - Without any ``depends_on`` in the file, steps run one after another in file order.
@@ -48,6 +69,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import posixpath
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -60,6 +82,7 @@ import yaml
 
 from buildruntime.errors import SpecError
 from buildruntime.spec import PULL_POLICIES, BuildSpec, StepSpec
+from buildruntime.volumes import DEFAULT_WORKSPACE_PATH, VOLUME_KINDS, Workspace, check_volumes
 
 __all__ = [
     "PipelinePlan",
@@ -75,6 +98,9 @@ __all__ = [
 TOP_LEVEL_KEY_HELP = {
     "build_id": "DNS-1123 label, unique in the namespace (default: stem + hex)",
     "steps": "the list of steps (required), run as step order says",
+    "services": "detached steps (same keys), started before the steps",
+    "workspace": "a path, or {path, size_limit, medium: Memory, claim}",
+    "volumes": "name to volume source: {emptyDir: {}}, {configMap: {name: x}}",
     "labels": "extra labels of the build's pod (string to string)",
     "annotations": "annotations of the build's pod (string to string)",
     "service_account": "the service account the pod runs as",
@@ -97,6 +123,9 @@ STEP_KEY_HELP = {
     "failure": "fail (default), or ignore: the build goes on as if it passed",
     "when": "{status: success (default) | failure | [success, failure]}",
     "depends_on": "the steps to wait for (a DAG, see step order)",
+    "detach": "true: a service, started at its turn and never awaited",
+    "ports": "TCP ports of a service: ready once the first one listens",
+    "volumes": 'the volumes it mounts, each "name:/path"',
 }
 """Every key a step accepts, with one line about it."""
 STEP_ORDER_HELP = (
@@ -107,11 +136,19 @@ STEP_ORDER_HELP = (
     "comes, a step runs only if when.status holds the build's status so far:",
     "failure once a step failed (one with failure: ignore never counts; the",
     "summary shows it as failed (ignored)), success before that; otherwise it is",
-    "skipped. A build whose pod is gone runs no more steps.",
+    "skipped. A build whose pod is gone runs no more steps. Services start first,",
+    "one after another in file order, each awaited until it is ready (its first",
+    "port accepts connections); a detached step's dependants start once it is",
+    "ready. Nothing waits for a service to end: removing the build stops it. A",
+    "service that is never ready fails the build.",
 )
 """How steps are ordered and chosen to run, for ``run --help``."""
 TOP_LEVEL_KEYS = tuple(TOP_LEVEL_KEY_HELP)
 STEP_KEYS = tuple(STEP_KEY_HELP)
+RULE_KEYS = ("failure", "when", "depends_on")
+"""Step keys that say when a step runs: services have none (they start first)."""
+SERVICE_KEYS = tuple(key for key in STEP_KEYS if key not in RULE_KEYS)
+WORKSPACE_KEYS = ("path", "size_limit", "medium", "claim")
 
 FAILURE_POLICIES = ("fail", "ignore")
 """Values of a step's ``failure``: Woodpecker's and Drone's spelling."""
@@ -146,11 +183,19 @@ class PipelinePlan:
 
     spec: BuildSpec
     rules: Mapping[str, StepRules] = field(default_factory=dict)
+    services: tuple[str, ...] = ()
+    """The top-level ``services``, in file order: detached steps of the spec that start
+    before every step (a ``detach: true`` step of ``steps`` is not one of them: it
+    starts at its turn)."""
 
     def __post_init__(self) -> None:
         # Every step has rules: the defaults where the file said nothing.
         full = {step.name: self.rules.get(step.name, StepRules()) for step in self.spec.steps}
         object.__setattr__(self, "rules", MappingProxyType(full))
+        object.__setattr__(self, "services", tuple(self.services))
+        for name in self.services:
+            if not self.spec.step(name).detach:
+                raise SpecError(f"services[{name}]", "a service must be a detached step")
 
     @property
     def is_dag(self) -> bool:
@@ -161,9 +206,11 @@ class PipelinePlan:
     def needs(self, step: str) -> tuple[str, ...]:
         """The steps that must have finished before ``step`` starts: its
         ``depends_on`` in a DAG, else the step before it in the file."""
+        if step in self.services:
+            return ()  # started before the steps, one after another
         if self.is_dag:
             return self.rules[step].depends_on or ()
-        names = [s.name for s in self.spec.steps]
+        names = [s.name for s in self.spec.steps if s.name not in self.services]
         index = names.index(step)
         return (names[index - 1],) if index else ()
 
@@ -283,11 +330,31 @@ def plan_from_data(document: object, *, stem: str = "pipeline", name: str = "") 
         raise SpecError("steps", f"must be a list of steps, not {_kind(raw_steps)}")
     if not raw_steps:
         raise SpecError("steps", "must hold at least one step")
-    steps = [_step(i, raw) for i, raw in enumerate(raw_steps)]
+    raw_services = document.get("services")
+    if raw_services is None:
+        raw_services = []
+    elif not isinstance(raw_services, list):
+        raise SpecError("services", f"must be a list of services, not {_kind(raw_services)}")
+    workspace = _workspace(document.get("workspace"))
+    volumes = _volumes(document.get("volumes"))
+    workspace_path = (workspace.path if workspace else None) or DEFAULT_WORKSPACE_PATH
+    services = [
+        _step(i, raw, where="services", volumes=volumes, workspace_path=workspace_path)
+        for i, raw in enumerate(raw_services)
+    ]
+    steps = [
+        _step(i, raw, volumes=volumes, workspace_path=workspace_path)
+        for i, raw in enumerate(raw_steps)
+    ]
+    # Services and steps are containers of one pod: one name each, across both lists.
+    _reject_duplicates(services, steps)
     # Steps are valid one by one (and so are mappings) before rules that name others
-    # are read: a depends_on can then say which names exist.
+    # are read: a depends_on can then say which names exist (services too: they have
+    # started before any step, so depending on one holds at once).
     names = [step.name for step in steps]
-    rules = {step.name: _rules(i, raw_steps[i], names) for i, step in enumerate(steps)}
+    known = [*names, *(service.name for service in services)]
+    rules = {service.name: StepRules() for service in services}
+    rules.update({step.name: _rules(i, raw_steps[i], known) for i, step in enumerate(steps)})
     _reject_cycles(rules, names)
 
     build_id = document.get("build_id")
@@ -308,7 +375,13 @@ def plan_from_data(document: object, *, stem: str = "pipeline", name: str = "") 
             if not isinstance(value, str):
                 raise SpecError(key, f"must be a string, not {_kind(value)}")
             kwargs[key] = value
-    return PipelinePlan(BuildSpec(build_id=build_id, steps=steps, **kwargs), rules)
+    if workspace is not None:
+        kwargs["workspace"] = workspace
+    if volumes:
+        kwargs["volumes"] = volumes
+    # Services come first in the pod as in the file: they start before the steps.
+    spec = BuildSpec(build_id=build_id, steps=[*services, *steps], **kwargs)
+    return PipelinePlan(spec, rules, services=tuple(service.name for service in services))
 
 
 def generate_build_id(stem: str) -> str:
@@ -319,11 +392,29 @@ def generate_build_id(stem: str) -> str:
     return f"{base}-{secrets.token_hex(_SUFFIX_HEX // 2)}"
 
 
-def _step(index: int, raw: object) -> StepSpec:
-    where = f"steps[{index}]"
+def _step(
+    index: int,
+    raw: object,
+    *,
+    where: str = "steps",
+    volumes: Mapping[str, Any] | None = None,
+    workspace_path: str = DEFAULT_WORKSPACE_PATH,
+) -> StepSpec:
+    """A step of ``steps`` or a service of ``services`` (``where``): the same keys,
+    but a service is detached and has no rules."""
+    service = where == "services"
+    where = f"{where}[{index}]"
     if not isinstance(raw, Mapping):
         raise SpecError(where, f"must be a mapping with name, image and commands, not {_kind(raw)}")
-    _reject_unknown(raw, STEP_KEYS, where)
+    if service:
+        for key in RULE_KEYS:
+            if key in raw:
+                raise SpecError(
+                    where,
+                    f"a service has no {key!r}: services start before every step, in "
+                    "file order (a step with detach: true starts at its turn)",
+                )
+    _reject_unknown(raw, SERVICE_KEYS if service else STEP_KEYS, where)
     for required in ("name", "image"):
         if raw.get(required) is None:
             raise SpecError(f"{where}.{required}", "missing")
@@ -393,10 +484,190 @@ def _step(index: int, raw: object) -> StepSpec:
     if resources is not None:
         kwargs["resources"] = _resources(resources, f"{where}.resources")
 
+    detach = raw.get("detach")
+    if detach is not None and not isinstance(detach, bool):
+        raise SpecError(f"{where}.detach", f"must be true or false, not {_kind(detach)}")
+    if service and detach is False:
+        raise SpecError(f"{where}.detach", "a service is always detached")
+    kwargs["detach"] = service or bool(detach)
+
+    ports = raw.get("ports")
+    if ports is not None:
+        kwargs["ports"] = _ports(ports, f"{where}.ports")
+
+    mounts = raw.get("volumes")
+    if mounts is not None:
+        kwargs["mounts"] = _mounts(mounts, f"{where}.volumes", volumes or {}, workspace_path)
+
     try:
         return StepSpec(**kwargs)
     except SpecError as error:
         raise _relocate(error, where, name) from None
+
+
+def _reject_duplicates(services: Sequence[StepSpec], steps: Sequence[StepSpec]) -> None:
+    seen: dict[str, str] = {}
+    for where, listed in (("services", services), ("steps", steps)):
+        for i, step in enumerate(listed):
+            if step.name in seen:
+                why = (
+                    " (services and steps are containers of one pod: each needs a name of its own)"
+                    if services
+                    else ""
+                )
+                raise SpecError(
+                    f"{where}[{i}].name",
+                    f"duplicate step name {step.name!r}, already that of {seen[step.name]}{why}",
+                )
+            seen[step.name] = f"{where}[{i}]"
+
+
+def _ports(value: object, field: str) -> list[int]:
+    """TCP ports, as numbers, as digit strings, or as Woodpecker's ``"5432/tcp"``."""
+    listed = [value] if isinstance(value, int | str) and not isinstance(value, bool) else value
+    if not isinstance(listed, list):
+        raise SpecError(field, f"must be a list of TCP port numbers, not {_kind(value)}")
+    out: list[int] = []
+    for i, port in enumerate(listed):
+        number: object = port
+        if isinstance(port, str):
+            text = port.strip().lower().removesuffix("/tcp")
+            number = int(text) if text.isascii() and text.isdigit() else port
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
+            raise SpecError(f"{field}[{i}]", f"{port!r} is not a TCP port number (1-65535)")
+        out.append(number)
+    return out
+
+
+def _mounts(
+    value: object, field: str, volumes: Mapping[str, Any], workspace_path: str
+) -> dict[str, str]:
+    """A step's ``volumes``, Woodpecker's ``"name:/path"`` strings, as StepSpec mounts."""
+    if not isinstance(value, list):
+        raise SpecError(field, f'must be a list of "name:/path" strings, not {_kind(value)}')
+    mounts: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(item, str):
+            raise SpecError(where, f'must be a "name:/path" string, not {_kind(item)}')
+        name, colon, path = item.partition(":")
+        if name.startswith("/"):
+            # Docker's host:container form: a host path is a volume of its own here.
+            raise SpecError(
+                where,
+                f"{item!r} mounts a host path: declare it under volumes "
+                "({name: {hostPath: {path: ...}}}) and mount it by name",
+            )
+        if not colon or not name or not path.startswith("/") or ":" in path:
+            raise SpecError(where, f'{item!r} is not "name:/path" (an absolute path)')
+        if name not in volumes:
+            known = ", ".join(sorted(volumes)) or "none declared"
+            raise SpecError(where, f"no volume {name!r} under volumes ({known})")
+        normal = posixpath.normpath(path)
+        if normal == posixpath.normpath(workspace_path):
+            raise SpecError(where, f"{normal} is the workspace's path")
+        if name in mounts:
+            raise SpecError(where, f"volume {name!r} is mounted twice")
+        if normal in paths:
+            raise SpecError(where, f"{paths[normal]!r} is already mounted at {normal}")
+        mounts[name] = path
+        paths[normal] = name
+    return mounts
+
+
+def _workspace(value: object) -> Workspace | None:
+    """``workspace``: a path, or a mapping of :class:`Workspace`'s fields."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return Workspace(path=value)
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            "workspace",
+            f"must be a path or a mapping with {', '.join(WORKSPACE_KEYS)}, not {_kind(value)}",
+        )
+    _reject_unknown(value, WORKSPACE_KEYS, "workspace")
+    kwargs: dict[str, Any] = {}
+    for key in ("path", "claim"):
+        item = value.get(key)
+        if item is not None:
+            if not isinstance(item, str):
+                raise SpecError(f"workspace.{key}", f"must be a string, not {_kind(item)}")
+            kwargs[key] = item
+    size = value.get("size_limit")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, str | int):
+            raise SpecError(
+                "workspace.size_limit", f"must be a quantity such as 2Gi, not {_kind(size)}"
+            )
+        kwargs["size_limit"] = str(size)
+    medium = value.get("medium")
+    if medium is not None:
+        # Drone writes `medium: memory`; Kubernetes, `Memory`.
+        if not isinstance(medium, str) or medium.lower() != "memory":
+            raise SpecError("workspace.medium", f"{medium!r} is not Memory")
+        kwargs["medium"] = "Memory"
+    return Workspace(**kwargs)
+
+
+_VOLUME_REQUIRED = {
+    "configMap": "name",
+    "secret": "secretName",
+    "persistentVolumeClaim": "claimName",
+    "hostPath": "path",
+}
+"""The field each volume source cannot do without: missing, the pod would only be
+refused by the API server, or fail at mount time."""
+
+
+def _volumes(value: object) -> dict[str, dict[str, Any]]:
+    """``volumes``: a mapping of name to one Kubernetes volume source."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            "volumes",
+            "must be a mapping of name to volume source, such as {cache: {emptyDir: {}}}, "
+            f"not {_kind(value)}",
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name, source in value.items():
+        where = f"volumes.{name}"
+        if not isinstance(name, str):
+            raise SpecError("volumes", f"names must be strings, not {_kind(name)} ({name!r})")
+        if not isinstance(source, Mapping):
+            raise SpecError(
+                where,
+                f"must be a mapping with one of {', '.join(VOLUME_KINDS)}, not {_kind(source)}",
+            )
+        if len(source) != 1:
+            raise SpecError(where, f"must hold exactly one of {', '.join(VOLUME_KINDS)}")
+        ((kind, detail),) = source.items()
+        if kind not in VOLUME_KINDS:
+            close = difflib.get_close_matches(str(kind), VOLUME_KINDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(where, f"{kind!r} is not one of {', '.join(VOLUME_KINDS)}{hint}")
+        if detail is None and kind == "emptyDir":
+            detail = {}  # `emptyDir:` with nothing after it
+        if not isinstance(detail, Mapping):
+            raise SpecError(f"{where}.{kind}", f"must be a mapping, not {_kind(detail)}")
+        required = _VOLUME_REQUIRED.get(kind)
+        if required is not None and not isinstance(detail.get(required), str):
+            raise SpecError(f"{where}.{kind}", f"needs {required} (a string)")
+        out[name] = {kind: dict(detail)}
+    try:
+        # The spec's own checks (names, the workspace's reserved name), in file terms.
+        check_volumes(out)
+    except SpecError as error:
+        raise SpecError(_file_field(error.field), error.problem) from None
+    return out
+
+
+def _file_field(field: str) -> str:
+    """``volumes['cache']`` (the spec's spelling) as ``volumes.cache`` (the file's)."""
+    match = re.fullmatch(r"volumes\[(['\"])(.*)\1\](.*)", field)
+    return f"volumes.{match.group(2)}{match.group(3)}" if match else field
 
 
 def _env_key(raw: Mapping[Any, Any], where: str, name: str) -> str | None:

@@ -4,7 +4,8 @@
 say, independent steps at the same time), streams each step's log lines prefixed by the
 step's name, and ends with a summary table; after a failing step the rest are skipped,
 except those whose ``when: {status: ...}`` includes ``failure``, and a step with
-``failure: ignore`` fails nothing but itself (see :mod:`buildruntime.cli.run`). Its exit
+``failure: ignore`` fails nothing but itself; the file's ``services`` start first and
+run, never awaited, until the build is removed (see :mod:`buildruntime.cli.run`). Its exit
 status is 0 when no step failed, otherwise the first failing step's exit code (1 when
 the failure has none: an image that cannot be pulled, the pod gone, a timeout, an API
 server that stayed unreachable for ``--api-timeout``), 2 for bad input (an invalid or

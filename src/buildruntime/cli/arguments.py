@@ -37,7 +37,8 @@ def pipeline_keys_help() -> str:
     width = max(len(key) for key in (*TOP_LEVEL_KEY_HELP, *STEP_KEY_HELP))
     lines = ["pipeline file keys:"]
     lines += [f"  {key.ljust(width)}  {text}" for key, text in TOP_LEVEL_KEY_HELP.items()]
-    lines.append("each step of steps:")
+    lines.append("each step of steps, and each service of services (but for failure, when")
+    lines.append("and depends_on: services start before every step):")
     lines += [f"  {key.ljust(width)}  {text}" for key, text in STEP_KEY_HELP.items()]
     lines += ["", "step order:", *(f"  {line}" for line in STEP_ORDER_HELP)]
     lines += [
@@ -54,6 +55,17 @@ def pipeline_keys_help() -> str:
         "      depends_on: [greet]",
         "      when: {status: failure}",
         '      commands: ["echo greet failed"]',
+        "",
+        "services, the workspace and volumes (see examples/app.yaml):",
+        "  workspace: {path: /src, size_limit: 2Gi}",
+        "  volumes: {cache: {persistentVolumeClaim: {claimName: go-cache}}}",
+        "  services:",
+        "    - {name: db, image: postgres:16, ports: [5432]}",
+        "  steps:",
+        "    - name: test",
+        "      image: golang:1.23",
+        '      volumes: ["cache:/root/.cache"]',
+        '      commands: ["go test ./..."]   # reaches the database at db:5432',
         "",
         "exit status: 0 when no step failed (failure: ignore aside), else the first",
         "failing step's exit code (1 when it has none), 2 for bad input, 130 on Ctrl-C,",

@@ -6,6 +6,15 @@ steps it depends on have finished, independent steps at the same time. When its 
 comes a step runs only if the build's status so far (``failure`` once a step failed
 without ``failure: ignore``, else ``success``) is one its ``when: {status: ...}``
 allows; otherwise it is skipped. The exit status is the first failing step's.
+
+Services (the file's ``services``, and steps with ``detach: true``) are started, not
+awaited: the top-level ones before every step, one after another in file order, each
+once the one before is ready; a detached step at its turn, its dependants going on once
+it is ready. Their logs stream like a step's until the build is removed, which stops
+them. A service that never gets ready fails the build like a failing step; one that ends
+on its own after it was ready is shown as such, and leaves the build's status alone:
+the steps that needed it fail by themselves, and whether it died just before the build
+was removed or because of it would otherwise decide the exit status by a race.
 """
 
 from __future__ import annotations
@@ -25,7 +34,12 @@ from buildruntime.cli.console import Console
 from buildruntime.cli.exits import EXIT_FAILED, EXIT_OK, BadInput
 from buildruntime.cli.interrupts import receiving_signals
 from buildruntime.cli.target import Target, choose_target, open_cluster, server_of
-from buildruntime.errors import BuildRuntimeError, ClusterUnavailableError, PodGoneError
+from buildruntime.errors import (
+    BuildRuntimeError,
+    ClusterUnavailableError,
+    PodGoneError,
+    ServiceError,
+)
 from buildruntime.images import image_problem
 from buildruntime.pipeline import PipelinePlan, Status, StepRules, load_plan_file
 from buildruntime.results import StepResult
@@ -34,13 +48,22 @@ from buildruntime.spec import BuildSpec, StepSpec
 
 IGNORED = "failed (ignored)"
 """A step's result in the summary when it failed under ``failure: ignore``."""
+SERVICE = "service"
+"""A service's result while it runs: started, never awaited."""
+STOPPED = "stopped"
+"""A service's result once removing the build stopped it (its normal end)."""
 _RESULT_COLOURS = {
     "ok": "32",
     "failed": "31",
     IGNORED: "33",
     "skipped": "2",
     "interrupted": "33",
+    SERVICE: "36",
+    STOPPED: "32",
 }
+_SERVICE_DRAIN = 10.0
+"""Seconds a stopped service's last log lines may take to arrive after the build was
+removed, before the summary is printed without them."""
 _BUILD_GONE = (PodGoneError, ClusterUnavailableError)
 """Errors after which no step of the build can run: the pod or the API server is gone.
 They end the build whatever the step's rules say."""
@@ -58,6 +81,11 @@ class Row:
     ended: float | None = None
     step_result: StepResult | None = None
     failure: str = ""
+
+    @property
+    def service(self) -> bool:
+        """A service or detached step: started, never awaited, stopped with the build."""
+        return self.step.detach
 
     @property
     def duration(self) -> float | None:
@@ -91,6 +119,8 @@ class Outcome:
     failed: bool = False
     gone: bool = False
     """The build can run no more steps (see ``_BUILD_GONE``)."""
+    removing: bool = False
+    """The build is being removed: a service that ends now was stopped, it did not die."""
 
     @property
     def build_status(self) -> Status:
@@ -122,10 +152,12 @@ async def run_build(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_progress, build, console)
+            services = _Services(tg)
             try:
-                await _run_steps(rt, build, plan, outcome, console, explain)
+                await _run_steps(rt, build, plan, outcome, console, explain, services)
             finally:
                 with anyio.CancelScope(shield=True):
+                    outcome.removing = True
                     try:
                         await rt.remove_build(build)
                     except BuildRuntimeError as error:
@@ -135,14 +167,53 @@ async def run_build(
                             isinstance(error, ClusterUnavailableError) and explain.said_unavailable
                         ):
                             console.error(f"removing the build: {explain(error)}")
+                    # Removing the build stopped the services: their logs end with it.
+                    with anyio.move_on_after(_SERVICE_DRAIN):
+                        await services.drained()
                 tg.cancel_scope.cancel()
     finally:
+        now = time.monotonic()
         for row in outcome.rows:
             if row.result == "running":
                 row.result = "interrupted"
-                row.ended = time.monotonic()
+                row.ended = now
+            elif row.result == SERVICE:
+                row.result = STOPPED
+                row.ended = now
         _summary(outcome.rows, console)
     return outcome.status
+
+
+class _Services:
+    """The services' log followers: they outlive the steps, until the build is removed."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self._running = 0
+        self._none_left = anyio.Event()
+        self._none_left.set()
+
+    def follow(
+        self, rt: Runtime, build: Build, row: Row, outcome: Outcome, console: Console
+    ) -> None:
+        if self._running == 0:
+            self._none_left = anyio.Event()
+        self._running += 1
+        self._tg.start_soon(self._follow, rt, build, row, outcome, console)
+
+    async def _follow(
+        self, rt: Runtime, build: Build, row: Row, outcome: Outcome, console: Console
+    ) -> None:
+        try:
+            await _follow_service(rt, build, row, outcome, console)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._none_left.set()
+
+    async def drained(self) -> None:
+        """Wait until every service's logs have ended."""
+        await self._none_left.wait()
 
 
 async def _run_steps(
@@ -152,6 +223,7 @@ async def _run_steps(
     outcome: Outcome,
     console: Console,
     explain: _Explainer,
+    services: _Services,
 ) -> None:
     try:
         await rt.assemble_build(build)
@@ -160,11 +232,21 @@ async def _run_steps(
         outcome.gone = True
         outcome.fail(EXIT_FAILED)
         return
+    rows = {row.step.name: row for row in outcome.rows}
+    finished = {row.step.name: anyio.Event() for row in outcome.rows}
+    # The file's services first, one at a time: each is ready before the next starts
+    # (one may need another, as an application server needs its database), and all of
+    # them before the first step. After one failed, the rest are not started.
+    for name in plan.services:
+        if not (outcome.gone or outcome.failed):
+            await _run_step(rt, build, rows[name], outcome, console, explain, services)
+        finished[name].set()
     # One task per step, each waiting for the steps it needs: file order is the chain
     # of each step needing the one before, a DAG runs its independent steps at once.
-    finished = {row.step.name: anyio.Event() for row in outcome.rows}
     async with anyio.create_task_group() as tg:
         for row in outcome.rows:
+            if row.step.name in plan.services:
+                continue
             needs = [finished[name] for name in plan.needs(row.step.name)]
             tg.start_soon(
                 _step_turn,
@@ -176,6 +258,7 @@ async def _run_steps(
                 outcome,
                 console,
                 explain,
+                services,
             )
 
 
@@ -188,14 +271,16 @@ async def _step_turn(
     outcome: Outcome,
     console: Console,
     explain: _Explainer,
+    services: _Services,
 ) -> None:
-    """Wait for the steps ``row`` needs, then run it or leave it skipped."""
+    """Wait for the steps ``row`` needs, then run it or leave it skipped. A detached
+    step counts as done once it is ready."""
     try:
         for event in needs:
             await event.wait()
         if outcome.gone or not row.rules.runs_when(outcome.build_status):
             return
-        await _run_step(rt, build, row, outcome, console, explain)
+        await _run_step(rt, build, row, outcome, console, explain, services)
     finally:
         done.set()
 
@@ -207,13 +292,20 @@ async def _run_step(
     outcome: Outcome,
     console: Console,
     explain: _Explainer,
+    services: _Services,
 ) -> None:
+    """Run ``row``'s step to its end; a service only until it is ready, its logs then
+    followed by ``services``."""
     name = row.step.name
     row.result = "running"
     row.started = time.monotonic()
     try:
         await rt.run_container(build, name)
         row.started = time.monotonic()  # from here on, the step's own run time
+        if row.service:
+            row.result = SERVICE
+            services.follow(rt, build, row, outcome, console)
+            return
         async for raw in rt.tail_container(build, name):
             console.log(name, raw)
         result = await rt.wait_container(build, name)
@@ -226,6 +318,11 @@ async def _run_step(
             settled = None
         if settled is not None and settled.failure is not None:
             row.failure = _failure_text(settled)
+        if isinstance(error, ServiceError):
+            # It ran and ended before it was ready: its lines, then why it failed.
+            if settled is not None:
+                row.exit_code = settled.exit_code
+            await _print_logs(rt, build, name, console)
         if not (isinstance(error, ClusterUnavailableError) and explain.said_unavailable):
             console.error(explain(error))
         _step_failed(row, outcome, EXIT_FAILED, console, build_gone=isinstance(error, _BUILD_GONE))
@@ -240,6 +337,50 @@ async def _run_step(
     detail = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
     console.note(f"{console.prefix(name)} failed: {detail} ({row.failure})")
     _step_failed(row, outcome, result.exit_code or EXIT_FAILED, console)
+
+
+async def _follow_service(
+    rt: Runtime, build: Build, row: Row, outcome: Outcome, console: Console
+) -> None:
+    """Stream a ready service's logs until it ends: stopped with the build, or on its
+    own while the build ran (said, and shown in the summary; see the module's doc)."""
+    name = row.step.name
+    try:
+        async for raw in rt.tail_container(build, name):
+            console.log(name, raw)
+    except BuildRuntimeError:
+        pass  # the build's own errors say what happened to it
+    row.ended = time.monotonic()
+    if outcome.removing:
+        row.result = STOPPED
+        return
+    try:
+        result = await rt.inspect_container(build, name)
+    except BuildRuntimeError:
+        row.result = STOPPED
+        return
+    row.step_result = result
+    row.exit_code = result.exit_code
+    if result.succeeded:
+        row.result = "ok"
+        console.note(f"{console.prefix(name)} service ended (exit code 0)")
+        return
+    row.result = "failed"
+    row.failure = _failure_text(result)
+    detail = f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code"
+    console.note(
+        f"{console.prefix(name)} service ended while the build ran: {detail} ({row.failure})"
+    )
+
+
+async def _print_logs(rt: Runtime, build: Build, name: str, console: Console) -> None:
+    """A step's captured lines, when it ended in an error rather than a result."""
+    with anyio.move_on_after(_SERVICE_DRAIN):
+        try:
+            async for raw in rt.tail_container(build, name):
+                console.log(name, raw)
+        except BuildRuntimeError:
+            pass
 
 
 def _step_failed(
@@ -353,11 +494,16 @@ def _summary(rows: list[Row], console: Console) -> None:
 
 
 def _parallel(rows: list[Row]) -> dict[str, list[str]]:
-    """For each step, the steps whose run overlapped its own, in file order."""
+    """For each step, the steps whose run overlapped its own, in file order. Services
+    run beside every step by design: naming them would say nothing."""
     return {
         row.step.name: [
-            other.step.name for other in rows if other is not row and row.overlaps(other)
+            other.step.name
+            for other in rows
+            if other is not row and not other.service and row.overlaps(other)
         ]
+        if not row.service
+        else []
         for row in rows
     }
 
