@@ -142,6 +142,11 @@ class Target:
         node (removed with the target), for a build's workspace."""
         raise NotImplementedError
 
+    async def create_runtime_class(self, name: str, handler: str) -> None:
+        """A RuntimeClass (cluster-wide, removed with the target) naming a handler of the
+        node's container runtime."""
+        raise NotImplementedError
+
     async def read_secret(self, name: str) -> JSON | None:
         """The Secret as the API server stores it now (the ground truth); None when it
         does not exist."""
@@ -260,6 +265,10 @@ class FakeTarget(Target):
     async def read_secret(self, name: str) -> JSON | None:
         return self.fake.secret(self.namespace, name)
 
+    async def create_runtime_class(self, name: str, handler: str) -> None:
+        # The simulated node runs every pod the same way, whatever its class.
+        return None
+
     async def read_pod(self, name: str) -> JSON | None:
         # Straight from the fake's storage: not a request of the port, and None once the
         # pod is deleted (its history keeps the deleted version).
@@ -285,6 +294,7 @@ class ClusterTarget(Target):
         self._outside = KubeCluster.from_kubeconfig(kubeconfig)
         self._admin = config.new_client_from_config(config_file=kubeconfig)
         self._volumes: list[str] = []
+        self._runtime_classes: list[str] = []
 
     async def delete_pod_from_outside(self, name: str) -> None:
         await self._outside.delete_pod(self.namespace, name)
@@ -487,6 +497,19 @@ class ClusterTarget(Target):
 
         return await anyio.to_thread.run_sync(read)
 
+    async def create_runtime_class(self, name: str, handler: str) -> None:
+        from kubernetes import client
+
+        node = client.NodeV1Api(self._admin)
+        body = {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": name},
+            "handler": handler,
+        }
+        await anyio.to_thread.run_sync(lambda: node.create_runtime_class(body))
+        self._runtime_classes.append(name)
+
     async def read_secret(self, name: str) -> JSON | None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -512,6 +535,10 @@ class ClusterTarget(Target):
         for volume in self._volumes:
             with contextlib.suppress(Exception):
                 await anyio.to_thread.run_sync(lambda v=volume: core.delete_persistent_volume(v))
+        node = client.NodeV1Api(self._admin)
+        for runtime_class in self._runtime_classes:
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(lambda r=runtime_class: node.delete_runtime_class(r))
         await self.cluster.aclose()
         await self._outside.aclose()
         self._admin.close()

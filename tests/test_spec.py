@@ -261,3 +261,71 @@ def test_bad_mounts_name_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError) as info:
         StepSpec(name="a", image="busybox", **kwargs)
     assert info.value.field == field
+
+
+def test_pod_policy_and_overrides_reach_the_pod() -> None:
+    from buildruntime.spec import render_pod
+
+    spec = BuildSpec(
+        build_id="policy-1",
+        steps=[
+            StepSpec(
+                name="a",
+                image="busybox",
+                commands=["true"],
+                privileged=True,
+                security_context={"runAsUser": 1000},
+            )
+        ],
+        tolerations=[{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}],
+        runtime_class_name="gvisor",
+        priority_class_name="ci-low",
+        security_context={"fsGroup": 2000},
+        dns_policy="None",
+        dns_config={"nameservers": ["10.0.0.10"]},
+        pod_overrides={
+            "metadata": {"labels": {"team": "infra"}},
+            "spec": {
+                "containers": [{"name": "a", "stdin": False}],
+                "enableServiceLinks": False,
+            },
+        },
+    )
+    pod = render_pod(spec, namespace="ci", pause_image="registry.k8s.io/pause:3.10")
+    assert pod["spec"]["tolerations"] == [
+        {"key": "ci", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["spec"]["runtimeClassName"] == "gvisor"
+    assert pod["spec"]["priorityClassName"] == "ci-low"
+    assert pod["spec"]["securityContext"] == {"fsGroup": 2000}
+    assert (pod["spec"]["dnsPolicy"], pod["spec"]["dnsConfig"]) == (
+        "None",
+        {"nameservers": ["10.0.0.10"]},
+    )
+    assert pod["spec"]["enableServiceLinks"] is False
+    assert pod["metadata"]["labels"]["team"] == "infra"
+    (container,) = pod["spec"]["containers"]
+    assert container["securityContext"] == {"runAsUser": 1000, "privileged": True}
+    assert container["stdin"] is False
+    assert container["image"] == "registry.k8s.io/pause:3.10"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"spec": {"containers": [{"name": "a", "image": "evil:1"}]}},
+        {"spec": {"containers": [{"name": "a", "args": ["sh"]}]}},
+        {"spec": {"containers": [{"name": "extra", "image": "busybox"}]}},
+        {"metadata": {"labels": {"buildruntime.io/build-id": "other"}}},
+        {"metadata": {"annotations": {"buildruntime.io/pause-image": None}}},
+        {"spec": {"restartPolicy": "Always"}},
+        {"spec": {"volumes": [{"name": "workspace", "hostPath": {"path": "/"}}]}},
+    ],
+)
+def test_an_override_of_what_the_runtime_relies_on_is_refused(overrides: dict[str, Any]) -> None:
+    from buildruntime.spec import render_pod
+
+    spec = BuildSpec(build_id="policy-2", steps=[step("a")], pod_overrides=overrides)
+    with pytest.raises(SpecError) as info:
+        render_pod(spec, namespace="ci", pause_image="registry.k8s.io/pause:3.10")
+    assert info.value.field == "pod_overrides"
