@@ -18,7 +18,7 @@ from buildruntime.errors import (
 from buildruntime.events import BuildEvent
 from buildruntime.results import Failure, StepResult
 from buildruntime.runtime import Runtime
-from buildruntime.secrets import ExistingSecret
+from buildruntime.secrets import ExistingSecret, RegistryCredentials
 from buildruntime.settings import RuntimeSettings
 from buildruntime.spec import BuildSpec, StepSpec
 from buildruntime.volumes import Workspace
@@ -35,6 +35,7 @@ __all__ = [
     "Failure",
     "ImagePullError",
     "PodGoneError",
+    "RegistryCredentials",
     "Runtime",
     "RuntimeSettings",
     "SchedulingError",

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -47,7 +48,7 @@ from buildruntime.informer.topic import Topic
 from buildruntime.labels import build_selector
 from buildruntime.logs import LogBuffer, LogCapture
 from buildruntime.results import Failure, StepResult
-from buildruntime.secrets import Masker, owned_by_pod, render_secret, secret_name
+from buildruntime.secrets import Masker, owned_by_pod, render_pull_secret, render_secret
 from buildruntime.settings import RuntimeSettings
 from buildruntime.spec import BuildSpec, StepSpec
 
@@ -95,7 +96,9 @@ class BuildController:
         self.settings = settings
         self.placeholder = spec.pause_image or settings.pause_image
         steps = [s.name for s in spec.steps]
-        self.masker = Masker(spec.secret_values.values())
+        self.masker = Masker(
+            [*spec.secret_values.values(), *(c.secret for c in spec.registries.values())]
+        )
         self.view = BuildView(
             spec.build_id,
             steps,
@@ -120,7 +123,8 @@ class BuildController:
         mask = self.masker.lines if self.masker else None
         self.buffers = {name: LogBuffer(settings.log_memory_limit, mask=mask) for name in steps}
         self._cancel = anyio.CancelScope()
-        self._secret_created = False
+        self._secrets_created: list[str] = []
+        """The build's own Secrets created so far (the pod owns them once it exists)."""
         self.started = False
         self.removed = False
         self.finished = anyio.Event()
@@ -194,20 +198,22 @@ class BuildController:
                     self.informer.pod_reflector.last_error or "no answer from the API server"
                 ),
             )
-        if self.spec.secrets:
-            await self._send(None, "create the build's Secret", self._create_secret_once())
+        for manifest in self._secret_manifests():
+            name = manifest["metadata"]["name"]
+            await self._send(None, f"create the Secret {name}", self._create_secret_once(manifest))
         created = await self._send(None, "create the pod", self._create_once())
         uid = (created.get("metadata") or {}).get("uid", "")
         self.fanout.bind(uid)
-        if self._secret_created:
+        for name in self._secrets_created:
             # From now on the Secret goes with the pod, whoever deletes it: the garbage
             # collector does not need this worker to be alive.
             await self._send(
                 None,
-                "hand the build's Secret to its pod",
-                lambda: self.cluster.patch_secret(
+                f"hand the Secret {name} to its pod",
+                partial(
+                    self.cluster.patch_secret,
                     self.namespace,
-                    secret_name(self.spec.pod_name),
+                    name,
                     owned_by_pod(self.spec.pod_name, uid),
                 ),
             )
@@ -217,10 +223,20 @@ class BuildController:
         with anyio.move_on_after(self.settings.api_timeout):
             await self.informer.wait_synced()
 
-    def _create_secret_once(self) -> Callable[[], Awaitable[None]]:
-        manifest = render_secret(
-            self.spec.pod_name, self.namespace, self.build_id, self.spec.secret_values
-        )
+    def _secret_manifests(self) -> list[JSON]:
+        """The Secrets the build owns: its values, its registry credentials."""
+        spec, manifests = self.spec, []
+        if spec.secrets:
+            manifests.append(
+                render_secret(spec.pod_name, self.namespace, self.build_id, spec.secret_values)
+            )
+        if spec.registries:
+            manifests.append(
+                render_pull_secret(spec.pod_name, self.namespace, self.build_id, spec.registries)
+            )
+        return manifests
+
+    def _create_secret_once(self, manifest: JSON) -> Callable[[], Awaitable[None]]:
         attempts = 0
 
         async def create() -> None:
@@ -246,7 +262,7 @@ class BuildController:
                         message=error.message,
                     ) from error
                 raise
-            self._secret_created = True
+            self._secrets_created.append(manifest["metadata"]["name"])
 
         return create
 
@@ -664,8 +680,10 @@ class BuildController:
                 async for pod in self.view.pods.follow(from_latest=True):
                     if pod is None:
                         break
-            if self._secret_created:
-                await self._send(None, "delete the build's Secret", self._delete_secret)
+            for name in self._secrets_created:
+                await self._send(
+                    None, f"delete the Secret {name}", partial(self._delete_secret, name)
+                )
         self.stop()
         with anyio.CancelScope(shield=True):
             await self.finished.wait()
@@ -676,11 +694,11 @@ class BuildController:
         except NotFoundError:
             return
 
-    async def _delete_secret(self) -> None:
+    async def _delete_secret(self, name: str) -> None:
         """The pod owns the Secret, so the garbage collector deletes it too; deleting it
         here makes ``remove_build`` leave nothing behind at once."""
         try:
-            await self.cluster.delete_secret(self.namespace, secret_name(self.spec.pod_name))
+            await self.cluster.delete_secret(self.namespace, name)
         except NotFoundError:
             return
 
@@ -689,8 +707,8 @@ class BuildController:
         with anyio.move_on_after(self.settings.delete_timeout), contextlib.suppress(Exception):
             if self.fanout.pod_uid:
                 await self.cluster.delete_pod(self.namespace, self.spec.pod_name)
-            if self._secret_created:
-                await self._delete_secret()
+            for name in self._secrets_created:
+                await self._delete_secret(name)
         self.stop()
         await self.finished.wait()
 

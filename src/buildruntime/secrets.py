@@ -13,6 +13,7 @@ even when no worker is left to do so.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -106,6 +107,73 @@ def check_step_secrets(value: object, where: str) -> dict[str, str | ExistingSec
             raise SpecError(f"{field}[{env!r}]", "must name a build secret or be an ExistingSecret")
         checked[env] = source
     return checked
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    """A user name and password (or token) for one registry; the password is shown by
+    nothing of ours and masked like a secret."""
+
+    username: str
+    password: SecretValue | str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.username, str) or not self.username:
+            raise SpecError("registries.username", "must be a non-empty string")
+        if isinstance(self.password, str):
+            object.__setattr__(self, "password", SecretValue(self.password))
+        if not isinstance(self.password, SecretValue):
+            raise SpecError("registries.password", "must be a string")
+
+    @property
+    def secret(self) -> SecretValue:
+        assert isinstance(self.password, SecretValue)
+        return self.password
+
+
+def check_registries(value: object) -> dict[str, RegistryCredentials]:
+    """Credentials by registry host (``registry.example.com``, ``localhost:5000``)."""
+    if not isinstance(value, Mapping):
+        raise SpecError("registries", "must be a mapping of registry host to credentials")
+    checked: dict[str, RegistryCredentials] = {}
+    for host, credentials in value.items():
+        if not isinstance(host, str) or not re.match(r"^[A-Za-z0-9.-]+(:[0-9]+)?$", host):
+            raise SpecError(f"registries[{host!r}]", "must be a registry host[:port]")
+        if not isinstance(credentials, RegistryCredentials):
+            raise SpecError(f"registries[{host!r}]", "must be RegistryCredentials")
+        checked[host] = credentials
+    return checked
+
+
+def pull_secret_name(pod_name: str) -> str:
+    """The build's own image pull Secret, named after its pod."""
+    return f"{pod_name}-registries"
+
+
+def render_pull_secret(
+    pod_name: str, namespace: str, build_id: str, registries: Mapping[str, RegistryCredentials]
+) -> JSON:
+    """A ``kubernetes.io/dockerconfigjson`` Secret the kubelet pulls the build's images with."""
+    auths = {
+        host: {
+            "username": cred.username,
+            "password": cred.secret.reveal(),
+            "auth": base64.b64encode(f"{cred.username}:{cred.secret.reveal()}".encode()).decode(),
+        }
+        for host, cred in registries.items()
+    }
+    config = json.dumps({"auths": auths}).encode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {
+            "name": pull_secret_name(pod_name),
+            "namespace": namespace,
+            "labels": {MANAGED_BY: MANAGED_BY_VALUE, BUILD_ID: build_id},
+        },
+        "data": {".dockerconfigjson": base64.b64encode(config).decode()},
+    }
 
 
 def secret_name(pod_name: str) -> str:

@@ -22,9 +22,12 @@ from buildruntime.pod_policy import POD_FIELDS, apply_overrides, check_policy_va
 from buildruntime.reservations import shared_requests
 from buildruntime.secrets import (
     ExistingSecret,
+    RegistryCredentials,
     SecretValue,
     check_build_secrets,
+    check_registries,
     check_step_secrets,
+    pull_secret_name,
     secret_name,
 )
 from buildruntime.volumes import (
@@ -291,6 +294,11 @@ class BuildSpec:
     secrets: Mapping[str, str | SecretValue] = field(default_factory=dict)
     """Secret values by name, given to the steps that name them through the build's own
     Secret; never in the pod spec, masked in every line the library shows."""
+    image_pull_secrets: Sequence[str] = ()
+    """Existing ``kubernetes.io/dockerconfigjson`` Secrets the kubelet pulls with."""
+    registries: Mapping[str, RegistryCredentials] = field(default_factory=dict)
+    """Credentials by registry host: the runtime makes the build an image pull Secret of
+    them, owned by the pod like the build's other Secret."""
     tolerations: Sequence[Mapping[str, Any]] | None = None
     affinity: Mapping[str, Any] | None = None
     runtime_class_name: str | None = None
@@ -358,6 +366,13 @@ class BuildSpec:
             )
         object.__setattr__(self, "volumes", check_volumes(self.volumes))
         object.__setattr__(self, "secrets", check_build_secrets(self.secrets))
+        object.__setattr__(self, "registries", check_registries(self.registries))
+        if isinstance(self.image_pull_secrets, str) or not all(
+            isinstance(name, str) and re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)
+            for name in self.image_pull_secrets
+        ):
+            raise SpecError("image_pull_secrets", "must be a list of Secret names", build_id=bid)
+        object.__setattr__(self, "image_pull_secrets", tuple(self.image_pull_secrets))
         for name in POD_FIELDS:
             value = getattr(self, name)
             if value is not None:
@@ -483,6 +498,11 @@ def render_pod(
     if spec.timeout is not None:
         # Whole seconds, at least one, rounded up: never shorter than asked.
         pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout))
+    pull_secrets = [*spec.image_pull_secrets]
+    if spec.registries:
+        pull_secrets.append(pull_secret_name(spec.pod_name))
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     for name, (key, _) in POD_FIELDS.items():
         value = getattr(spec, name)
         if value is not None:
