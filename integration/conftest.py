@@ -40,6 +40,9 @@ from .tcp_proxy import TcpProxy
 BUSYBOX = "busybox"
 LOCAL_PAUSE_IMAGE = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
 PAUSE_ALIAS = "docker.io/kubernetes/pause:latest"
+PRIVATE_REGISTRY = "registry.private.test"
+PRIVATE_REGISTRY_LOGIN = ("ci", "pull-pass-2026")
+"""A registry that serves busybox only to pods with these credentials (FakeTarget's)."""
 """The second tag integration/cluster/up gives the pause image (FakeTarget's node too)."""
 RECOVERY = ReflectorSettings(backoff_initial=0.1, backoff_max=1.0)
 CLUSTER_SCRIPTS = Path(__file__).parent / "cluster"
@@ -192,6 +195,7 @@ class FakeTarget(Target):
             image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS},
             # What the local cluster's node offers on the 2-core machine.
             node_allocatable={"cpu": "2", "memory": "24Gi"},
+            private_registries={PRIVATE_REGISTRY: PRIVATE_REGISTRY_LOGIN},
         )
         self.cluster = self.fake
         self.namespace = "integration"

@@ -74,6 +74,10 @@ class FakeCluster:
     placeholder too), and container statuses report the alias as ``image`` for a
     container of either name, as containerd does. ``pull_delay`` is how long a
     pull takes; ``bookmark_interval`` how often watches get a BOOKMARK.
+    ``private_registries`` maps a registry host to the (user, password) it wants: its
+    images are pulled only for pods whose ``imagePullSecrets`` hold them, and are
+    refused ``401 Unauthorized`` otherwise (an image already on the node is not pulled
+    under IfNotPresent, credentials or not, as on a real node).
     ``node_allocatable`` is what the node offers pods (default ``{"cpu": "4", "memory":
     "16Gi"}``): a pod whose requests do not fit what is left is Unschedulable
     (``Insufficient cpu``), as kube-scheduler says.
@@ -111,6 +115,7 @@ class FakeCluster:
         watch_cache_size: int = 10_000,
         keep_history: bool = True,
         node_allocatable: Mapping[str, str] | None = None,
+        private_registries: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         store = ImageStore(
             images, pause_image=pause_image, configs=image_configs, aliases=image_aliases
@@ -149,6 +154,7 @@ class FakeCluster:
         )
         self._secrets = SecretsApi(self._server)
         self._kubelet.secret_data = self._secrets.data
+        self._kubelet.private_registries = dict(private_registries or {})
         self._server.observers.extend(
             [self._scheduler.observe, self._kubelet.observe, self._secrets.collect_garbage]
         )

@@ -63,9 +63,17 @@ class ImageManager:
     """Pulls (pretends to) the images of one pod's containers."""
 
     def __init__(
-        self, *, has_image: Callable[[str], bool], pull_delay: float, post: PostEvent
+        self,
+        *,
+        has_image: Callable[[str], bool],
+        pull_delay: float,
+        post: PostEvent,
+        refused: Callable[[str], str | None] | None = None,
     ) -> None:
         self._has_image = has_image
+        self._refused = refused
+        """Why the registry refuses to serve an image to this pod (no or wrong
+        credentials for a private registry), or None."""
         self._pull_delay = pull_delay
         self._post = post
         self.backoffs: dict[str, Backoff] = {}
@@ -113,7 +121,8 @@ class ImageManager:
         started = anyio.current_time()
         await anyio.sleep(self._pull_delay)
         took = go_duration(anyio.current_time() - started)
-        if present:
+        refusal = self._refused(image) if self._refused is not None else None
+        if present and refusal is None:
             size = 1_000_000 + int(hashlib.sha256(image.encode()).hexdigest()[:6], 16)
             self._post(
                 "Pulled",
@@ -123,7 +132,7 @@ class ImageManager:
             )
             self.backoffs.pop(image, None)
             return True
-        error = pull_error(image)
+        error = refusal or pull_error(image)
         self._post(
             "Failed", f'Failed to pull image "{image}": {error}', container=name, warning=True
         )

@@ -24,12 +24,14 @@ Time is scaled down: back-offs start at 0.2 s and stop growing at 2 s (the real 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 
 from buildruntime.cluster.port import ApiError, NotFoundError
+from buildruntime.images import normalize_image
 from buildruntime.testing import objects
 from buildruntime.testing.apiserver import DELETED, APIServer
 from buildruntime.testing.environment import (
@@ -41,7 +43,7 @@ from buildruntime.testing.environment import (
 )
 from buildruntime.testing.events import WARNING, EventRecorder
 from buildruntime.testing.imagepull import Backoff, ImageManager, go_duration
-from buildruntime.testing.imagestore import ImageStore
+from buildruntime.testing.imagestore import ImageStore, registry_host
 from buildruntime.testing.logs import ContainerLog
 from buildruntime.testing.objects import JSON
 from buildruntime.testing.podstatus import (
@@ -79,6 +81,8 @@ class Kubelet:
         self.node_name = node_name
         self.images = images
         self.pull_delay = pull_delay
+        self.private_registries: dict[str, tuple[str, str]] = {}
+        """Registry hosts that serve their images only with these credentials."""
         self.secret_data: SecretLookup | None = None
         """Reads the Secrets a container's env refers to (set by the cluster)."""
         self.volumes = NodeVolumes()
@@ -90,7 +94,8 @@ class Kubelet:
         return self.images.is_pause(image)
 
     def has_image(self, image: str) -> bool:
-        return self.images.has(image)
+        # A private registry serves every image name (to the pods it lets in).
+        return self.images.has(image) or registry_host(image) in self.private_registries
 
     def allocate_ip(self) -> str:
         self._next_ip += 1
@@ -189,7 +194,10 @@ class PodWorker:
         self.uid: str = pod["metadata"]["uid"]
         self.records = {c["name"]: ContainerRecord(c["name"]) for c in pod["spec"]["containers"]}
         self.images = ImageManager(
-            has_image=kubelet.has_image, pull_delay=kubelet.pull_delay, post=self._event
+            has_image=kubelet.has_image,
+            pull_delay=kubelet.pull_delay,
+            post=self._event,
+            refused=self._pull_refused,
         )
         self.crash_backoff: dict[str, Backoff] = {}
         self.notifier = Notifier()
@@ -342,6 +350,33 @@ class PodWorker:
             loops.start_soon(self._container_loop, container["name"])
             if (container.get("readinessProbe") or {}).get("tcpSocket"):
                 loops.start_soon(self._readiness_loop, container["name"])
+
+    def _pull_refused(self, image: str) -> str | None:
+        """A private registry's answer to this pod's pull: 401 unless one of the pod's
+        ``imagePullSecrets`` holds the registry's user and password (as the kubelet
+        hands them to the container runtime)."""
+        host = registry_host(image)
+        wanted = self.kubelet.private_registries.get(host)
+        if wanted is None:
+            return None
+        pod = self.pod() or {}
+        for ref in pod.get("spec", {}).get("imagePullSecrets") or []:
+            data = (
+                self.kubelet.secret_data(self.namespace, ref.get("name", ""))
+                if (self.kubelet.secret_data)
+                else None
+            )
+            config = json.loads((data or {}).get(".dockerconfigjson") or "{}")
+            auth = (config.get("auths") or {}).get(host) or {}
+            if (auth.get("username"), auth.get("password")) == wanted:
+                return None
+        normalized = normalize_image(image)
+        tag = normalized.rsplit(":", 1)[-1] if "@" not in normalized else normalized.split("@")[1]
+        return (
+            f'rpc error: code = Unknown desc = failed to pull and unpack image "{normalized}": '
+            f'failed to resolve reference "{normalized}": pulling from host {host} failed '
+            f"with status code [manifests {tag}]: 401 Unauthorized"
+        )
 
     async def _readiness_loop(self, name: str) -> None:
         """The prober's readiness worker for a ``tcpSocket`` probe: every period, while

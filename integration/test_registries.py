@@ -1,0 +1,69 @@
+"""Private registries: an image pulls with the build's credentials and is refused
+without them, with the kubelet's own words."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+
+from buildruntime import BuildSpec, ImagePullError, RegistryCredentials, StepSpec
+
+from .conftest import PRIVATE_REGISTRY, PRIVATE_REGISTRY_LOGIN, Target
+
+pytestmark = pytest.mark.anyio
+
+IMAGE = f"{PRIVATE_REGISTRY}/library/busybox:latest"
+
+
+def _spec(prefix: str, **build: object) -> BuildSpec:
+    return BuildSpec(
+        build_id=f"{prefix}-{uuid.uuid4().hex[:6]}",
+        # Always: an image already on the node is not pulled, so needs no credentials.
+        steps=[StepSpec(name="s", image=IMAGE, commands=["echo pulled"], pull_policy="Always")],
+        **build,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(autouse=True)
+def _only_where_the_registry_asks(target: Target) -> None:
+    if target.kind != "fake":
+        pytest.skip("the local cluster's registry has no authentication yet (README: Known limits)")
+
+
+async def test_an_image_pulls_with_the_builds_credentials(target: Target) -> None:
+    user, password = PRIVATE_REGISTRY_LOGIN
+    spec = _spec("private", registries={PRIVATE_REGISTRY: RegistryCredentials(user, password)})
+    async with target.runtime() as rt:
+        build = await rt.setup_build(spec)
+        assert password not in str(build.pod_manifest)
+        await rt.assemble_build(build)
+        try:
+            pull_secret = await target.read_secret(f"{spec.pod_name}-registries")
+            assert pull_secret is not None
+            assert pull_secret["type"] == "kubernetes.io/dockerconfigjson"
+            pod = await target.read_pod(build.pod_name)
+            assert pod is not None
+            assert pod["spec"]["imagePullSecrets"] == [{"name": f"{spec.pod_name}-registries"}]
+            with anyio.fail_after(60):
+                await rt.run_container(build, "s")
+                assert [line async for line in rt.tail_container(build, "s")] == [b"pulled"]
+        finally:
+            await rt.remove_build(build)
+    assert await target.read_secret(f"{spec.pod_name}-registries") is None
+
+
+async def test_without_credentials_the_pull_is_refused_and_says_so(target: Target) -> None:
+    spec = _spec("refused")
+    async with target.runtime() as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        try:
+            with anyio.fail_after(60), pytest.raises(ImagePullError) as info:
+                await rt.run_container(build, "s")
+        finally:
+            await rt.remove_build(build)
+    assert info.value.step == "s"
+    assert info.value.message is not None
+    assert "401 Unauthorized" in info.value.message
