@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -237,6 +237,7 @@ class BuildController:
         return manifests
 
     def _create_secret_once(self, manifest: JSON) -> Callable[[], Awaitable[None]]:
+        name = manifest["metadata"]["name"]
         attempts = 0
 
         async def create() -> None:
@@ -244,25 +245,12 @@ class BuildController:
             attempts += 1
             try:
                 await self.cluster.create_secret(self.namespace, manifest)
-            except ConflictError as error:
-                if attempts == 1:
-                    raise AdmissionError(
-                        f"a Secret named {manifest['metadata']['name']} already exists",
-                        build_id=self.build_id,
-                        reason=error.reason,
-                        message=error.message,
-                    ) from error
-                # An earlier attempt got through before its connection broke.
             except ApiError as error:
-                if error.status in (400, 403, 404, 422):
-                    raise AdmissionError(
-                        "the API server refused the build's Secret",
-                        build_id=self.build_id,
-                        reason=error.reason,
-                        message=error.message,
-                    ) from error
-                raise
-            self._secrets_created.append(manifest["metadata"]["name"])
+                # A conflict after a retry: an earlier attempt got through before its
+                # connection broke.
+                if not (isinstance(error, ConflictError) and attempts > 1):
+                    self._raise_refused(error, f"a Secret named {name}", "the build's Secret")
+            self._secrets_created.append(name)
 
         return create
 
@@ -274,30 +262,29 @@ class BuildController:
             attempts += 1
             try:
                 return await self.cluster.create_pod(self.namespace, self.manifest)
-            except ConflictError as error:
+            except ApiError as error:
                 cached = self.view.pod
-                if attempts > 1 and cached is not None:
+                if isinstance(error, ConflictError) and attempts > 1 and cached is not None:
                     # An earlier attempt got through before its connection broke.
                     return {"metadata": {"uid": cached.uid}}
-                raise AdmissionError(
-                    f"a pod named {self.spec.pod_name} already exists",
-                    build_id=self.build_id,
-                    reason=error.reason,
-                    message=error.message,
-                ) from error
-            except ApiError as error:
-                # 400/403/422 carry an admission webhook's or a policy's message; a 404
-                # names a namespace that does not exist. Either way the pod was refused.
-                if error.status in (400, 403, 404, 422):
-                    raise AdmissionError(
-                        "the API server refused the build's pod",
-                        build_id=self.build_id,
-                        reason=error.reason,
-                        message=error.message,
-                    ) from error
-                raise
+                self._raise_refused(error, f"a pod named {self.spec.pod_name}", "the build's pod")
 
         return create
+
+    def _raise_refused(self, error: ApiError, named: str, what: str) -> NoReturn:
+        """Raise what a create the API server answered with ``error`` means: the name is
+        taken (:class:`AdmissionError`), the object was refused (400/403/422 carry an
+        admission webhook's or a policy's message; a 404 names a namespace that does not
+        exist), or ``error`` itself (an outage, retried by the caller)."""
+        if isinstance(error, ConflictError):
+            summary = f"{named} already exists"
+        elif error.status in (400, 403, 404, 422):
+            summary = f"the API server refused {what}"
+        else:
+            raise error
+        raise AdmissionError(
+            summary, build_id=self.build_id, reason=error.reason, message=error.message
+        ) from error
 
     def _events_selector(self, pod_uid: str) -> str:
         """The Events of exactly this pod (by uid, so a previous pod of the same name
