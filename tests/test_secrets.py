@@ -85,3 +85,27 @@ def test_masking_covers_each_line_and_the_longest_value_first() -> None:
     assert masker.line(b"xyz") == b"xyz"
     assert masker.text("token abcd") == "token ********"
     assert not Masker([SecretValue("ab")])
+
+
+def test_domain_event_messages_are_masked() -> None:
+    import msgspec
+
+    from buildruntime.build_view import BuildView
+    from buildruntime.informer.snapshots import EventSnapshot
+
+    masker = Masker([SecretValue("s3cr3t-value")])
+    view = BuildView("b", ["s"], mask=masker.text)
+    event = msgspec.convert(
+        {
+            "metadata": {"name": "e1", "uid": "e1", "resourceVersion": "1"},
+            "involvedObject": {"kind": "Pod", "name": "b", "fieldPath": "spec.containers{s}"},
+            "type": "Warning",
+            "reason": "Failed",
+            "message": "Error: bad config s3cr3t-value",
+            "count": 1,
+        },
+        EventSnapshot,
+    )
+    view.event("s", event, first=True, about_step=True)
+    (emitted,) = [e for e in view.build_events.items_from(0)[0] if e.kind == "warning"]
+    assert emitted.message == "Error: bad config ********"
