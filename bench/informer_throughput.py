@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -515,19 +514,7 @@ def profile(url: str, limit: int) -> None:
         return
     profiler = Profiler(interval=0.0005)
     profiler.start()
-    open_stream: Any = cluster._open_stream
-    extra = {}
-    if "read_timeout" in inspect.signature(open_stream).parameters:
-        extra["read_timeout"] = cluster.watch_read_timeout
-    open_stream(
-        connection,
-        "watch",
-        watch._path,
-        watch._path_params,
-        watch._query,
-        "application/json",
-        **extra,
-    )
+    watch._connect()
     count = 0
     while count < limit:
         batch, ended = read()
