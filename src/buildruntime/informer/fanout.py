@@ -114,6 +114,8 @@ class PodFanout:
         """A snapshot of the bound pod is current (not deleted, not replaced)."""
         self._scheduled = False
         self._views: dict[str, ContainerView] = {}
+        self._inputs: dict[str, tuple[ContainerSnapshot | None, bool, bool]] = {}
+        """What each step's view was made from: an unchanged status makes no new view."""
         self._placeholder_images = PlaceholderImages(placeholder)
         images = step_images or {}
         self._instances = {s: StepInstances(images.get(s)) for s in steps}
@@ -151,10 +153,12 @@ class PodFanout:
             self._sink.pod_scheduled(new)
         spec_images = new.spec_images
         statuses = {status.name: status for status in new.containers}
-        for step in self.steps:
-            status = statuses.get(step)
-            if status is not None and spec_images.get(step) == self.placeholder:
-                self._placeholder_images.learn(status)
+        if not self._placeholder_images.image_ids:
+            # Learnt once: all of a pod's placeholders run the one image.
+            for step in self.steps:
+                status = statuses.get(step)
+                if status is not None and spec_images.get(step) == self.placeholder:
+                    self._placeholder_images.learn(status)
         for step in self.steps:
             self._update_step(step, new, spec_images.get(step), statuses.get(step))
         if new.deleting or new.reason in GONE_REASONS:
@@ -196,6 +200,10 @@ class PodFanout:
         container: ContainerSnapshot | None,
     ) -> None:
         patched = spec_image is not None and spec_image != self.placeholder
+        inputs = (container, patched, self.gone)
+        if self._inputs.get(step) == inputs:
+            return  # most pod updates leave most steps as they were
+        self._inputs[step] = inputs
         instances = self._instances[step]
         stopped = False
         if container is None:
@@ -213,7 +221,7 @@ class PodFanout:
                 container, is_step, stopped = own, True, True
         view = ContainerView(step, container, is_step, patched, self.gone, stopped)
         if self._views.get(step) == view:
-            return  # most pod updates leave most steps as they were
+            return
         self._views[step] = view
         self._sink.step_changed(view, pod)
 
