@@ -19,7 +19,7 @@ from buildruntime.cluster.port import (
     UnavailableError,
 )
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
-from buildruntime.informer.decoders import POD_EVENTS
+from buildruntime.informer.decoders import POD_SNAPSHOTS
 from buildruntime.testing import FakeCluster, Request
 
 JSON = dict[str, Any]
@@ -313,7 +313,7 @@ async def test_bookmarks_carry_the_current_resource_version(cluster: FakeCluster
     with anyio.fail_after(2):
         async with cluster.watch("pods", NS, resource_version=rv) as watch:
             event = await anext(watch)
-        async with cluster.watch("pods", NS, resource_version=rv, decoder=POD_EVENTS) as typed:
+        async with cluster.watch("pods", NS, resource_version=rv, decoder=POD_SNAPSHOTS) as typed:
             decoded = await anext(typed)
     # As the API server writes it: the Pod's zero value, nil slices and times as null.
     assert event == {

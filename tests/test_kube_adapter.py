@@ -39,7 +39,7 @@ from buildruntime.cluster.port import (
     UnavailableError,
 )
 from buildruntime.cluster.watch_events import decode_event
-from buildruntime.informer.decoders import EVENT_EVENTS, POD_EVENTS, SnapshotDecoder
+from buildruntime.informer.decoders import EVENT_SNAPSHOTS, POD_SNAPSHOTS, SnapshotDecoder
 
 pytestmark = pytest.mark.anyio
 
@@ -518,7 +518,7 @@ async def test_watch_error_event_410_is_expired(server: FakeApiServer) -> None:
 
 @pytest.mark.parametrize(
     ("resource", "path", "decoder"),
-    [("pods", PODS, POD_EVENTS), ("events", EVENTS, EVENT_EVENTS)],
+    [("pods", PODS, POD_SNAPSHOTS), ("events", EVENTS, EVENT_SNAPSHOTS)],
 )
 async def test_typed_watch_decodes_snapshots_and_raises_410(
     server: FakeApiServer, resource: Resource, path: str, decoder: SnapshotDecoder[Any]

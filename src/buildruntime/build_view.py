@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from buildruntime import diagnosis
 from buildruntime.events import BuildEvent, EventKind
 from buildruntime.informer.fanout import ContainerView
-from buildruntime.informer.snapshots import ContainerSnapshot, EventSnapshot, PodSnapshot
+from buildruntime.informer.snapshots import ContainerStatus, EventSnapshot, PodSnapshot
 from buildruntime.informer.topic import Topic
 from buildruntime.results import Failure
 
@@ -136,7 +136,7 @@ class BuildView:
     def _step_domain_events(
         self,
         step: str,
-        container: ContainerSnapshot,
+        container: ContainerStatus,
         pod: PodSnapshot | None,
         *,
         stopped: bool,

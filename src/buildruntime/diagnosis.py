@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from buildruntime.errors import ContainerCreateError, ImagePullError, PodGoneError
-from buildruntime.informer.snapshots import ContainerSnapshot, EventSnapshot, PodSnapshot
+from buildruntime.informer.snapshots import ContainerStatus, EventSnapshot, PodSnapshot
 from buildruntime.results import Failure, StepResult
 
 PULL_REASONS = frozenset(
@@ -97,7 +97,7 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def terminated_failure(container: ContainerSnapshot) -> Failure | None:
+def terminated_failure(container: ContainerStatus) -> Failure | None:
     """The failure a terminated container stands for, or None for success."""
     by_reason = _TERMINATED_FAILURES.get(container.reason or "")
     if by_reason is not None:
@@ -107,7 +107,7 @@ def terminated_failure(container: ContainerSnapshot) -> Failure | None:
     return Failure.APP_ERROR if container.exit_code is not None else Failure.UNKNOWN
 
 
-def waiting_failure(container: ContainerSnapshot) -> Failure | None:
+def waiting_failure(container: ContainerStatus) -> Failure | None:
     """The failure a waiting container's reason stands for, or None while it may still start."""
     if container.reason in PULL_REASONS:
         return Failure.IMAGE_PULL
@@ -130,7 +130,7 @@ def pod_failure(pod: PodSnapshot | None) -> Failure | None:
 
 def step_result(
     step: str,
-    container: ContainerSnapshot | None,
+    container: ContainerStatus | None,
     pod: PodSnapshot | None,
     *,
     stopped: bool = False,
@@ -193,7 +193,7 @@ def _latest_warning(events: Iterable[EventSnapshot], *prefixes: str) -> EventSna
     return found
 
 
-def status_failure(container: ContainerSnapshot) -> StepFailure:
+def status_failure(container: ContainerStatus) -> StepFailure:
     """A waiting status with a failure reason, as a :class:`StepFailure`."""
     return StepFailure(
         waiting_failure(container) or Failure.UNKNOWN,
@@ -241,7 +241,7 @@ def step_failure_error(
 
 def placeholder_failure(
     pod: PodSnapshot, steps: Iterable[str], placeholder: str
-) -> ContainerSnapshot | None:
+) -> ContainerStatus | None:
     """A step container still on the placeholder whose image cannot be pulled or run:
     no step of the build can ever start."""
     spec_images = pod.spec_images
@@ -260,7 +260,7 @@ def placeholder_failure(
 def placeholder_error(
     build_id: str,
     placeholder: str,
-    container: ContainerSnapshot,
+    container: ContainerStatus,
     events: Iterable[EventSnapshot],
 ) -> ImagePullError | ContainerCreateError:
     """The error for a build whose placeholder cannot run: a setting of the runtime (or

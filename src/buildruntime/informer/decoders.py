@@ -59,6 +59,3 @@ class SnapshotDecoder(Generic[S]):
 
 POD_SNAPSHOTS: SnapshotDecoder[PodSnapshot] = SnapshotDecoder(PodSnapshot)
 EVENT_SNAPSHOTS: SnapshotDecoder[EventSnapshot] = SnapshotDecoder(EventSnapshot)
-# Former names, kept while callers move to the ones above.
-POD_EVENTS = POD_SNAPSHOTS
-EVENT_EVENTS = EVENT_SNAPSHOTS

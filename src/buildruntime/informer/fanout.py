@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from buildruntime.informer.instances import PlaceholderImages, StepInstances
-from buildruntime.informer.snapshots import ContainerSnapshot, EventSnapshot, PodSnapshot
+from buildruntime.informer.snapshots import ContainerStatus, EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta
 
 GONE_REASONS = frozenset({"Evicted", "NodeLost", "DeadlineExceeded"})
@@ -36,7 +36,7 @@ class ContainerView:
     """A step's container as the cache sees it after one change."""
 
     step: str
-    container: ContainerSnapshot | None
+    container: ContainerStatus | None
     """The container status (placeholder or step image), None before the kubelet reports one."""
     is_step: bool
     """Whether ``container`` is the step image's instance (not the placeholder's)."""
@@ -49,7 +49,7 @@ class ContainerView:
     ``container`` is then the step's own instance, terminated once the kubelet ended it."""
 
     @property
-    def step_container(self) -> ContainerSnapshot | None:
+    def step_container(self) -> ContainerStatus | None:
         """The step image's container status, or None while only the placeholder exists."""
         return self.container if self.is_step else None
 
@@ -114,7 +114,7 @@ class PodFanout:
         """A snapshot of the bound pod is current (not deleted, not replaced)."""
         self._scheduled = False
         self._views: dict[str, ContainerView] = {}
-        self._inputs: dict[str, tuple[ContainerSnapshot | None, bool, bool]] = {}
+        self._inputs: dict[str, tuple[ContainerStatus | None, bool, bool]] = {}
         """What each step's view was made from: an unchanged status makes no new view."""
         self._placeholder_images = PlaceholderImages(placeholder)
         images = step_images or {}
@@ -197,7 +197,7 @@ class PodFanout:
         step: str,
         pod: PodSnapshot,
         spec_image: str | None,
-        container: ContainerSnapshot | None,
+        container: ContainerStatus | None,
     ) -> None:
         patched = spec_image is not None and spec_image != self.placeholder
         inputs = (container, patched, self.gone)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import msgspec
 
 from buildruntime.informer.image_names import same_image
-from buildruntime.informer.snapshots import ContainerSnapshot, ContainerState
+from buildruntime.informer.snapshots import ContainerState, ContainerStatus
 
 
 class PlaceholderImages:
@@ -36,7 +36,7 @@ class PlaceholderImages:
         self.placeholder = placeholder
         self.image_ids: set[str] = set()
 
-    def learn(self, container: ContainerSnapshot) -> None:
+    def learn(self, container: ContainerStatus) -> None:
         if container.image_id and container.phase != "waiting":
             self.image_ids.add(container.image_id)
 
@@ -56,16 +56,16 @@ class StepInstances:
         """The step's own image, when known (None for a monitor reading another's pod)."""
         self.was_patched = False
         """The spec named the step image at some point."""
-        self.last_step: ContainerSnapshot | None = None
+        self.last_step: ContainerStatus | None = None
         """The step image's instance as last seen."""
 
-    def placeholder_seen(self, container: ContainerSnapshot) -> None:
+    def placeholder_seen(self, container: ContainerStatus) -> None:
         """The spec names the placeholder and ``container`` is its instance."""
         container_id = container.container_id
         if container_id and container_id != self.step_id:
             self.placeholder_ids.add(container_id)
 
-    def is_step(self, container: ContainerSnapshot, images: PlaceholderImages) -> bool:
+    def is_step(self, container: ContainerStatus, images: PlaceholderImages) -> bool:
         """Whether ``container``, reported after the spec named the step image, is the
         step image's instance."""
         container_id = container.container_id
@@ -89,13 +89,13 @@ class StepInstances:
             )
         return not same_image(container.image, images.placeholder)
 
-    def step_seen(self, container: ContainerSnapshot) -> None:
+    def step_seen(self, container: ContainerStatus) -> None:
         self.was_patched = True
         self.last_step = container
         if container.container_id and container.phase != "waiting":
             self.step_id = container.container_id
 
-    def stopped_view(self, container: ContainerSnapshot) -> ContainerSnapshot | None:
+    def stopped_view(self, container: ContainerStatus) -> ContainerStatus | None:
         """The step's own instance, when the spec names the placeholder again after the
         step image (the runtime stopped the step), or None when the step never ran.
 

@@ -46,7 +46,7 @@ class ContainerState(_Frozen, frozen=True):
     terminated: ContainerStateDetail | None = None
 
 
-class ContainerSnapshot(_Frozen, frozen=True):
+class ContainerStatus(_Frozen, frozen=True):
     """One entry of ``status.containerStatuses``."""
 
     name: str = ""
@@ -137,7 +137,7 @@ class PodStatusView(_Frozen, frozen=True):
     reason: str | None = None
     message: str | None = None
     conditions: tuple[PodCondition, ...] | None = None
-    container_statuses: tuple[ContainerSnapshot, ...] | None = None
+    container_statuses: tuple[ContainerStatus, ...] | None = None
 
 
 class PodSnapshot(_Frozen, frozen=True):
@@ -184,7 +184,7 @@ class PodSnapshot(_Frozen, frozen=True):
         return self.status.message
 
     @property
-    def containers(self) -> tuple[ContainerSnapshot, ...]:
+    def containers(self) -> tuple[ContainerStatus, ...]:
         return self.status.container_statuses or ()
 
     @property
@@ -224,7 +224,7 @@ class PodSnapshot(_Frozen, frozen=True):
                 return spec.image
         return None
 
-    def container(self, name: str) -> ContainerSnapshot | None:
+    def container(self, name: str) -> ContainerStatus | None:
         for status in self.status.container_statuses or ():
             if status.name == name:
                 return status
@@ -330,3 +330,7 @@ def pod_snapshot(obj: dict[str, Any]) -> PodSnapshot:
 def event_snapshot(obj: dict[str, Any]) -> EventSnapshot:
     """Trim a core/v1 Event (decoded JSON) to an :class:`EventSnapshot`."""
     return msgspec.convert(obj, EventSnapshot, strict=False)
+
+
+ContainerSnapshot = ContainerStatus
+"""The former name of :class:`ContainerStatus`, kept while callers move."""
