@@ -18,13 +18,29 @@ such builds enough headroom in the largest step's requests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
-from kubernetes.utils.quantity import parse_quantity as _untyped_parse_quantity
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    "m": Decimal("0.001"),
+    "u": Decimal("0.000001"),
+    "n": Decimal("0.000000001"),
+    "": Decimal(1),
+}
+_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)([a-zA-Z]*)$")
 
-parse_quantity: Callable[[str], Decimal] = _untyped_parse_quantity
-"""The client's own parser of Kubernetes quantities ("500m", "1Gi")."""
+
+def parse_quantity(text: str) -> Decimal:
+    """A Kubernetes quantity (``500m``, ``1.5Gi``, ``2``, ``1e3``) as a number (specs are
+    checked on construction, so every quantity here parses)."""
+    match = _QUANTITY.match(text.strip())
+    if match is None or match.group(2) not in _SUFFIXES:
+        raise ValueError(f"not a quantity: {text!r}")
+    return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
+
 
 Resources = Mapping[str, Mapping[str, str]]
 
