@@ -1654,3 +1654,44 @@ def test_a_pod_override_of_a_steps_image_is_bad_input(
     assert err.splitlines() == [
         f"error: {path}: pod_overrides: must not change the image of step a's container"
     ]
+
+
+def test_run_help_documents_secrets_registries_and_the_policy_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "run", "--help")
+    assert status == 0
+    epilog = out[out.index("pipeline file keys:") :]
+    for key in (
+        "secrets",
+        "allow_literal_secrets",
+        "image_pull_secrets",
+        "registries",
+        "tolerations",
+        "affinity",
+        "runtime_class_name",
+        "priority_class_name",
+        "security_context",
+        "dns_config",
+        "dns_policy",
+        "pod_overrides",
+        "privileged",
+    ):
+        assert re.search(rf"^  {key}(\s|$)", epilog, re.MULTILINE), key
+    # secrets and security_context are top-level keys and step keys: listed twice.
+    assert len(re.findall(r"^  secrets\s", epilog, re.MULTILINE)) == 2
+    assert len(re.findall(r"^  security_context\s", epilog, re.MULTILINE)) == 2
+    flat = " ".join(epilog.split())
+    for words in (
+        "{from_env: VAR} (the variable must be set and not empty)",
+        "relative to the pipeline file's directory",
+        "one trailing newline stripped",
+        "refused unless allow_literal_secrets: true",
+        "{source: NAME, target: VAR}",
+        "{secret: SECRET, key: KEY, target: VAR}",
+        "{VAR: {from_secret: NAME}}",
+        "shown as ********",
+        "examples/secrets.yaml",
+    ):
+        assert words in flat, words
+    assert [line for line in epilog.splitlines() if len(line) > 80] == []
