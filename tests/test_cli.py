@@ -1656,6 +1656,38 @@ def test_a_pod_override_of_a_steps_image_is_bad_input(
     ]
 
 
+def test_the_secrets_example_runs_given_its_variable() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", "examples/secrets.yaml", "--simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "DEPLOY_TOKEN": TOKEN},
+    )
+    assert done.returncode == 0, done.stderr
+    assert logs(done.stdout) == [
+        "[check] the token is ********",
+        "[check] 14",
+        "[deploy] deploying to staging with token ********",
+        "[notify] Authorization: Bearer ********",
+    ]
+    assert TOKEN not in done.stdout + done.stderr
+    without = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", "examples/secrets.yaml", "--simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in _env().items() if k != "DEPLOY_TOKEN"},
+    )
+    assert without.returncode == 2
+    assert without.stderr.splitlines() == [
+        "error: examples/secrets.yaml: secrets.deploy_token.from_env: the environment "
+        "variable DEPLOY_TOKEN is not set"
+    ]
+
+
 def test_run_help_documents_secrets_registries_and_the_policy_fields(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
