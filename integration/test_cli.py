@@ -87,9 +87,10 @@ class Run:
 
 
 @asynccontextmanager
-async def _cli(*args: str) -> AsyncIterator[Run]:
+async def _cli(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Run]:
+    """``buildruntime`` with ``args``; ``env``: variables to add to its environment."""
     process = await anyio.open_process(
-        [sys.executable, "-m", "buildruntime", *args], cwd=ROOT, env=_env()
+        [sys.executable, "-m", "buildruntime", *args], cwd=ROOT, env={**_env(), **(env or {})}
     )
     run = Run(process)
 
@@ -115,9 +116,9 @@ async def _cli(*args: str) -> AsyncIterator[Run]:
             await process.aclose()
 
 
-async def _run_to_end(*args: str) -> Run:
+async def _run_to_end(*args: str, env: dict[str, str] | None = None) -> Run:
     with anyio.fail_after(BOUND):
-        async with _cli(*args) as run:
+        async with _cli(*args, env=env) as run:
             pass
     return run
 
@@ -476,3 +477,77 @@ async def test_a_named_volume_and_the_workspace_path(target: Target, tmp_path: P
     run = await _run_to_end("run", str(pipeline), *_where(target))
     assert run.status == 0, run.err
     assert _logs(run.out) == ["[read] kept", "[read] in-workspace", "[read] src"]
+
+
+TOKEN = "tok-3f9a2c71e5"
+KEY_LINES = ("first line of the key", "second-line-9931")
+
+
+async def test_secrets_from_the_environment_and_a_file(target: Target, tmp_path: Path) -> None:
+    """The steps get the values; stdout shows ********; no byte of either value is in
+    anything the command wrote; the build's Secret goes with the build."""
+    build_id = _id("cli-secrets")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "deploy.key").write_text("\n".join(KEY_LINES) + "\n")
+    pipeline = tmp_path / "secrets.yaml"
+    pipeline.write_text(
+        f"build_id: {build_id}\n"
+        "secrets:\n"
+        "  token: {from_env: BR_TEST_TOKEN}\n"
+        "  key: {from_file: keys/deploy.key}\n"
+        "steps:\n"
+        f"  - name: deploy\n    image: {BUSYBOX}\n"
+        "    secrets: [token, {source: key, target: KEY}]\n"
+        "    commands:\n"
+        '      - echo "token=$token"\n'
+        '      - printf "%s\\n" "$KEY"\n'
+        # The step itself checks what it got: lengths are no secret.
+        '      - printf "%s" "$token" | wc -c\n'
+        '      - printf "%s" "$KEY" | wc -c\n'
+        f"  - name: notify\n    image: {BUSYBOX}\n"
+        "    environment: {AUTH: {from_secret: token}}\n"
+        "    commands: ['echo \"Bearer $AUTH\" >&2']\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target), env={"BR_TEST_TOKEN": TOKEN})
+    assert run.status == 0, run.err
+    key_length = len("\n".join(KEY_LINES))
+    assert _logs(run.out) == [
+        "[deploy] token=********",
+        "[deploy] ********",
+        "[deploy] ********",
+        f"[deploy] {len(TOKEN)}",
+        f"[deploy] {key_length}",
+        "[notify] Bearer ********",
+    ]
+    everything = run.out + run.err
+    assert [v for v in (TOKEN, *KEY_LINES) if v in everything] == []
+    rows = _table(run.out)
+    assert {name: row["RESULT"] for name, row in rows.items()} == {"deploy": "ok", "notify": "ok"}
+    assert "error:" not in run.err
+    if target.kind == "cluster":
+        # Removing the build removed its Secret. (--simulate's cluster lives and dies in
+        # the command's own process: nothing of it is left to look at.)
+        assert await target.read_secret(f"{build_id}-secrets") is None
+
+
+async def test_a_step_that_echoes_its_secret_and_fails(target: Target, tmp_path: Path) -> None:
+    """On a cluster the kubelet copies the failed step's last lines, value and all, into
+    its termination message (FallbackToLogsOnError): nothing the command writes shows
+    it."""
+    pipeline = tmp_path / "leaky.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-leaky')}\n"
+        "secrets: {token: {from_env: BR_TEST_TOKEN}}\n"
+        "steps:\n"
+        f"  - name: leaky\n    image: {BUSYBOX}\n    secrets: [token]\n"
+        "    commands: ['echo \"about to fail with $token\"', 'echo \"$token\" >&2', 'exit 3']\n"
+        f"  - {{name: after, image: {BUSYBOX}, commands: ['echo never']}}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target), env={"BR_TEST_TOKEN": TOKEN})
+    assert run.status == 3, run.err
+    assert TOKEN not in run.out + run.err
+    assert sorted(_logs(run.out)) == ["[leaky] ********", "[leaky] about to fail with ********"]
+    rows = _table(run.out)
+    assert (rows["leaky"]["RESULT"], rows["leaky"]["EXIT"]) == ("failed", "3")
+    assert rows["after"]["RESULT"] == "skipped"
+    assert run.err.splitlines() == ["[leaky] failed: exit code 3 (APP_ERROR: Error)"]

@@ -1400,3 +1400,330 @@ def test_bad_services_workspace_and_volumes_exit_2_with_one_line(
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == [f"error: {path}: {message}"]
+
+
+# -- secrets, registries and the pod policy fields ---------------------------------------
+
+TOKEN = "tok-3f9a2c71e5"
+KEY_LINES = ("first line of the key", "second-line-9931")
+"""A from_file secret of two lines: each line is masked on its own."""
+
+
+def _leaks(text: str) -> list[str]:
+    """Which of the secret values ``text`` shows."""
+    return [value for value in (TOKEN, *KEY_LINES) if value in text]
+
+
+def test_the_console_masks_what_the_command_says_itself() -> None:
+    from buildruntime.secrets import Masker, SecretValue
+
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out, err, colour=False, masker=Masker([SecretValue(TOKEN)]))
+    console.error(f"the API server said: bad token {TOKEN}")
+    console.note(f"[deploy] failed: {TOKEN}")
+    console.line(f"deploy  failed  1  0.10s  APP_ERROR: {TOKEN}")
+    # Step logs come masked by the library: written as they are.
+    console.log("deploy", b"already masked: ********")
+    console.close()
+    assert err.getvalue().splitlines() == [
+        "error: the API server said: bad token ********",
+        "[deploy] failed: ********",
+    ]
+    assert out.getvalue().splitlines() == [
+        "deploy  failed  1  0.10s  APP_ERROR: ********",
+        "[deploy] already masked: ********",
+    ]
+
+
+def test_run_masks_its_own_lines_from_the_moment_the_secrets_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whatever hands the command a value (a message the library did not mask, an
+    exception of some client library), no line it writes shows it."""
+    import buildruntime.cli.run as run_module
+
+    async def leaky_run_build(rt: Runtime, plan: object, console: Console, **_: object) -> int:
+        console.error(f"something said {TOKEN}")
+        console.note(f"a note with {KEY_LINES[1]}")
+        console.line(f"a summary cell with {TOKEN}")
+        return 1
+
+    monkeypatch.setattr(run_module, "run_build", leaky_run_build)
+    monkeypatch.setenv("BR_TEST_TOKEN", TOKEN)
+    (tmp_path / "key").write_text("\n".join(KEY_LINES) + "\n")
+    path = pipeline_file(
+        tmp_path,
+        "secrets:\n  token: {from_env: BR_TEST_TOKEN}\n  key: {from_file: key}\n"
+        "steps: [{name: a, image: busybox, secrets: [token, key]}]\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 1
+    assert _leaks(out + err) == []
+    assert "error: something said ********" in err.splitlines()
+    assert "a note with ********" in err.splitlines()
+    assert "a summary cell with ********" in out.splitlines()
+
+
+def _secret_pipeline(tmp_path: Path) -> str:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "deploy.key").write_text("\n".join(KEY_LINES) + "\n")
+    return pipeline_file(
+        tmp_path,
+        "secrets:\n"
+        "  token: {from_env: BR_TEST_TOKEN}\n"
+        "  key: {from_file: keys/deploy.key}\n"
+        "steps:\n"
+        "  - name: check\n"
+        "    image: busybox\n"
+        "    secrets: [token, {source: key, target: KEY}]\n"
+        "    commands:\n"
+        '      - echo "token=$token"\n'
+        '      - printf "%s\\n" "$KEY"\n'
+        '      - printf "%s" "$token" | wc -c\n'
+        "  - name: leaky\n"
+        "    image: busybox\n"
+        "    environment: {T: {from_secret: token}}\n"
+        "    commands: ['echo \"about to fail with $T\" >&2', 'exit 3']\n"
+        "  - name: after\n"
+        "    image: busybox\n"
+        "    commands: ['echo never']\n",
+    )
+
+
+def test_a_step_that_echoes_its_secret_and_fails_shows_no_value(tmp_path: Path) -> None:
+    path = _secret_pipeline(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", path, "--simulate"],
+        cwd=tmp_path.parent,  # from_file is relative to the pipeline, not to here
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "BR_TEST_TOKEN": TOKEN},
+    )
+    assert done.returncode == 3, done.stderr
+    assert logs(done.stdout) == [
+        "[check] token=********",
+        "[check] ********",
+        "[check] ********",
+        "[check] 14",
+        "[leaky] about to fail with ********",
+    ]
+    assert _leaks(done.stdout + done.stderr) == []
+    rows = table(done.stdout)
+    assert (rows["leaky"]["RESULT"], rows["leaky"]["EXIT"]) == ("failed", "3")
+    assert rows["after"]["RESULT"] == "skipped"
+    assert done.stderr.splitlines() == ["[leaky] failed: exit code 3 (APP_ERROR: Error)"]
+
+
+def test_a_service_that_prints_its_secret_and_dies_shows_no_value(tmp_path: Path) -> None:
+    # Its error quotes its last lines: the library masks them, the command again.
+    path = pipeline_file(
+        tmp_path,
+        "secrets: {token: {from_env: BR_TEST_TOKEN}}\n"
+        "services:\n"
+        "  - name: db\n    image: busybox\n    ports: [5432]\n    secrets: [token]\n"
+        "    commands: ['echo \"bad password $token\" >&2', 'exit 4']\n"
+        "steps: [{name: test, image: busybox, commands: ['echo never']}]\n",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", path, "--simulate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "BR_TEST_TOKEN": TOKEN},
+    )
+    assert done.returncode == 1, done.stderr
+    assert _leaks(done.stdout + done.stderr) == []
+    assert "[db] bad password ********" in logs(done.stdout)
+    (error,) = done.stderr.splitlines()
+    assert "last lines: bad password ********" in error
+
+
+@pytest.mark.parametrize(
+    ("secrets", "words"),
+    [
+        (
+            "{token: {from_env: BR_TEST_UNSET}}",
+            "secrets.token.from_env: the environment variable BR_TEST_UNSET is not set",
+        ),
+        (
+            "{token: {from_env: BR_TEST_EMPTY}}",
+            "secrets.token.from_env: the environment variable BR_TEST_EMPTY is empty",
+        ),
+        ("{token: {from_file: nowhere.key}}", "secrets.token.from_file: nowhere.key ("),
+        ("{token: {from_file: nowhere.key}}", "nowhere.key): no such file"),
+        (f"{{token: {TOKEN}}}", "secrets.token: is a string written in the pipeline file"),
+        (f"{{token: {{value: {TOKEN}}}}}", "allow_literal_secrets: true at the top level"),
+    ],
+)
+def test_a_secret_that_cannot_be_read_is_bad_input_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    secrets: str,
+    words: str,
+) -> None:
+    monkeypatch.delenv("BR_TEST_UNSET", raising=False)
+    monkeypatch.setenv("BR_TEST_EMPTY", "")
+    path = pipeline_file(
+        tmp_path, f"secrets: {secrets}\nsteps: [{{name: a, image: busybox, secrets: [token]}}]\n"
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 2
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: {path}: "), line
+    assert words in line
+    assert TOKEN not in line
+
+
+def test_an_unreadable_secret_file_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "key").mkdir()
+    path = pipeline_file(
+        tmp_path, "secrets: {k: {from_file: key}}\nsteps: [{name: a, image: busybox}]\n"
+    )
+    status, _, err = run(capsys, "run", path, "--simulate")
+    assert status == 2
+    assert err.splitlines() == [
+        f"error: {path}: secrets.k.from_file: key ({tmp_path / 'key'}): is a directory, not a file"
+    ]
+
+
+def test_a_literal_secret_runs_once_the_file_insists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        f"allow_literal_secrets: true\nsecrets: {{token: {{value: '{TOKEN}'}}}}\n"
+        "steps: [{name: a, image: busybox, secrets: [token], commands: ['echo $token']}]\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 0, err
+    assert logs(out) == ["[a] ********"]
+    assert TOKEN not in out + err
+
+
+def test_registries_and_policy_fields_reach_the_pod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[Any] = []
+    import buildruntime.cli.run as run_module
+
+    real_run_build = run_module.run_build
+
+    async def recording_run_build(rt: Runtime, plan: Any, console: Console, **kw: Any) -> int:
+        seen.append(plan.spec)
+        return await real_run_build(rt, plan, console, **kw)
+
+    monkeypatch.setattr(run_module, "run_build", recording_run_build)
+    monkeypatch.setenv("BR_TEST_TOKEN", TOKEN)
+    path = pipeline_file(
+        tmp_path,
+        "image_pull_secrets: [corp-pull]\n"
+        "registries: {registry.example.com: {username: ci, password: {from_env: BR_TEST_TOKEN}}}\n"
+        "tolerations: [{key: ci, operator: Exists, effect: NoSchedule}]\n"
+        "security_context: {runAsNonRoot: true}\n"
+        "dns_policy: ClusterFirst\n"
+        "steps: [{name: a, image: busybox, privileged: true, commands: ['echo ok'],\n"
+        "         security_context: {runAsUser: 1000}}]\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 0, err
+    assert logs(out) == ["[a] ok"]
+    (spec,) = seen
+    assert spec.image_pull_secrets == ("corp-pull",)
+    assert spec.registries["registry.example.com"].secret.reveal() == TOKEN
+    assert spec.tolerations == [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec.steps[0].security_context == {"runAsUser": 1000}
+    assert TOKEN not in out + err
+
+
+def test_a_pod_override_of_a_steps_image_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pipeline_file(
+        tmp_path,
+        "pod_overrides: {spec: {containers: [{name: a, image: alpine}]}}\n"
+        "steps: [{name: a, image: busybox, commands: ['echo hi']}]\n",
+    )
+    status, out, err = run(capsys, "run", path, "--simulate")
+    assert status == 2
+    assert out == ""
+    assert err.splitlines() == [
+        f"error: {path}: pod_overrides: must not change the image of step a's container"
+    ]
+
+
+def test_the_secrets_example_runs_given_its_variable() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", "examples/secrets.yaml", "--simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_env(), "DEPLOY_TOKEN": TOKEN},
+    )
+    assert done.returncode == 0, done.stderr
+    assert logs(done.stdout) == [
+        "[check] the token is ********",
+        "[check] 14",
+        "[deploy] deploying to staging with token ********",
+        "[notify] Authorization: Bearer ********",
+    ]
+    assert TOKEN not in done.stdout + done.stderr
+    without = subprocess.run(
+        [sys.executable, "-m", "buildruntime", "run", "examples/secrets.yaml", "--simulate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in _env().items() if k != "DEPLOY_TOKEN"},
+    )
+    assert without.returncode == 2
+    assert without.stderr.splitlines() == [
+        "error: examples/secrets.yaml: secrets.deploy_token.from_env: the environment "
+        "variable DEPLOY_TOKEN is not set"
+    ]
+
+
+def test_run_help_documents_secrets_registries_and_the_policy_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "run", "--help")
+    assert status == 0
+    epilog = out[out.index("pipeline file keys:") :]
+    for key in (
+        "secrets",
+        "allow_literal_secrets",
+        "image_pull_secrets",
+        "registries",
+        "tolerations",
+        "affinity",
+        "runtime_class_name",
+        "priority_class_name",
+        "security_context",
+        "dns_config",
+        "dns_policy",
+        "pod_overrides",
+        "privileged",
+    ):
+        assert re.search(rf"^  {key}(\s|$)", epilog, re.MULTILINE), key
+    # secrets and security_context are top-level keys and step keys: listed twice.
+    assert len(re.findall(r"^  secrets\s", epilog, re.MULTILINE)) == 2
+    assert len(re.findall(r"^  security_context\s", epilog, re.MULTILINE)) == 2
+    flat = " ".join(epilog.split())
+    for words in (
+        "{from_env: VAR} (the variable must be set and not empty)",
+        "relative to the pipeline file's directory",
+        "one trailing newline stripped",
+        "refused unless allow_literal_secrets: true",
+        "{source: NAME, target: VAR}",
+        "{secret: SECRET, key: KEY, target: VAR}",
+        "{VAR: {from_secret: NAME}}",
+        "shown as ********",
+        "examples/secrets.yaml",
+    ):
+        assert words in flat, words
+    assert [line for line in epilog.splitlines() if len(line) > 80] == []

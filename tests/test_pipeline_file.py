@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from buildruntime import BuildSpec, SpecError, StepSpec, Workspace
 from buildruntime.pipeline import (
+    POLICY_KEYS,
     PipelinePlan,
     StepRules,
     generate_build_id,
@@ -24,6 +26,7 @@ from buildruntime.pipeline import (
     pipeline_from_data,
     plan_from_data,
 )
+from buildruntime.secrets import ExistingSecret
 from buildruntime.spec import dns1123_label_problem
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -118,7 +121,8 @@ def test_generated_build_ids_are_dns_labels(stem: str) -> None:
     assert dns1123_label_problem(generate_build_id(stem)) is None
 
 
-def test_examples_all_load() -> None:
+def test_examples_all_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEPLOY_TOKEN", "tok-3f9a2c71e5")  # examples/secrets.yaml's
     names = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
     assert {"hello.yaml", "failing.yaml", "missing-image.yaml", "logs.yaml"} <= set(names)
     for name in names:
@@ -529,6 +533,16 @@ keys = st.one_of(
             "Memory",
             "claim",
             "5432/tcp",
+            "from_env",
+            "from_file",
+            "value",
+            "from_secret",
+            "source",
+            "target",
+            "secret",
+            "key",
+            "username",
+            "password",
         ]
     ),
     st.text(alphabet=string.ascii_letters + "_-./", max_size=8),
@@ -565,6 +579,9 @@ steps = st.lists(
                 "detach": st.one_of(st.booleans(), values),
                 "ports": st.one_of(st.lists(st.integers(-1, 70000), max_size=2), values),
                 "volumes": st.one_of(st.lists(st.sampled_from(["cache:/c", "x:/y"])), values),
+                "secrets": values,
+                "security_context": values,
+                "privileged": values,
             },
         ),
         values,
@@ -593,6 +610,13 @@ documents = st.one_of(
                 values,
                 st.fixed_dictionaries({"cache": st.one_of(values, st.just({"emptyDir": {}}))}),
             ),
+            "secrets": st.one_of(
+                values, st.dictionaries(keys, st.dictionaries(keys, scalars, max_size=2))
+            ),
+            "allow_literal_secrets": values,
+            "image_pull_secrets": values,
+            "registries": values,
+            **{key: values for key in POLICY_KEYS},
         },
     ),
 )
@@ -933,3 +957,401 @@ def test_a_plan_keeps_services_detached() -> None:
     spec = BuildSpec(build_id="b-1", steps=[StepSpec(name="db", image="busybox")])
     with pytest.raises(SpecError, match="a service must be a detached step"):
         PipelinePlan(spec, services=("db",))
+
+
+# -- secrets, image_pull_secrets, registries and the pod policy fields -----------------
+
+TOKEN = "tok-3f9a2c71e5"
+"""A secret's value: no error message, repr or rendered pod may hold it."""
+
+SECRETS = """
+secrets:
+  deploy_token: {from_env: DEPLOY_TOKEN}
+  ssh_key: {from_file: keys/id}
+steps:
+  - name: deploy
+    image: busybox
+    secrets:
+      - deploy_token
+      - {source: ssh_key, target: SSH_KEY}
+      - {source: ssh_key}                  # target: the same name
+      - {secret: db-creds, key: password, target: DB_PASS}
+    environment:
+      MODE: fast
+      API_KEY: {from_secret: deploy_token}
+"""
+
+
+def _secret_dir(tmp_path: Path, content: bytes = b"key-line-1\nkey-line-2\n") -> Path:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "id").write_bytes(content)
+    return tmp_path
+
+
+def test_secrets_come_from_the_environment_and_from_files(tmp_path: Path) -> None:
+    spec = load_pipeline_text(
+        SECRETS, base_dir=_secret_dir(tmp_path), environ={"DEPLOY_TOKEN": TOKEN}
+    )
+    assert {name: value.reveal() for name, value in spec.secret_values.items()} == {
+        "deploy_token": TOKEN,
+        # One trailing newline is the file's end, not the value's.
+        "ssh_key": "key-line-1\nkey-line-2",
+    }
+    (step,) = spec.steps
+    assert dict(step.secret_env) == {
+        "deploy_token": "deploy_token",
+        "SSH_KEY": "ssh_key",
+        "ssh_key": "ssh_key",
+        "API_KEY": "deploy_token",
+        "DB_PASS": ExistingSecret("db-creds", "password"),
+    }
+    assert dict(step.env) == {"MODE": "fast"}
+    assert TOKEN not in repr(spec)
+    assert TOKEN not in repr(
+        load_plan_text(SECRETS, base_dir=tmp_path, environ={"DEPLOY_TOKEN": TOKEN})
+    )
+
+
+def test_a_from_file_path_is_relative_to_the_pipeline_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = _secret_dir(tmp_path) / "ci.yaml"
+    pipeline.write_text(SECRETS)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("DEPLOY_TOKEN", TOKEN)
+    spec = load_plan_file(pipeline).spec
+    assert spec.secret_values["ssh_key"].reveal() == "key-line-1\nkey-line-2"
+    assert spec.secret_values["deploy_token"].reveal() == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("content", "value"),
+    [
+        (b"abcd1234", "abcd1234"),
+        (b"abcd1234\n", "abcd1234"),
+        (b"abcd1234\r\n", "abcd1234"),
+        (b"abcd1234\n\n", "abcd1234\n"),
+        (b"  abcd1234 \n", "  abcd1234 "),
+    ],
+)
+def test_one_trailing_newline_of_a_file_is_stripped(
+    tmp_path: Path, content: bytes, value: str
+) -> None:
+    (tmp_path / "s").write_bytes(content)
+    spec = load_pipeline_text(
+        "secrets: {s: {from_file: s}}\nsteps: [{name: a, image: busybox, secrets: [s]}]",
+        base_dir=tmp_path,
+    )
+    assert spec.secret_values["s"].reveal() == value
+
+
+def test_a_literal_value_needs_allow_literal_secrets() -> None:
+    text = (
+        "allow_literal_secrets: true\n"
+        f"secrets: {{t: {{value: '{TOKEN}'}}}}\n"
+        "steps: [{name: a, image: busybox, secrets: [t]}]"
+    )
+    assert load_pipeline_text(text).secret_values["t"].reveal() == TOKEN
+
+
+def test_registries_and_image_pull_secrets_are_read(tmp_path: Path) -> None:
+    (tmp_path / "user").write_text("robot$ci\n")
+    spec = load_pipeline_text(
+        "image_pull_secrets: [corp-pull, team.pull]\n"
+        "registries:\n"
+        "  registry.example.com: {username: ci, password: {from_env: REG_TOKEN}}\n"
+        "  localhost:5000: {username: {from_file: user}, password: {from_file: user}}\n"
+        "steps: [{name: a, image: busybox}]",
+        base_dir=tmp_path,
+        environ={"REG_TOKEN": TOKEN},
+    )
+    assert spec.image_pull_secrets == ("corp-pull", "team.pull")
+    assert set(spec.registries) == {"registry.example.com", "localhost:5000"}
+    assert spec.registries["registry.example.com"].username == "ci"
+    assert spec.registries["registry.example.com"].secret.reveal() == TOKEN
+    assert spec.registries["localhost:5000"].username == "robot$ci"
+    assert TOKEN not in repr(spec)
+
+
+POLICY = """
+tolerations: [{key: dedicated, operator: Equal, value: ci, effect: NoSchedule}]
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms: [{matchExpressions: [{key: disk, operator: In, values: [ssd]}]}]
+runtime_class_name: gvisor
+priority_class_name: ci-low
+security_context: {runAsNonRoot: true, fsGroup: 2000}
+dns_config: {nameservers: [10.0.0.10], options: [{name: ndots, value: "2"}]}
+dns_policy: None
+pod_overrides: {spec: {hostname: builder}}
+steps:
+  - name: a
+    image: busybox
+    security_context: {runAsUser: 1000, capabilities: {drop: [ALL]}}
+  - {name: b, image: docker:27-dind, privileged: true}
+"""
+
+
+def test_the_pod_policy_fields_are_read_as_written() -> None:
+    spec = load_pipeline_text(POLICY)
+    assert spec.tolerations == [
+        {"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}
+    ]
+    assert spec.affinity is not None
+    assert "nodeAffinity" in spec.affinity
+    assert spec.runtime_class_name == "gvisor"
+    assert spec.priority_class_name == "ci-low"
+    assert spec.security_context == {"runAsNonRoot": True, "fsGroup": 2000}
+    assert spec.dns_config == {
+        "nameservers": ["10.0.0.10"],
+        "options": [{"name": "ndots", "value": "2"}],
+    }
+    assert spec.dns_policy == "None"
+    assert spec.pod_overrides == {"spec": {"hostname": "builder"}}
+    a, b = spec.steps
+    assert a.security_context == {"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}}
+    assert (a.privileged, b.privileged) == (False, True)
+
+
+def test_without_secrets_or_policy_keys_the_spec_is_as_before() -> None:
+    spec = load_pipeline_text("steps: [{name: a, image: busybox}]", environ={})
+    assert dict(spec.secrets) == {}
+    assert dict(spec.registries) == {}
+    assert spec.image_pull_secrets == ()
+    assert spec.tolerations is None
+    assert spec.pod_overrides is None
+    assert spec.steps[0].security_context is None
+    assert not spec.steps[0].privileged
+
+
+ENVIRON = {"DEPLOY_TOKEN": TOKEN, "EMPTY": ""}
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        # Never a value in the file, and never its value in the message.
+        (f"secrets: {{t: {TOKEN}}}", "secrets.t", "is a string written in the pipeline file"),
+        (f"secrets: {{t: {TOKEN}}}", "secrets.t", "allow_literal_secrets: true"),
+        (f"secrets: {{t: {{value: {TOKEN}}}}}", "secrets.t.value", "allow_literal_secrets: true"),
+        (
+            f"allow_literal_secrets: true\nsecrets: {{t: {TOKEN}}}",
+            "secrets.t",
+            "give {from_env: VAR} or {from_file: path} instead ({value: ...}",
+        ),
+        ("allow_literal_secrets: yes please", "allow_literal_secrets", "must be true or false"),
+        (
+            "allow_literal_secrets: true\nsecrets: {t: {value: 1234}}",
+            "secrets.t.value",
+            "must be a non-empty quoted string, not a number",
+        ),
+        ("secrets: [t]", "secrets", "must be a mapping of name to {from_env: VAR}"),
+        ("secrets: {t: }", "secrets.t", "missing"),
+        ("secrets: {'a b': {from_env: X}}", "secrets", "'a b' is not a secret name"),
+        ("secrets: {t: {from_envv: X}}", "secrets.t", "unknown key 'from_envv'"),
+        (
+            "secrets: {t: {from_env: X, from_file: y}}",
+            "secrets.t",
+            "exactly one of from_env, from_file, value",
+        ),
+        ("secrets: {t: {from_env: [X]}}", "secrets.t.from_env", "must be a variable's name"),
+        # What the environment and the files hold is read last, named by secret.
+        (
+            "secrets: {t: {from_env: NOT_SET_ANYWHERE}}",
+            "secrets.t.from_env",
+            "the environment variable NOT_SET_ANYWHERE is not set",
+        ),
+        ("secrets: {t: {from_env: EMPTY}}", "secrets.t.from_env", "variable EMPTY is empty"),
+        ("secrets: {t: {from_file: missing}}", "secrets.t.from_file", "missing ("),
+        ("secrets: {t: {from_file: missing}}", "secrets.t.from_file", "no such file"),
+        ("secrets: {t: {from_file: empty}}", "secrets.t.from_file", "is empty"),
+        ("secrets: {t: {from_file: binary}}", "secrets.t.from_file", "not UTF-8 text"),
+        ("secrets: {t: {from_file: .}}", "secrets.t.from_file", "is a directory"),
+        (
+            "secrets: {t: {from_file: binary/t}}",
+            "secrets.t.from_file",
+            "binary/t (",
+        ),
+        (
+            "secrets: {t: {from_file: binary/t}}",
+            "secrets.t.from_file",
+            "cannot read: Not a directory",
+        ),
+        # Steps name declared secrets.
+        (
+            "steps+: [{name: b, image: busybox, secrets: [t]}]",
+            "steps[1].secrets[0]",
+            "no secret 't'",
+        ),
+        (
+            "secrets: {deploy_token: {from_env: DEPLOY_TOKEN}}\n"
+            "steps+: [{name: b, image: busybox, secrets: [deploy_tokn]}]",
+            "steps[1].secrets[0]",
+            "(did you mean 'deploy_token'?)",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, secrets: {T: t}}]",
+            "steps[1].secrets",
+            "must be a list",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, secrets: [{source: db-creds/password, "
+            "target: P}]}]",
+            "steps[1].secrets[0].source",
+            "{secret: SECRET, key: KEY, target: VAR}",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, secrets: [{secret: db-creds, key: password}]}]",
+            "steps[1].secrets[0].target",
+            "must be a string",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, secrets: [{secret: Db, key: p, target: P}]}]",
+            "steps[1].secrets[0].secret",
+            "'Db' is not a Secret's name",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, secrets: [{sorce: t, target: P}]}]",
+            "steps[1].secrets[0]",
+            "unknown key 'sorce' (did you mean 'source'?)",
+        ),
+        (
+            "secrets: {deploy_token: {from_env: DEPLOY_TOKEN}}\n"
+            "steps+: [{name: b, image: busybox, secrets: [deploy_token, "
+            "{source: deploy_token, target: deploy_token}]}]",
+            "steps[1].secrets[1]",
+            "deploy_token is given twice",
+        ),
+        (
+            "secrets: {deploy_token: {from_env: DEPLOY_TOKEN}}\n"
+            "steps+: [{name: b, image: busybox, environment: {deploy_token: x}, "
+            "secrets: [deploy_token]}]",
+            "steps[1].secrets[0]",
+            "deploy_token is also set under environment",
+        ),
+        (
+            "secrets: {deploy_token: {from_env: DEPLOY_TOKEN}}\n"
+            "steps+: [{name: b, image: busybox, secrets: [deploy_token], "
+            "environment: {deploy_token: {from_secret: deploy_token}}}]",
+            "steps[1].environment['deploy_token']",
+            "also given under secrets",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, env: {T: {from_secret: nope}}}]",
+            "steps[1].env['T']",
+            "no secret 'nope' under the top-level secrets (none declared)",
+        ),
+        (
+            "secrets: {deploy_token: {from_env: DEPLOY_TOKEN}}\n"
+            "steps+: [{name: b, image: busybox, secrets: ['BAD NAME']}]",
+            "steps[1].secrets[0]",
+            "no secret 'BAD NAME'",
+        ),
+        # Registries and pull secrets.
+        ("image_pull_secrets: corp-pull", "image_pull_secrets", "must be a list of Secret names"),
+        ("image_pull_secrets: [Corp_Pull]", "image_pull_secrets[0]", "is not a Secret's name"),
+        ("registries: [a]", "registries", "must be a mapping of registry host"),
+        (
+            f"registries: {{r.io: {{username: u, password: {TOKEN}}}}}",
+            "registries.r.io.password",
+            "is a string written in the pipeline file",
+        ),
+        (
+            "registries: {r.io: {password: {from_env: DEPLOY_TOKEN}}}",
+            "registries.r.io.username",
+            "must be a user name",
+        ),
+        ("registries: {r.io: {username: u}}", "registries.r.io.password", "missing"),
+        (
+            "registries: {r.io: {username: u, pasword: {from_env: DEPLOY_TOKEN}}}",
+            "registries.r.io",
+            "unknown key 'pasword' (did you mean 'password'?)",
+        ),
+        (
+            "registries: {'https://r.io': {username: u, password: {from_env: DEPLOY_TOKEN}}}",
+            "registries.https://r.io",
+            "must be a registry host[:port]",
+        ),
+        (
+            "registries: {r.io: {username: u, password: {from_env: NOT_SET_ANYWHERE}}}",
+            "registries.r.io.password.from_env",
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        # The pod policy fields.
+        ("tolerations: {key: a}", "tolerations", "must be a list of mappings"),
+        ("affinity: [a]", "affinity", "must be a mapping"),
+        ("runtime_class_name: [gvisor]", "runtime_class_name", "must be a non-empty string"),
+        ("priority_class_name: 3", "priority_class_name", "must be a non-empty string"),
+        ("security_context: true", "security_context", "must be a mapping"),
+        ("dns_config: x", "dns_config", "must be a mapping"),
+        ("dns_policy: {a: 1}", "dns_policy", "must be a non-empty string"),
+        ("pod_overrides: [x]", "pod_overrides", "must be a mapping"),
+        (
+            "steps+: [{name: b, image: busybox, privileged: 1}]",
+            "steps[1].privileged",
+            "true or false",
+        ),
+        (
+            "steps+: [{name: b, image: busybox, security_context: [x]}]",
+            "steps[1].security_context",
+            "must be a mapping",
+        ),
+    ],
+)
+def test_each_problem_of_secrets_and_policy_names_its_field(
+    tmp_path: Path, text: str, field: str, words: str
+) -> None:
+    (tmp_path / "empty").write_bytes(b"\n")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    if "steps+:" in text:
+        head, _, more = text.partition("steps+: [")
+        text = f"{head}steps: [{{name: a, image: busybox}}, {more}"
+    else:
+        text = f"{text}\nsteps: [{{name: a, image: busybox}}]"
+    with pytest.raises(SpecError) as info:
+        load_pipeline_text(text, base_dir=tmp_path, environ=ENVIRON)
+    error = info.value
+    assert error.field == field, error
+    assert words in error.problem, error
+    assert "\n" not in str(error)
+    assert TOKEN not in str(error)
+
+
+def test_a_file_too_large_for_a_secret_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(b"x" * (1024 * 1024 + 1))
+    with pytest.raises(SpecError, match="larger than 1 MiB"):
+        load_pipeline_text(
+            "secrets: {s: {from_file: big}}\nsteps: [{name: a, image: busybox}]",
+            base_dir=tmp_path,
+        )
+
+
+def test_an_unreadable_secret_file_names_the_secret_and_the_file(tmp_path: Path) -> None:
+    secret = tmp_path / "locked"
+    secret.write_text(TOKEN)
+    secret.chmod(0)
+    try:
+        if os.access(secret, os.R_OK):
+            pytest.skip("running as root: every file is readable")
+        with pytest.raises(SpecError) as info:
+            load_pipeline_text(
+                "secrets: {s: {from_file: locked}}\nsteps: [{name: a, image: busybox}]",
+                base_dir=tmp_path,
+            )
+    finally:
+        secret.chmod(0o600)
+    assert info.value.field == "secrets.s.from_file"
+    assert "locked" in info.value.problem
+    assert "cannot read: Permission denied" in info.value.problem
+
+
+def test_mistakes_in_the_file_are_said_before_a_missing_variable() -> None:
+    # The variable is missing too, but a typo is what the author can fix first.
+    error = problem(
+        "secrets: {t: {from_env: NOT_SET_ANYWHERE}}\nsteps: [{name: a, image: busybox, "
+        "comands: [x]}]"
+    )
+    assert error.field == "steps[0]"

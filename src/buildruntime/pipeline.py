@@ -62,6 +62,36 @@ Every problem, from a YAML syntax error to a misspelt key deep in a step, raises
 Plain scalars where strings are expected in ``environment``, ``labels``, ``annotations`` and
 ``node_selector`` values (``CGO_ENABLED: 0``, ``DEBUG: true``) are taken as the strings
 they were written as, since that is what a YAML author means there.
+
+Secrets, private registries and where the pod runs:
+
+```yaml
+secrets:                   # name -> where its value comes from, never the value itself
+  deploy_token: {from_env: DEPLOY_TOKEN}
+  ssh_key: {from_file: keys/id_ed25519}   # relative to this file's directory
+image_pull_secrets: [corp-pull]           # existing kubernetes.io/dockerconfigjson Secrets
+registries:
+  registry.example.com: {username: ci, password: {from_env: REGISTRY_TOKEN}}
+tolerations: [{key: dedicated, operator: Equal, value: ci, effect: NoSchedule}]
+security_context: {runAsNonRoot: true}    # the pod's, in Kubernetes' spelling
+steps:
+  - name: deploy
+    image: alpine:3.20
+    secrets:
+      - deploy_token                            # $deploy_token
+      - {source: deploy_token, target: TOKEN}   # $TOKEN
+      - {secret: db-creds, key: password, target: DB_PASS}   # an existing Secret
+    environment:
+      API_KEY: {from_secret: deploy_token}      # Drone's and Woodpecker's spelling
+    security_context: {runAsUser: 1000}
+```
+
+A value is read when the file is loaded: from the environment of the process that loads
+it (``from_env``; unset or empty is an error), or from a file (``from_file``; UTF-8, at
+most 1 MiB, one trailing newline stripped, empty is an error). Writing the value itself
+in the file takes ``{value: ...}`` and a top-level ``allow_literal_secrets: true``: a
+value in a pipeline file is in the repository, for every reader of it. No error names a
+value: they name the secret, and the variable or file it was to come from.
 """
 
 from __future__ import annotations
@@ -72,7 +102,7 @@ import os
 import posixpath
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -81,6 +111,8 @@ from typing import Any, Literal
 import yaml
 
 from buildruntime.errors import SpecError
+from buildruntime.pod_policy import POD_FIELDS
+from buildruntime.secrets import ExistingSecret, RegistryCredentials, SecretValue
 from buildruntime.spec import PULL_POLICIES, BuildSpec, StepSpec
 from buildruntime.volumes import DEFAULT_WORKSPACE_PATH, VOLUME_KINDS, Workspace, check_volumes
 
@@ -96,16 +128,28 @@ __all__ = [
 ]
 
 TOP_LEVEL_KEY_HELP = {
-    "build_id": "DNS-1123 label, unique in the namespace (default: stem + hex)",
+    "build_id": "a DNS-1123 label unique in the namespace (else generated)",
     "steps": "the list of steps (required), run as step order says",
     "services": "detached steps (same keys), started before the steps",
     "workspace": "a path, or {path, size_limit, medium: Memory, claim}",
-    "volumes": "name to volume source: {emptyDir: {}}, {configMap: {name: x}}",
+    "volumes": "name to volume source, such as {configMap: {name: x}}",
     "labels": "extra labels of the build's pod (string to string)",
     "annotations": "annotations of the build's pod (string to string)",
     "service_account": "the service account the pod runs as",
     "node_selector": "node labels the pod must run on (string to string)",
     "pause_image": "placeholder of steps not started (default: --pause-image)",
+    "secrets": "name to {from_env: VAR} or {from_file: path}",
+    "allow_literal_secrets": "true: a secret may be {value: ...} in the file itself",
+    "image_pull_secrets": "existing dockerconfigjson Secrets to pull images with",
+    "registries": "host to {username, password: {from_env: VAR}}",
+    "tolerations": "the pod's tolerations, a list in Kubernetes' spelling",
+    "affinity": "the pod's affinity, in Kubernetes' spelling",
+    "runtime_class_name": "the pod's RuntimeClass (gVisor, Kata, ...)",
+    "priority_class_name": "the pod's PriorityClass",
+    "security_context": "the pod's securityContext, in Kubernetes' spelling",
+    "dns_config": "the pod's dnsConfig, in Kubernetes' spelling",
+    "dns_policy": "the pod's dnsPolicy (ClusterFirst, Default, None, ...)",
+    "pod_overrides": "a strategic merge patch of the rendered pod, for the rest",
 }
 """Every key a pipeline file's top level accepts, with one line about it (``run --help``
 prints them)."""
@@ -126,6 +170,9 @@ STEP_KEY_HELP = {
     "detach": "true: a service, started at its turn and never awaited",
     "ports": "TCP ports of a service: ready once the first one listens",
     "volumes": 'the volumes it mounts, each "name:/path"',
+    "secrets": "the secrets it gets as environment variables",
+    "security_context": "the container's securityContext, in Kubernetes' spelling",
+    "privileged": "true: run the step's container privileged",
 }
 """Every key a step accepts, with one line about it."""
 STEP_ORDER_HELP = (
@@ -143,12 +190,35 @@ STEP_ORDER_HELP = (
     "service that is never ready fails the build.",
 )
 """How steps are ordered and chosen to run, for ``run --help``."""
+SECRETS_HELP = (
+    "Top-level secrets name each value and say where it comes from, never the",
+    "value itself: {from_env: VAR} (the variable must be set and not empty) or",
+    "{from_file: path} (relative to the pipeline file's directory; UTF-8, at most",
+    "1 MiB, one trailing newline stripped, not empty). {value: ...} writes it in",
+    "the file, and is refused unless allow_literal_secrets: true. A step's secrets",
+    "list gives each to it as an environment variable: NAME (a variable of the",
+    "same name), {source: NAME, target: VAR}, or {secret: SECRET, key: KEY,",
+    "target: VAR} for a key of a Secret already in the namespace; environment:",
+    "{VAR: {from_secret: NAME}} does the same. Every value is shown as ********",
+    "in the output (values shorter than 4 characters are not masked); the pod",
+    "spec holds none, only references to the build's own Secret.",
+)
+"""Where secrets come from and how steps get them, for ``run --help``."""
 TOP_LEVEL_KEYS = tuple(TOP_LEVEL_KEY_HELP)
 STEP_KEYS = tuple(STEP_KEY_HELP)
 RULE_KEYS = ("failure", "when", "depends_on")
 """Step keys that say when a step runs: services have none (they start first)."""
 SERVICE_KEYS = tuple(key for key in STEP_KEYS if key not in RULE_KEYS)
 WORKSPACE_KEYS = ("path", "size_limit", "medium", "claim")
+POLICY_KEYS = (*POD_FIELDS, "pod_overrides")
+"""Top-level keys passed to the pod as written (BuildSpec's fields of the same name)."""
+SECRET_SOURCES = ("from_env", "from_file", "value")
+"""Where a secret's value comes from: the one key of its mapping."""
+STEP_SECRET_KEYS = ("source", "target")
+EXISTING_SECRET_KEYS = ("secret", "key", "target")
+REGISTRY_KEYS = ("username", "password")
+MAX_SECRET_BYTES = 1024 * 1024
+"""The most a ``from_file`` secret may hold: all a Kubernetes Secret can."""
 
 FAILURE_POLICIES = ("fail", "ignore")
 """Values of a step's ``failure``: Woodpecker's and Drone's spelling."""
@@ -271,16 +341,33 @@ def load_plan_file(path: str | os.PathLike[str]) -> PipelinePlan:
         raise SpecError(
             "pipeline", f"{file}: not UTF-8 text (byte {error.start}: {error.reason})"
         ) from None
-    return load_plan_text(text, name=str(file), stem=file.stem)
+    # A from_file secret's path is relative to the pipeline file, wherever it is run from.
+    return load_plan_text(text, name=str(file), stem=file.stem, base_dir=file.parent)
 
 
-def load_pipeline_text(text: str, *, name: str = "<pipeline>", stem: str = "pipeline") -> BuildSpec:
+def load_pipeline_text(
+    text: str,
+    *,
+    name: str = "<pipeline>",
+    stem: str = "pipeline",
+    base_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BuildSpec:
     """Load a pipeline from YAML ``text``. ``name`` is what errors call the source;
-    ``stem`` starts a generated build id."""
-    return load_plan_text(text, name=name, stem=stem).spec
+    ``stem`` starts a generated build id; ``base_dir`` is where relative ``from_file``
+    paths start (default: the current directory) and ``environ`` where ``from_env``
+    looks (default: ``os.environ``)."""
+    return load_plan_text(text, name=name, stem=stem, base_dir=base_dir, environ=environ).spec
 
 
-def load_plan_text(text: str, *, name: str = "<pipeline>", stem: str = "pipeline") -> PipelinePlan:
+def load_plan_text(
+    text: str,
+    *,
+    name: str = "<pipeline>",
+    stem: str = "pipeline",
+    base_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PipelinePlan:
     """Like :func:`load_pipeline_text`, with each step's rules."""
     if not isinstance(text, str):
         raise SpecError("pipeline", f"expected YAML text, not {type(text).__name__}")
@@ -292,7 +379,7 @@ def load_plan_text(text: str, *, name: str = "<pipeline>", stem: str = "pipeline
         raise SpecError("pipeline", f"{name}: {_one_line(str(error))}") from None
     except RecursionError:
         raise SpecError("pipeline", f"{name}: nested too deeply") from None
-    return plan_from_data(document, stem=stem, name=name)
+    return plan_from_data(document, stem=stem, name=name, base_dir=base_dir, environ=environ)
 
 
 def _yaml_problem(name: str, error: yaml.MarkedYAMLError) -> str:
@@ -307,13 +394,29 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def pipeline_from_data(document: object, *, stem: str = "pipeline", name: str = "") -> BuildSpec:
+def pipeline_from_data(
+    document: object,
+    *,
+    stem: str = "pipeline",
+    name: str = "",
+    base_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BuildSpec:
     """Validate an already-decoded pipeline document (what ``yaml.safe_load`` returns)."""
-    return plan_from_data(document, stem=stem, name=name).spec
+    return plan_from_data(document, stem=stem, name=name, base_dir=base_dir, environ=environ).spec
 
 
-def plan_from_data(document: object, *, stem: str = "pipeline", name: str = "") -> PipelinePlan:
-    """Like :func:`pipeline_from_data`, with each step's rules."""
+def plan_from_data(
+    document: object,
+    *,
+    stem: str = "pipeline",
+    name: str = "",
+    base_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PipelinePlan:
+    """Like :func:`pipeline_from_data`, with each step's rules. Secrets are read last,
+    once the whole document is known to be valid: a mistake in the file is said before
+    a variable missing from the environment it runs in."""
     source = f"{name}: " if name else ""
     if document is None:
         raise SpecError("pipeline", f"{source}empty; expected a mapping with a 'steps' list")
@@ -337,13 +440,23 @@ def plan_from_data(document: object, *, stem: str = "pipeline", name: str = "") 
         raise SpecError("services", f"must be a list of services, not {_kind(raw_services)}")
     workspace = _workspace(document.get("workspace"))
     volumes = _volumes(document.get("volumes"))
+    allow_literal = _allow_literal(document.get("allow_literal_secrets"))
+    secret_sources = _secret_sources(document.get("secrets"), allow_literal)
+    registry_sources = _registry_sources(document.get("registries"), allow_literal)
     workspace_path = (workspace.path if workspace else None) or DEFAULT_WORKSPACE_PATH
     services = [
-        _step(i, raw, where="services", volumes=volumes, workspace_path=workspace_path)
+        _step(
+            i,
+            raw,
+            where="services",
+            volumes=volumes,
+            workspace_path=workspace_path,
+            secrets=secret_sources,
+        )
         for i, raw in enumerate(raw_services)
     ]
     steps = [
-        _step(i, raw, volumes=volumes, workspace_path=workspace_path)
+        _step(i, raw, volumes=volumes, workspace_path=workspace_path, secrets=secret_sources)
         for i, raw in enumerate(raw_steps)
     ]
     # Services and steps are containers of one pod: one name each, across both lists.
@@ -379,8 +492,34 @@ def plan_from_data(document: object, *, stem: str = "pipeline", name: str = "") 
         kwargs["workspace"] = workspace
     if volumes:
         kwargs["volumes"] = volumes
-    # Services come first in the pod as in the file: they start before the steps.
-    spec = BuildSpec(build_id=build_id, steps=[*services, *steps], **kwargs)
+    pull_secrets = document.get("image_pull_secrets")
+    if pull_secrets is not None:
+        kwargs["image_pull_secrets"] = _secret_names(pull_secrets, "image_pull_secrets")
+    for key in POLICY_KEYS:
+        # Kubernetes' own structures, passed as written: BuildSpec checks their types,
+        # the API server the rest (and refuses the pod with its own message).
+        if document.get(key) is not None:
+            kwargs[key] = document[key]
+    base = Path.cwd() if base_dir is None else Path(base_dir)
+    env = os.environ if environ is None else environ
+    if secret_sources:
+        kwargs["secrets"] = {
+            name: SecretValue(_read_secret(source, base, env))
+            for name, source in secret_sources.items()
+        }
+    if registry_sources:
+        kwargs["registries"] = {
+            host: RegistryCredentials(
+                username=user if isinstance(user, str) else _read_secret(user, base, env),
+                password=SecretValue(_read_secret(password, base, env)),
+            )
+            for host, (user, password) in registry_sources.items()
+        }
+    try:
+        # Services come first in the pod as in the file: they start before the steps.
+        spec = BuildSpec(build_id=build_id, steps=[*services, *steps], **kwargs)
+    except SpecError as error:
+        raise SpecError(_file_field(error.field), error.problem) from None
     return PipelinePlan(spec, rules, services=tuple(service.name for service in services))
 
 
@@ -399,9 +538,11 @@ def _step(
     where: str = "steps",
     volumes: Mapping[str, Any] | None = None,
     workspace_path: str = DEFAULT_WORKSPACE_PATH,
+    secrets: Collection[str] = (),
 ) -> StepSpec:
     """A step of ``steps`` or a service of ``services`` (``where``): the same keys,
-    but a service is detached and has no rules."""
+    but a service is detached and has no rules. ``secrets``: the names the file's
+    top-level ``secrets`` declares."""
     service = where == "services"
     where = f"{where}[{index}]"
     if not isinstance(raw, Mapping):
@@ -458,8 +599,41 @@ def _step(
         kwargs["entrypoint"] = list(entrypoint)
 
     env_key = _env_key(raw, where, name)
+    env_secrets: dict[str, str] = {}
     if env_key is not None:
-        kwargs["env"] = _str_map(raw[env_key], f"{where}.{env_key}")
+        env, env_secrets = _environment(raw[env_key], f"{where}.{env_key}", secrets)
+        kwargs["env"] = env
+    step_secrets: dict[str, str | ExistingSecret] = {}
+    if raw.get("secrets") is not None:
+        step_secrets = _step_secrets(
+            raw["secrets"], f"{where}.secrets", secrets, kwargs.get("env", {}), env_key
+        )
+    for variable, secret in env_secrets.items():
+        if variable in step_secrets:
+            raise SpecError(
+                f"{where}.{env_key}[{variable!r}]",
+                f"{variable} is also given under secrets: give it once",
+            )
+        step_secrets[variable] = secret
+    if step_secrets:
+        kwargs["secrets"] = step_secrets
+
+    security_context = raw.get("security_context")
+    if security_context is not None:
+        if not isinstance(security_context, Mapping):
+            raise SpecError(
+                f"{where}.security_context",
+                f"must be a mapping (the container's securityContext), not "
+                f"{_kind(security_context)}",
+            )
+        kwargs["security_context"] = dict(security_context)
+    privileged = raw.get("privileged")
+    if privileged is not None:
+        if not isinstance(privileged, bool):
+            raise SpecError(
+                f"{where}.privileged", f"must be true or false, not {_kind(privileged)}"
+            )
+        kwargs["privileged"] = privileged
 
     working_dir = raw.get("working_dir")
     if working_dir is not None:
@@ -576,6 +750,300 @@ def _mounts(
     return mounts
 
 
+@dataclass(frozen=True, repr=False)
+class _Source:
+    """Where a secret's value comes from, as the file says: read once the whole file is
+    known to be valid."""
+
+    kind: Literal["from_env", "from_file", "value"]
+    detail: str
+    """The variable's name, the file's path, or (``value``) the value itself."""
+    field: str
+    """Where the file says it (``secrets.deploy_token``), for errors."""
+
+    def __repr__(self) -> str:
+        # A literal value is a secret like any other: never in a repr.
+        shown = "********" if self.kind == "value" else repr(self.detail)
+        return f"_Source({self.kind}={shown}, field={self.field!r})"
+
+
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+"""A secret's name: it becomes a key of the build's Secret (Kubernetes' rule for one)."""
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+"""The name of a Secret in the namespace (a DNS-1123 subdomain)."""
+_FORMS = "{from_env: VAR} or {from_file: path}"
+
+
+def _allow_literal(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise SpecError("allow_literal_secrets", f"must be true or false, not {_kind(value)}")
+    return value
+
+
+def _source(value: object, field: str, *, allow_literal: bool) -> _Source:
+    """A secret's ``{from_env: VAR}``, ``{from_file: path}`` or ``{value: ...}``. No
+    message repeats what was written in place of one: it may be the secret itself."""
+    if value is None:
+        raise SpecError(field, f"missing: give {_FORMS}")
+    if not isinstance(value, Mapping):
+        insist = (
+            " ({value: ...} if it must be written here)"
+            if allow_literal
+            else " ({value: ...} with allow_literal_secrets: true, if it must be written here)"
+        )
+        raise SpecError(
+            field,
+            f"is {_kind(value)} written in the pipeline file, where anyone who reads the "
+            f"file reads it: give {_FORMS} instead{insist}",
+        )
+    _reject_unknown(value, SECRET_SOURCES, field)
+    if len(value) != 1:
+        raise SpecError(field, f"must hold exactly one of {', '.join(SECRET_SOURCES)}")
+    ((kind, detail),) = value.items()
+    where = f"{field}.{kind}"
+    if kind == "value":
+        if not allow_literal:
+            raise SpecError(
+                where,
+                "a secret written in the pipeline file is read by anyone who reads the "
+                f"file: give {_FORMS}, or set allow_literal_secrets: true at the top level "
+                "to insist",
+            )
+        if not isinstance(detail, str) or not detail:
+            # YAML reads 0123 as a number (83, in YAML 1.1): only a quoted string is
+            # surely the value that was meant.
+            raise SpecError(where, f"must be a non-empty quoted string, not {_kind(detail)}")
+        return _Source("value", detail, field)
+    if not isinstance(detail, str) or not detail:
+        what = "a variable's name" if kind == "from_env" else "a path"
+        raise SpecError(where, f"must be {what}, not {_kind(detail)}")
+    if kind == "from_env":
+        if "=" in detail or "\0" in detail:
+            raise SpecError(where, f"{detail!r} is not an environment variable's name")
+        return _Source("from_env", detail, field)
+    return _Source("from_file", detail, field)
+
+
+def _secret_sources(value: object, allow_literal: bool) -> dict[str, _Source]:
+    """The top-level ``secrets``: name to where its value comes from."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            "secrets",
+            f"must be a mapping of name to {_FORMS}, such as "
+            f"{{deploy_token: {{from_env: DEPLOY_TOKEN}}}}, not {_kind(value)}",
+        )
+    out: dict[str, _Source] = {}
+    for name, source in value.items():
+        if not isinstance(name, str) or not _SECRET_KEY.match(name):
+            raise SpecError(
+                "secrets",
+                f"{name!r} is not a secret name (letters, digits, '-', '_' and '.')",
+            )
+        out[name] = _source(source, f"secrets.{name}", allow_literal=allow_literal)
+    return out
+
+
+def _registry_sources(
+    value: object, allow_literal: bool
+) -> dict[str, tuple[str | _Source, _Source]]:
+    """``registries``: host to its user name (a string, or read like a secret) and its
+    password (a secret's source)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            "registries",
+            "must be a mapping of registry host to {username, password}, not " + _kind(value),
+        )
+    out: dict[str, tuple[str | _Source, _Source]] = {}
+    for host, credentials in value.items():
+        where = f"registries.{host}"
+        if not isinstance(host, str):
+            raise SpecError("registries", f"hosts must be strings, not {_kind(host)} ({host!r})")
+        if not isinstance(credentials, Mapping):
+            raise SpecError(
+                where, f"must be a mapping with username and password, not {_kind(credentials)}"
+            )
+        _reject_unknown(credentials, REGISTRY_KEYS, where)
+        username = credentials.get("username")
+        user: str | _Source
+        if isinstance(username, str) and username:
+            user = username  # a user name is no secret: it may be written as is
+        elif isinstance(username, Mapping):
+            user = _source(username, f"{where}.username", allow_literal=True)
+        else:
+            raise SpecError(
+                f"{where}.username",
+                f"must be a user name, or {_FORMS}, not {_kind(username)}",
+            )
+        password = _source(
+            credentials.get("password"), f"{where}.password", allow_literal=allow_literal
+        )
+        out[host] = (user, password)
+    return out
+
+
+def _read_secret(source: _Source, base: Path, environ: Mapping[str, str]) -> str:
+    """The value ``source`` names. Errors name the secret and the variable or file,
+    never what was read."""
+    if source.kind == "value":
+        return source.detail
+    where = f"{source.field}.{source.kind}"
+    if source.kind == "from_env":
+        value = environ.get(source.detail)
+        if value is None:
+            raise SpecError(where, f"the environment variable {source.detail} is not set")
+        if not value:
+            # Unset in CI is often "set to nothing": a build would run without its secret.
+            raise SpecError(where, f"the environment variable {source.detail} is empty")
+        return value
+    written = Path(source.detail).expanduser()
+    path = written if written.is_absolute() else base / written
+    shown = source.detail if written.is_absolute() else f"{source.detail} ({path})"
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SECRET_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError(where, f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise SpecError(where, f"{shown}: is a directory, not a file") from None
+    except OSError as error:
+        raise SpecError(where, f"{shown}: cannot read: {error.strerror or error}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise SpecError(where, f"{shown}: larger than 1 MiB, the most a Kubernetes Secret holds")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError(where, f"{shown}: not UTF-8 text (byte {error.start})") from None
+    # The newline an editor or `echo > file` ends the file with is not part of the
+    # value; a second one, or other whitespace, was put there on purpose.
+    text = text.removesuffix("\n")
+    text = text.removesuffix("\r") if data.endswith(b"\r\n") else text
+    if not text:
+        raise SpecError(where, f"{shown}: is empty")
+    return text
+
+
+def _from_secret(value: Mapping[Any, Any], field: str, declared: Collection[str]) -> str:
+    """An environment value ``{from_secret: NAME}``: the name of a declared secret."""
+    _reject_unknown(value, ("from_secret",), field)
+    name = value["from_secret"]
+    if not isinstance(name, str):
+        raise SpecError(f"{field}.from_secret", f"must be a secret's name, not {_kind(name)}")
+    _require_declared(name, field, declared)
+    return name
+
+
+def _require_declared(name: str, field: str, declared: Collection[str]) -> None:
+    if name in declared:
+        return
+    known = ", ".join(sorted(declared)) or "none declared"
+    close = difflib.get_close_matches(name, list(declared), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise SpecError(field, f"no secret {name!r} under the top-level secrets ({known}){hint}")
+
+
+def _environment(
+    value: object, field: str, declared: Collection[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """A step's ``environment``: its plain variables, and those given
+    ``{from_secret: NAME}`` (Drone's and Woodpecker's spelling) as variable to secret."""
+    if not isinstance(value, Mapping):
+        return _str_map(value, field), {}
+    plain: dict[Any, Any] = {}
+    from_secrets: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, Mapping) and "from_secret" in item:
+            if not isinstance(key, str):
+                raise SpecError(field, f"keys must be strings, not {_kind(key)} ({key!r})")
+            from_secrets[key] = _from_secret(item, f"{field}[{key!r}]", declared)
+        else:
+            plain[key] = item
+    return _str_map(plain, field), from_secrets
+
+
+def _step_secrets(
+    value: object,
+    field: str,
+    declared: Collection[str],
+    env: Collection[str],
+    env_key: str | None,
+) -> dict[str, str | ExistingSecret]:
+    """A step's ``secrets``, Woodpecker's list: ``NAME`` (the variable ``NAME``),
+    ``{source: NAME, target: VAR}``, or ``{secret: SECRET, key: KEY, target: VAR}`` for
+    a key of a Secret already in the namespace."""
+    if not isinstance(value, list):
+        raise SpecError(
+            field,
+            "must be a list of secret names, {source: NAME, target: VAR} or "
+            f"{{secret: SECRET, key: KEY, target: VAR}}, not {_kind(value)}",
+        )
+    out: dict[str, str | ExistingSecret] = {}
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        source: str | ExistingSecret
+        if isinstance(item, str):
+            _require_declared(item, where, declared)
+            source, target = item, item
+        elif isinstance(item, Mapping) and ("secret" in item or "key" in item):
+            _reject_unknown(item, EXISTING_SECRET_KEYS, where)
+            for key in EXISTING_SECRET_KEYS:
+                if not isinstance(item.get(key), str) or not item[key]:
+                    raise SpecError(
+                        f"{where}.{key}", f"must be a string, not {_kind(item.get(key))}"
+                    )
+            if not _SECRET_NAME.match(item["secret"]):
+                raise SpecError(f"{where}.secret", f"{item['secret']!r} is not a Secret's name")
+            if not _SECRET_KEY.match(item["key"]):
+                raise SpecError(f"{where}.key", f"{item['key']!r} is not a key of a Secret")
+            source, target = ExistingSecret(item["secret"], item["key"]), item["target"]
+        elif isinstance(item, Mapping):
+            _reject_unknown(item, STEP_SECRET_KEYS, where)
+            name = item.get("source")
+            if not isinstance(name, str):
+                raise SpecError(f"{where}.source", f"must be a secret's name, not {_kind(name)}")
+            if "/" in name and name not in declared:
+                # Someone else's spelling of "a key of that Secret": say ours.
+                raise SpecError(
+                    f"{where}.source",
+                    f"{name!r} is no secret of the file; a key of an existing Secret is "
+                    "{secret: SECRET, key: KEY, target: VAR}",
+                )
+            _require_declared(name, f"{where}.source", declared)
+            target = item.get("target", name)
+            if not isinstance(target, str):
+                raise SpecError(
+                    f"{where}.target", f"must be an environment variable, not {_kind(target)}"
+                )
+            source = name
+        else:
+            raise SpecError(
+                where, f"must be a secret's name or a mapping with a target, not {_kind(item)}"
+            )
+        if target in out:
+            raise SpecError(where, f"{target} is given twice")
+        if target in env:
+            raise SpecError(where, f"{target} is also set under {env_key}: give it once")
+        out[target] = source
+    return out
+
+
+def _secret_names(value: object, field: str) -> list[str]:
+    """``image_pull_secrets``: names of Secrets in the namespace."""
+    if not isinstance(value, list):
+        raise SpecError(field, f"must be a list of Secret names, not {_kind(value)}")
+    for i, name in enumerate(value):
+        if not isinstance(name, str):
+            raise SpecError(f"{field}[{i}]", f"must be a Secret's name, not {_kind(name)}")
+        if not _SECRET_NAME.match(name):
+            raise SpecError(f"{field}[{i}]", f"{name!r} is not a Secret's name")
+    return list(value)
+
+
 def _workspace(value: object) -> Workspace | None:
     """``workspace``: a path, or a mapping of :class:`Workspace`'s fields."""
     if value is None:
@@ -665,9 +1133,10 @@ def _volumes(value: object) -> dict[str, dict[str, Any]]:
 
 
 def _file_field(field: str) -> str:
-    """``volumes['cache']`` (the spec's spelling) as ``volumes.cache`` (the file's)."""
-    match = re.fullmatch(r"volumes\[(['\"])(.*)\1\](.*)", field)
-    return f"volumes.{match.group(2)}{match.group(3)}" if match else field
+    """``volumes['cache']`` (the spec's spelling) as ``volumes.cache`` (the file's);
+    the same for ``secrets`` and ``registries``."""
+    match = re.fullmatch(r"(volumes|secrets|registries)\[(['\"])(.*)\2\](.*)", field)
+    return f"{match.group(1)}.{match.group(3)}{match.group(4)}" if match else field
 
 
 def _env_key(raw: Mapping[Any, Any], where: str, name: str) -> str | None:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import NoReturn
 
 from buildruntime.cli.exits import EXIT_BAD_INPUT
 from buildruntime.cli.monitor import cmd_monitor
 from buildruntime.cli.run import DEFAULT_API_TIMEOUT, PAUSE_IMAGE_VARIABLE, cmd_run
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
-from buildruntime.pipeline import STEP_KEY_HELP, STEP_ORDER_HELP, TOP_LEVEL_KEY_HELP
+from buildruntime.pipeline import (
+    SECRETS_HELP,
+    STEP_KEY_HELP,
+    STEP_ORDER_HELP,
+    TOP_LEVEL_KEY_HELP,
+)
+
+_HELP_WIDTH = 80
+_KEY_COLUMN_MAX = 19
+"""The widest the key column gets: a longer key has its text on the lines below it."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,13 +44,13 @@ def _seconds(text: str) -> float:
 
 def pipeline_keys_help() -> str:
     """The epilog of ``run --help``: every key of the pipeline file, one line each."""
-    width = max(len(key) for key in (*TOP_LEVEL_KEY_HELP, *STEP_KEY_HELP))
     lines = ["pipeline file keys:"]
-    lines += [f"  {key.ljust(width)}  {text}" for key, text in TOP_LEVEL_KEY_HELP.items()]
+    lines += _key_lines(TOP_LEVEL_KEY_HELP)
     lines.append("each step of steps, and each service of services (but for failure, when")
     lines.append("and depends_on: services start before every step):")
-    lines += [f"  {key.ljust(width)}  {text}" for key, text in STEP_KEY_HELP.items()]
+    lines += _key_lines(STEP_KEY_HELP)
     lines += ["", "step order:", *(f"  {line}" for line in STEP_ORDER_HELP)]
+    lines += ["", "secrets:", *(f"  {line}" for line in SECRETS_HELP)]
     lines += [
         "",
         "example:",
@@ -67,11 +77,45 @@ def pipeline_keys_help() -> str:
         '      volumes: ["cache:/root/.cache"]',
         '      commands: ["go test ./..."]   # reaches the database at db:5432',
         "",
+        "secrets, a private registry and where the pod runs (see examples/secrets.yaml):",
+        "  secrets:",
+        "    deploy_token: {from_env: DEPLOY_TOKEN}",
+        "    ssh_key: {from_file: keys/id_ed25519}",
+        "  registries:",
+        "    registry.example.com: {username: ci, password: {from_env: REG_TOKEN}}",
+        "  tolerations: [{key: ci, operator: Exists, effect: NoSchedule}]",
+        "  steps:",
+        "    - name: deploy",
+        "      image: registry.example.com/deployer:1",
+        "      secrets:",
+        "        - deploy_token",
+        "        - {source: ssh_key, target: SSH_KEY}",
+        "        - {secret: db-creds, key: password, target: DB_PASS}",
+        '      commands: ["deploy --token-from-env deploy_token"]',
+        "",
         "exit status: 0 when no step failed (failure: ignore aside), else the first",
         "failing step's exit code (1 when it has none), 2 for bad input, 130 on Ctrl-C,",
         "143 on SIGTERM.",
     ]
     return "\n".join(lines)
+
+
+def _key_lines(help: dict[str, str]) -> list[str]:
+    """One key and its text per line, the text wrapped in its column; a key too long
+    for the column has its text on the lines below it."""
+    column = max(len(key) for key in help if len(key) <= _KEY_COLUMN_MAX)
+    indent = " " * (2 + column + 2)
+    lines: list[str] = []
+    for key, text in help.items():
+        wrapped = textwrap.wrap(
+            text, _HELP_WIDTH - len(indent), break_long_words=False, break_on_hyphens=False
+        )
+        if len(key) > column:
+            lines.append(f"  {key}")
+        else:
+            lines.append(f"  {key.ljust(column)}  {wrapped.pop(0)}")
+        lines += [indent + line for line in wrapped]
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from buildruntime.secrets import Masker
+
 _STEP_COLOURS = ("36", "35", "34", "33", "32", "96", "95", "94")
 
 
@@ -55,15 +57,24 @@ class Console:
     """Where the command writes: logs and the summary to ``out``, the rest to ``err``.
 
     ``escape``: write control characters of step logs visibly escaped (by default when
-    ``out`` is not a terminal). Call :meth:`close` when done.
+    ``out`` is not a terminal). ``masker``: the build's secrets, replaced with
+    ``********`` in every line the command writes itself (set it as soon as they are
+    known). Call :meth:`close` when done.
     """
 
     def __init__(
-        self, out: TextStream, err: TextStream, *, colour: bool, escape: bool | None = None
+        self,
+        out: TextStream,
+        err: TextStream,
+        *,
+        colour: bool,
+        escape: bool | None = None,
+        masker: Masker | None = None,
     ) -> None:
         self.out = out
         self.err = err
         self.colour = colour
+        self.masker = masker
         self.escape = not _isatty(out) if escape is None else escape
         self._err_is_tty = _isatty(err)
         self._step_colour: dict[str, str] = {}
@@ -93,16 +104,24 @@ class Console:
         return self.paint(f"[{step}]", self._step_colour[step])
 
     def line(self, text: str) -> None:
-        self._put(self.out, text + "\n")
+        self._put(self.out, self._masked(text) + "\n")
 
     def log(self, step: str, raw: bytes) -> None:
+        # The library masked the line as it captured it: masking it again would cost
+        # the busiest path a second scan, and would mask the mask of a value "****".
         text = raw.decode("utf-8", errors="replace")
         if self.escape:
             text = escape_controls(text)
-        self.line(f"{self.prefix(step)} {text}")
+        self._put(self.out, f"{self.prefix(step)} {text}\n")
 
     def note(self, text: str) -> None:
-        self._put(self.err, text + "\n")
+        self._put(self.err, self._masked(text) + "\n")
+
+    def _masked(self, text: str) -> str:
+        """What the command says itself (errors, notes, the summary) comes from many
+        places, some of them not the library's (an API server's message, a kubeconfig
+        loader's exception): masked here, whatever it was built from."""
+        return text if self.masker is None else self.masker.text(text)
 
     def error(self, text: str) -> None:
         self.note(f"{self.paint('error:', '31') if self._err_is_tty else 'error:'} {text}")

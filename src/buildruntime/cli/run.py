@@ -44,6 +44,7 @@ from buildruntime.images import image_problem
 from buildruntime.pipeline import PipelinePlan, Status, StepRules, load_plan_file
 from buildruntime.results import StepResult
 from buildruntime.runtime import Runtime
+from buildruntime.secrets import Masker
 from buildruntime.spec import BuildSpec, StepSpec
 
 IGNORED = "failed (ignored)"
@@ -569,8 +570,17 @@ def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = N
     )
 
 
+def secrets_masker(spec: BuildSpec) -> Masker | None:
+    """A masker of every value the build holds: its secrets and registry passwords."""
+    values = [*spec.secret_values.values(), *(c.secret for c in spec.registries.values())]
+    return Masker(values) if values else None
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     plan = load_plan_file(args.pipeline)
+    # The library masks what it shows (logs, errors, events); the command masks every
+    # line it writes itself too, from before it says anything about the build.
+    console.masker = secrets_masker(plan.spec)
     settings = run_settings(args)
     target = choose_target(simulate=args.simulate, kubeconfig=args.kubeconfig, context=args.context)
     assert target is not None
