@@ -119,7 +119,7 @@ def main() -> None:
     body += "\n"
     print(body)
     if not args.no_record:
-        _common.append_results("Secret masking: tail throughput with and without ten secrets", body)
+        _common.append_results("Secret masking: log throughput with and without ten secrets", body)
 
 
 if __name__ == "__main__":
