@@ -12,21 +12,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import anyio
 import pytest
 
-from buildruntime import Build, BuildEvent, BuildSpec, Failure, StepResult, StepSpec
+from buildruntime import Build, BuildEvent, BuildSpec, Failure, StepSpec
 from buildruntime.cluster.port import Request
 from buildruntime.testing.chaos import ChaosCluster
 
 from .admission import EARLY_EXIT_SIDECAR, PROXY_SIDECAR, SIDECARS
-from .conftest import BUSYBOX, JSON, RECOVERY, Outage, Target
-from .observe import ExpiryRecorder
+from .conftest import BUSYBOX, JSON, RECOVERY, Outage, Target, target_kind
+from .observe import During, Observed, PortRecorder, run_build
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"] if target_kind() == "fake" else ["asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _ticker(name: str, count: int, pause: float) -> StepSpec:
@@ -34,32 +43,52 @@ def _ticker(name: str, count: int, pause: float) -> StepSpec:
     return StepSpec(name=name, image=BUSYBOX, commands=[script])
 
 
+@dataclasses.dataclass
+class Seen(Observed):
+    """What the user of the API saw of one build, and of the port."""
+
+    requests: list[Request] = dataclasses.field(default_factory=list)
+    open_after: tuple[int, int] = (0, 0)
+    """Watches and log streams still open once the runtime was closed."""
+
+
+async def _observe(
+    target: Target,
+    spec: BuildSpec,
+    during: During | None = None,
+    *,
+    ongoing: bool = False,
+    **settings: object,
+) -> Seen:
+    """Run the pipeline on a runtime of the target while ``during`` acts on the build
+    (see :func:`run_build`)."""
+    async with target.runtime(**settings) as rt:
+        seen = await run_build(rt, spec, during=during, ongoing=ongoing)
+    return Seen(
+        **vars(seen),
+        requests=target.requests,
+        open_after=(target.cluster.open_watches, target.cluster.open_log_streams),
+    )
+
+
 async def _build_under(
     target: Target,
-    fault: Callable[[], Awaitable[None]],
+    fault: During,
     *,
     count: int,
     pause: float,
     **settings: object,
-) -> None:
+) -> Seen:
+    """Two tickers of ``count`` lines while ``fault(build, lines)`` goes on (it is
+    cancelled once they have ended): every line once, in order, both steps succeed."""
     spec = BuildSpec(
         build_id=f"fault-{uuid.uuid4().hex[:6]}",
         steps=[_ticker("a", count, pause), _ticker("b", count, pause)],
     )
-    seen: dict[str, tuple[list[bytes], int | None]] = {}
-    async with target.runtime(**settings) as rt, anyio.create_task_group() as faults:
-        build = await rt.setup_build(spec)
-        await rt.assemble_build(build)
-        faults.start_soon(fault)
-        for step in spec.steps:
-            await rt.run_container(build, step.name)
-            lines = [line async for line in rt.tail_container(build, step.name)]
-            seen[step.name] = (lines, (await rt.wait_container(build, step.name)).exit_code)
-        faults.cancel_scope.cancel()
-        await rt.remove_build(build)
-    assert seen == {
-        name: ([f"{name}-{i}".encode() for i in range(1, count + 1)], 0) for name in ("a", "b")
-    }
+    seen = await _observe(target, spec, fault, ongoing=True, **settings)
+    assert seen.outcome() == {name: (_ticks(name, count), 0) for name in ("a", "b")}
+    assert seen.open_after == (0, 0)
+    return seen
 
 
 @pytest.mark.slow
@@ -68,122 +97,120 @@ async def test_connections_cut_every_two_seconds_through_a_sixty_second_build(
 ) -> None:
     cuts = 0
 
-    async def cut_often() -> None:
+    async def cut_often(build: Build, lines: dict[str, list[bytes]]) -> None:
         nonlocal cuts
         while True:
             await anyio.sleep(2)
             target.cut_connections()
             cuts += 1
 
-    await _build_under(target, cut_often, count=300, pause=0.1)
+    recorder = PortRecorder(target.cluster)
+    with _through(target, recorder):
+        seen = await _build_under(target, cut_often, count=300, pause=0.1)
     assert cuts >= 25
+    # Each cut broke the pods watch (always open), and the runtime opened it again.
+    assert len(recorder.broken("watch")) >= 2 * (cuts - 2), recorder.unavailable
+    assert seen.requests.count(Request("watch", "pods")) >= cuts - 1
 
 
 async def test_log_streams_cut_mid_stream_repeatedly(target: Target) -> None:
-    async def cut() -> None:
+    async def cut(build: Build, lines: dict[str, list[bytes]]) -> None:
         while True:
             await anyio.sleep(0.7)
             target.cut_connections()
 
-    await _build_under(target, cut, count=80, pause=0.05)
+    recorder = PortRecorder(target.cluster)
+    with _through(target, recorder):
+        seen = await _build_under(target, cut, count=80, pause=0.05)
+    # Each step prints for 4 s: its log stream was cut and resumed several times.
+    assert len(recorder.broken("log")) >= 4, recorder.unavailable
+    assert seen.requests.count(Request("log", "pods")) >= 2 + 4
 
 
-@pytest.mark.slow
-async def test_api_unreachable_for_thirty_seconds_while_steps_run_and_finish(
-    target: Target,
+@pytest.mark.parametrize(
+    ("down", "count", "pause"),
+    [(3, 30, 0.05), pytest.param(30, 100, 0.2, marks=pytest.mark.slow)],
+    ids=["3s", "30s"],
+)
+async def test_api_unreachable_while_steps_run_and_finish(
+    target: Target, down: float, count: int, pause: float
 ) -> None:
-    async def outage() -> None:
-        await anyio.sleep(1)
-        target.refuse_connections(30)
+    """Step a prints for ``count * pause`` seconds and ends during an outage of
+    ``down`` seconds that begins once its first line arrived; step b runs after."""
+    outages: list[Outage] = []
 
-    started = anyio.current_time()
-    # Each step prints for ~20 s: the first ends during the outage, the second after.
-    await _build_under(target, outage, count=100, pause=0.2, api_timeout=90)
-    assert anyio.current_time() - started >= 30
+    async def outage(build: Build, lines: dict[str, list[bytes]]) -> None:
+        await _delivered(lines, "a", b"a-1")
+        started = _now()
+        target.refuse_connections(down)
+        await anyio.sleep(down)
+        outages.append(Outage(started, _now()))
+
+    recorder = PortRecorder(target.cluster)
+    with _through(target, recorder):
+        seen = await _build_under(target, outage, count=count, pause=pause, api_timeout=90)
+    # The outage took effect: the open streams broke, requests were refused while it
+    # lasted, and step a ended in it.
+    assert recorder.broken(), recorder.unavailable
+    assert recorder.refused(), recorder.unavailable
+    (window,) = outages
+    finished = seen.results["a"].finished_at
+    assert isinstance(finished, datetime)
+    assert window.started.replace(microsecond=0) <= finished <= window.ended
 
 
 async def test_a_stalled_watch_is_detected_by_its_silence(target: Target) -> None:
-    chaos = ChaosCluster(target.cluster, stall_pods_watch_after=2)
-    original = target.cluster
-    target.cluster = chaos
-    try:
-        await _build_under(
-            target,
-            anyio.sleep_forever,
-            count=20,
-            pause=0.05,
-            reflector=dataclasses.replace(RECOVERY, watch_idle_timeout=2.0),
+    chaos = ChaosCluster(target.cluster, duplicate=False, reorder=False, stall_pods_watch_after=2)
+    spec = BuildSpec(
+        build_id=f"stall-{uuid.uuid4().hex[:6]}",
+        steps=[
+            _ticker("a", 20, 0.05),
+            StepSpec(name="b", image=BUSYBOX, commands=["echo b", "sleep 0.5", "exit 4"]),
+        ],
+    )
+    with _through(target, chaos):
+        seen = await _observe(
+            target, spec, reflector=dataclasses.replace(RECOVERY, watch_idle_timeout=2.0)
         )
-    finally:
-        target.cluster = original
+    assert seen.outcome() == {"a": (_ticks("a", 20), 0), "b": ([b"b"], 4)}
+    # The watch went silent once, was found out and replaced.
     assert chaos.stalls == 1
+    assert seen.requests.count(Request("watch", "pods")) == 2
+    assert seen.open_after == (0, 0)
 
 
-async def test_duplicated_and_reordered_watch_events(target: Target) -> None:
-    chaos = ChaosCluster(target.cluster, duplicate=True, reorder=True)
-    original = target.cluster
-    target.cluster = chaos
-    try:
-        await _build_under(target, anyio.sleep_forever, count=10, pause=0.01)
-    finally:
-        target.cluster = original
+async def test_duplicated_and_reordered_watch_events_and_a_sidecar(target: Target) -> None:
+    """Every watch event twice, neighbours swapped, and a sidecar (with its own failing
+    status and Warnings) in every pod: each transition is reported once, the sidecar is
+    not a step."""
+    chaos = ChaosCluster(target.cluster, duplicate=True, reorder=True, sidecar="istio-proxy")
+    recorder = PortRecorder(chaos, deliveries=True)
+    spec = BuildSpec(
+        build_id=f"chaos-{uuid.uuid4().hex[:6]}",
+        steps=[
+            _ticker("a", 10, 0.01),
+            StepSpec(name="b", image=BUSYBOX, commands=["echo b-1", "exit 2"]),
+        ],
+    )
+    with _through(target, recorder):
+        seen = await _observe(target, spec)
+    assert seen.outcome() == {"a": (_ticks("a", 10), 0), "b": ([b"b-1"], 2)}
+    # The runtime really got duplicates and reorders.
+    assert recorder.duplicates("pods") >= 3, recorder.delivered
+    assert recorder.reorders("pods") >= 1, recorder.delivered
+    assert recorder.duplicates("events") >= 1, recorder.delivered
+    kinds = [(e.step, e.kind) for e in seen.events]
+    assert kinds.count(("a", "started")) == 1
+    assert kinds.count(("a", "completed")) == 1
+    assert kinds.count(("b", "started")) == 1
+    assert kinds.count(("b", "failed")) == 1
+    assert kinds.count((None, "scheduled")) == 1
+    assert not [k for k in kinds if k[0] == "istio-proxy"]
+    assert kinds[-1] == (None, "deleted")
+    assert seen.open_after == (0, 0)
 
 
 # ---------------------------------------------------------------- the control plane itself
-
-
-@dataclasses.dataclass
-class Observed:
-    """What the user of the API saw of one build."""
-
-    lines: dict[str, list[bytes]]
-    results: dict[str, StepResult]
-    events: list[BuildEvent]
-    requests: list[Request]
-    open_after: tuple[int, int]
-    """Watches and log streams still open once the runtime was closed."""
-
-
-async def _observe(
-    target: Target,
-    spec: BuildSpec,
-    fault: Callable[[Build, dict[str, list[bytes]]], Awaitable[None]],
-    **settings: object,
-) -> Observed:
-    """Run every step in order, tailing each, while ``fault`` acts on the build (it is
-    given the lines delivered so far, step by step, as they arrive); the fault must
-    have finished by the time the last step has (it is waited for)."""
-    lines: dict[str, list[bytes]] = {}
-    results: dict[str, StepResult] = {}
-    # A bound on the whole build: a hang fails the test instead of stalling the suite.
-    with anyio.fail_after(BUILD_BOUND):
-        async with target.runtime(**settings) as rt:
-            build = await rt.setup_build(spec)
-            await rt.assemble_build(build)
-            async with anyio.create_task_group() as faults:
-                done = anyio.Event()
-
-                async def act() -> None:
-                    await fault(build, lines)
-                    done.set()
-
-                faults.start_soon(act)
-                for step in spec.steps:
-                    await rt.run_container(build, step.name)
-                    delivered = lines[step.name] = []
-                    async for line in rt.tail_container(build, step.name):
-                        delivered.append(line)
-                    results[step.name] = await rt.wait_container(build, step.name)
-                await done.wait()
-            await rt.remove_build(build)
-            events = [event async for event in build.events()]
-    return Observed(
-        lines,
-        results,
-        events,
-        target.requests,
-        (target.cluster.open_watches, target.cluster.open_log_streams),
-    )
 
 
 async def _delivered(lines: dict[str, list[bytes]], step: str, line: bytes) -> None:
@@ -202,9 +229,6 @@ def _through(target: Target, wrapper: object) -> Iterator[None]:
     finally:
         target.cluster = original
 
-
-BUILD_BOUND = 180.0
-"""Seconds a build under a fault may take before the test fails as a hang."""
 
 RESTART_DOWN = 1.0
 """Seconds kube-apiserver stays stopped before it starts again (it then needs about
@@ -280,7 +304,7 @@ async def test_a_real_410_gone_after_etcd_is_compacted_while_the_watches_are_hel
             )
             await target.compact_and_expire()
 
-    recorder = ExpiryRecorder(target.cluster)
+    recorder = PortRecorder(target.cluster)
     with _through(target, recorder):
         seen = await _observe(target, spec, compaction)
 
@@ -324,7 +348,7 @@ async def test_kube_apiserver_killed_and_restarted_while_a_step_runs_and_finishe
             await _delivered(lines, "a", b"a-25")
         outages.append(await target.restart_apiserver(down=RESTART_DOWN))
 
-    recorder = ExpiryRecorder(target.cluster)
+    recorder = PortRecorder(target.cluster)
     with _through(target, recorder):
         seen = await _observe(target, spec, restart, api_timeout=90)
 
@@ -340,6 +364,9 @@ async def test_kube_apiserver_killed_and_restarted_while_a_step_runs_and_finishe
     assert isinstance(finished, datetime)
     assert outage.started.replace(microsecond=0) <= finished <= outage.ended
     assert seen.requests.count(Request("list", "pods")) >= 2
+    # The restart took effect: it broke the open watches, and the pods watch resuming
+    # from its old version was answered 410 Gone.
+    assert recorder.broken("watch"), recorder.unavailable
     assert recorder.expired_on("pods"), recorder.expired
     assert _step_transitions(seen.events, "a") == ["started", "completed"]
     assert _step_transitions(seen.events, "b") == ["started", "completed"]

@@ -1,13 +1,14 @@
-"""Shared fixtures: every async test runs under asyncio and trio, on a FakeCluster."""
+"""Shared fixtures: every async test runs under asyncio and trio, on a FakeCluster.
+
+A pipeline runs as in the integration suite, with ``integration.observe.run_build``."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from buildruntime import Build, BuildSpec, Runtime, StepResult, StepSpec
+from buildruntime import Runtime, StepSpec
 from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.testing import FakeCluster
 
@@ -39,30 +40,3 @@ async def runtime(cluster: FakeCluster) -> AsyncIterator[Runtime]:
 
 def step(name: str, *commands: str, image: str = "busybox", **kwargs: object) -> StepSpec:
     return StepSpec(name=name, image=image, commands=list(commands), **kwargs)  # type: ignore[arg-type]
-
-
-@dataclass
-class StepOutcome:
-    lines: list[bytes]
-    result: StepResult
-
-
-@dataclass
-class PipelineOutcome:
-    build: Build
-    steps: dict[str, StepOutcome] = field(default_factory=dict)
-
-
-async def run_pipeline(rt: Runtime, spec: BuildSpec, *, remove: bool = True) -> PipelineOutcome:
-    """What a CI executor does: assemble, then each step run → tail → wait, then remove."""
-    build = await rt.setup_build(spec)
-    outcome = PipelineOutcome(build)
-    await rt.assemble_build(build)
-    for step_spec in spec.steps:
-        await rt.run_container(build, step_spec.name)
-        lines = [line async for line in rt.tail_container(build, step_spec.name)]
-        result = await rt.wait_container(build, step_spec.name)
-        outcome.steps[step_spec.name] = StepOutcome(lines, result)
-    if remove:
-        await rt.remove_build(build)
-    return outcome

@@ -83,6 +83,10 @@ async def test_dropped_watches_lose_no_transition(cluster: FakeCluster) -> None:
     truth = _truth(cluster, "drops-1")
     assert seen == truth
     assert all(len(truth[name]) >= 3 for name in STEPS)  # placeholder, step running, step done
+    # The drops took effect: they broke both watches (a drop during a back-off finds
+    # none open), and the runtime watched again each time.
+    watches = sum(1 for r in cluster.requests if r.verb == "watch")
+    assert watches >= 2 + 2 * 3, watches
 
 
 async def test_410_gone_loses_no_transition(cluster: FakeCluster) -> None:

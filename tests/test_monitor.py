@@ -15,8 +15,9 @@ from buildruntime import BuildEvent, BuildSpec, Runtime
 from buildruntime.cluster.port import JSON, Request, Resource
 from buildruntime.monitor import NamespaceMonitor
 from buildruntime.testing import FakeCluster
+from integration.observe import run_build
 
-from .conftest import FAST_RECOVERY, run_pipeline, step
+from .conftest import FAST_RECOVERY, step
 
 pytestmark = pytest.mark.anyio
 
@@ -179,7 +180,7 @@ async def test_monitor_sees_every_build_with_one_list_and_one_watch_per_resource
                 for spec in specs:
 
                     async def one(spec: BuildSpec = spec) -> None:
-                        outcomes.append(await run_pipeline(runtime, spec))
+                        outcomes.append(await run_build(runtime, spec))
 
                     builds.start_soon(one)
             await collector.wait_deleted({s.build_id for s in specs})
@@ -221,12 +222,12 @@ async def test_dropped_watches_and_expiry_lose_nothing(
             async with anyio.create_task_group() as builds:
                 builds.start_soon(faults)
                 for spec in specs:
-                    builds.start_soon(run_pipeline, runtime, spec)
+                    builds.start_soon(run_build, runtime, spec)
             await collector.wait_deleted({s.build_id for s in specs})
             after_faults = await settled(counting)
             # Another build after the faults costs the monitor nothing more.
             extra = BuildSpec(build_id="flt-after", steps=[step("one", "echo z")])
-            await run_pipeline(runtime, extra)
+            await run_build(runtime, extra)
             await collector.wait_deleted({"flt-after"})
             tg.cancel_scope.cancel()
     check_events(collector, specs)
@@ -261,7 +262,7 @@ async def test_pods_that_are_not_builds_are_ignored(cluster: FakeCluster, runtim
             tg.start_soon(collector.run)
             await cluster.create_pod("ci", other)
             spec = BuildSpec(build_id="real-1", steps=[step("one", "echo a")])
-            await run_pipeline(runtime, spec)
+            await run_build(runtime, spec)
             await collector.wait_deleted({"real-1"})
             tg.cancel_scope.cancel()
         await cluster.delete_pod("ci", "not-a-build")
