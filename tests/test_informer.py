@@ -12,7 +12,7 @@ import pytest
 
 from buildruntime import BuildSpec, Runtime
 from buildruntime.build import Build
-from buildruntime.informer.snapshots import ContainerSnapshot, pod_snapshot
+from buildruntime.informer.snapshots import ContainerStatus, pod_snapshot
 from buildruntime.testing import FakeCluster
 
 from .conftest import FAST_RECOVERY, IMAGES, step
@@ -33,9 +33,9 @@ def _spec(build_id: str) -> BuildSpec:
     )
 
 
-def _truth(cluster: FakeCluster, pod: str) -> dict[str, list[ContainerSnapshot]]:
+def _truth(cluster: FakeCluster, pod: str) -> dict[str, list[ContainerStatus]]:
     """Each step's distinct container states, in order, as the API server wrote them."""
-    truth: dict[str, list[ContainerSnapshot]] = {name: [] for name in STEPS}
+    truth: dict[str, list[ContainerStatus]] = {name: [] for name in STEPS}
     for version in cluster.history("ci", pod):
         snapshot = pod_snapshot(version)
         for name in STEPS:
@@ -45,7 +45,7 @@ def _truth(cluster: FakeCluster, pod: str) -> dict[str, list[ContainerSnapshot]]
     return truth
 
 
-async def _record(build: Build, name: str, into: dict[str, list[ContainerSnapshot]]) -> None:
+async def _record(build: Build, name: str, into: dict[str, list[ContainerStatus]]) -> None:
     async for view in build.step_states(name):
         if view.container is not None and (not into[name] or into[name][-1] != view.container):
             into[name].append(view.container)
@@ -53,8 +53,8 @@ async def _record(build: Build, name: str, into: dict[str, list[ContainerSnapsho
 
 async def _run_build_under(
     cluster: FakeCluster, build_id: str, fault: Callable[[], Awaitable[None]]
-) -> dict[str, list[ContainerSnapshot]]:
-    seen: dict[str, list[ContainerSnapshot]] = {name: [] for name in STEPS}
+) -> dict[str, list[ContainerStatus]]:
+    seen: dict[str, list[ContainerStatus]] = {name: [] for name in STEPS}
     async with (
         Runtime(cluster, namespace="ci", reflector=FAST_RECOVERY) as rt,
         anyio.create_task_group() as tg,

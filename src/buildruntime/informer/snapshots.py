@@ -330,7 +330,3 @@ def pod_snapshot(obj: dict[str, Any]) -> PodSnapshot:
 def event_snapshot(obj: dict[str, Any]) -> EventSnapshot:
     """Trim a core/v1 Event (decoded JSON) to an :class:`EventSnapshot`."""
     return msgspec.convert(obj, EventSnapshot, strict=False)
-
-
-ContainerSnapshot = ContainerStatus
-"""The former name of :class:`ContainerStatus`, kept while callers move."""
