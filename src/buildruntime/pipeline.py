@@ -111,6 +111,7 @@ from typing import Any, Literal
 import yaml
 
 from buildruntime.errors import SpecError
+from buildruntime.names import DNS1123_SUBDOMAIN
 from buildruntime.pod_policy import POD_FIELDS
 from buildruntime.secrets import ExistingSecret, RegistryCredentials, SecretValue
 from buildruntime.spec import PULL_POLICIES, BuildSpec, StepSpec
@@ -769,7 +770,6 @@ class _Source:
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 """A secret's name: it becomes a key of the build's Secret (Kubernetes' rule for one)."""
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 """The name of a Secret in the namespace (a DNS-1123 subdomain)."""
 _FORMS = "{from_env: VAR} or {from_file: path}"
 
@@ -996,7 +996,7 @@ def _step_secrets(
                     raise SpecError(
                         f"{where}.{key}", f"must be a string, not {_kind(item.get(key))}"
                     )
-            if not _SECRET_NAME.match(item["secret"]):
+            if not DNS1123_SUBDOMAIN.match(item["secret"]):
                 raise SpecError(f"{where}.secret", f"{item['secret']!r} is not a Secret's name")
             if not _SECRET_KEY.match(item["key"]):
                 raise SpecError(f"{where}.key", f"{item['key']!r} is not a key of a Secret")
@@ -1039,7 +1039,7 @@ def _secret_names(value: object, field: str) -> list[str]:
     for i, name in enumerate(value):
         if not isinstance(name, str):
             raise SpecError(f"{field}[{i}]", f"must be a Secret's name, not {_kind(name)}")
-        if not _SECRET_NAME.match(name):
+        if not DNS1123_SUBDOMAIN.match(name):
             raise SpecError(f"{field}[{i}]", f"{name!r} is not a Secret's name")
     return list(value)
 

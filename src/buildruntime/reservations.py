@@ -18,29 +18,10 @@ such builds enough headroom in the largest step's requests.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
-_SUFFIXES = {
-    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
-    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
-    "m": Decimal("0.001"),
-    "u": Decimal("0.000001"),
-    "n": Decimal("0.000000001"),
-    "": Decimal(1),
-}
-_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)([a-zA-Z]*)$")
-
-
-def parse_quantity(text: str) -> Decimal:
-    """A Kubernetes quantity (``500m``, ``1.5Gi``, ``2``, ``1e3``) as a number (specs are
-    checked on construction, so every quantity here parses)."""
-    match = _QUANTITY.match(text.strip())
-    if match is None or match.group(2) not in _SUFFIXES:
-        raise ValueError(f"not a quantity: {text!r}")
-    return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
-
+from buildruntime.quantities import parse_quantity
 
 Resources = Mapping[str, Mapping[str, str]]
 

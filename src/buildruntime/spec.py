@@ -18,7 +18,9 @@ from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.names import DNS1123_SUBDOMAIN, dns1123_label_problem
 from buildruntime.pod_policy import POD_FIELDS, apply_overrides, check_policy_value
+from buildruntime.quantities import QUANTITY
 from buildruntime.reservations import shared_requests
 from buildruntime.secrets import (
     ExistingSecret,
@@ -48,32 +50,12 @@ PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
 DEFAULT_ENTRYPOINT: tuple[str, ...] = ("/bin/sh", "-c")
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-_QUANTITY = re.compile(
-    r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
-)
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _RESOURCE_KEYS = ("requests", "limits")
 _RESERVED_LABELS = (MANAGED_BY, BUILD_ID)
-
-
-def dns1123_label_problem(value: object) -> str | None:
-    """Why ``value`` is not a DNS-1123 label (Kubernetes' rule for names), or None."""
-    if not isinstance(value, str):
-        return f"must be a string, not {type(value).__name__}"
-    if not value:
-        return "must not be empty"
-    if len(value) > 63:
-        return f"{value!r} is longer than 63 characters"
-    if not _DNS1123_LABEL.match(value):
-        return (
-            f"{value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit)"
-        )
-    return None
 
 
 def _require(value: object, field_name: str, kind: type, *, build_id: str | None = None) -> None:
@@ -127,7 +109,7 @@ def _check_resources(value: object, field_name: str) -> dict[str, dict[str, str]
             text = str(quantity) if isinstance(quantity, int | float) else quantity
             if not isinstance(name, str) or not isinstance(text, str) or isinstance(quantity, bool):
                 raise SpecError(f"{field_name}.{key}.{name}", "must be a quantity such as '64Mi'")
-            if not _QUANTITY.match(text):
+            if not QUANTITY.match(text):
                 raise SpecError(
                     f"{field_name}.{key}.{name}",
                     f"{text!r} is not a quantity (e.g. '500m', '64Mi')",
@@ -351,7 +333,7 @@ class BuildSpec:
             problem = dns1123_label_problem(self.service_account)
             if problem and not (
                 isinstance(self.service_account, str)
-                and re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", self.service_account)
+                and DNS1123_SUBDOMAIN.match(self.service_account)
             ):
                 raise SpecError("service_account", problem, build_id=bid)
         if self.pause_image is not None:
@@ -368,7 +350,7 @@ class BuildSpec:
         object.__setattr__(self, "secrets", check_build_secrets(self.secrets))
         object.__setattr__(self, "registries", check_registries(self.registries))
         if isinstance(self.image_pull_secrets, str) or not all(
-            isinstance(name, str) and re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)
+            isinstance(name, str) and DNS1123_SUBDOMAIN.match(name)
             for name in self.image_pull_secrets
         ):
             raise SpecError("image_pull_secrets", "must be a list of Secret names", build_id=bid)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
+from buildruntime.names import DNS1123_SUBDOMAIN, dns1123_label_problem
 
 DEFAULT_WORKSPACE_PATH = "/workspace"
 WORKSPACE_VOLUME = "workspace"
@@ -28,7 +29,6 @@ VOLUME_KINDS = ("configMap", "secret", "emptyDir", "persistentVolumeClaim", "hos
 """The volume sources a build may declare."""
 
 _QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def check_path(value: object, field: str) -> str:
@@ -67,9 +67,7 @@ class Workspace:
         if self.medium not in (None, "Memory"):
             raise SpecError("workspace.medium", f"must be 'Memory' or None, not {self.medium!r}")
         if self.claim is not None:
-            if not isinstance(self.claim, str) or not re.match(
-                r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", self.claim
-            ):
+            if not isinstance(self.claim, str) or not DNS1123_SUBDOMAIN.match(self.claim):
                 raise SpecError("workspace.claim", f"{self.claim!r} is not a claim name")
             if self.size_limit is not None or self.medium is not None:
                 raise SpecError(
@@ -96,7 +94,7 @@ def check_volumes(value: object) -> dict[str, JSON]:
     volumes: dict[str, JSON] = {}
     for name, source in value.items():
         field = f"volumes[{name!r}]"
-        if not isinstance(name, str) or not _DNS1123_LABEL.match(name) or len(name) > 63:
+        if not isinstance(name, str) or dns1123_label_problem(name) is not None:
             raise SpecError(field, "the name must be a DNS-1123 label")
         if name == WORKSPACE_VOLUME:
             raise SpecError(field, f"{WORKSPACE_VOLUME!r} is the workspace's own volume")
