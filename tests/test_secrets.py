@@ -78,11 +78,11 @@ def test_masking_covers_each_line_and_the_longest_value_first() -> None:
             SecretValue("xyz"),
         ]
     )
-    assert masker.line(b"abcdefgh and abcd") == b"******** and ********"
-    assert masker.line(b"line-two then line-one") == b"******** then ********"
+    assert masker.lines([b"abcdefgh and abcd"]) == [b"******** and ********"]
+    assert masker.lines([b"line-two then line-one"]) == [b"******** then ********"]
     # Shorter than MIN_MASKED: not masked (it would blank unrelated text everywhere).
     assert len("xyz") < MIN_MASKED
-    assert masker.line(b"xyz") == b"xyz"
+    assert masker.lines([b"xyz"]) == [b"xyz"]
     assert masker.text("token abcd") == "token ********"
     assert not Masker([SecretValue("ab")])
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from buildruntime.cluster.port import JSON
 from buildruntime.errors import BuildRuntimeError, SpecError
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.names import DNS1123_SUBDOMAIN
 
 MASK = b"********"
 MIN_MASKED = 4
@@ -29,7 +30,6 @@ MIN_MASKED = 4
 is that short. Use secrets of at least this many characters."""
 
 _KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 class SecretValue:
@@ -66,7 +66,7 @@ class ExistingSecret:
     key: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not DNS1123_SUBDOMAIN.match(self.name):
             raise SpecError("secret.name", f"{self.name!r} is not a Secret name")
         if not isinstance(self.key, str) or not _KEY.match(self.key):
             raise SpecError("secret.key", f"{self.key!r} is not a Secret key")
@@ -248,9 +248,6 @@ class Masker:
         # Values hold no newline (each line of a multi-line value is its own
         # alternative), so the rewritten block splits back into as many lines.
         return pattern.sub(MASK, joined).split(b"\n")
-
-    def line(self, line: bytes) -> bytes:
-        return line if self._bytes is None else self._bytes.sub(MASK, line)
 
     def text(self, text: str) -> str:
         return text if self._text is None else self._text.sub(MASK.decode(), text)
