@@ -43,7 +43,7 @@ from buildruntime.cli.exits import (
     BadInput,
 )
 from buildruntime.cli.run import run_build
-from buildruntime.cli.target import SIMULATED_IMAGES, Target, choose_target, open_cluster
+from buildruntime.cli.target import Target, choose_target, open_cluster
 from buildruntime.errors import BuildRuntimeError, SpecError
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
-    "SIMULATED_IMAGES",
     "BadInput",
     "Console",
     "Target",

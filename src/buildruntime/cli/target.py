@@ -13,21 +13,7 @@ from buildruntime.cli.exits import BadInput, one_line
 from buildruntime.cluster.port import Cluster
 from buildruntime.errors import BuildRuntimeError
 
-__all__ = ["SIMULATED_IMAGES", "Target", "choose_target", "open_cluster", "server_of"]
-
-SIMULATED_IMAGES = frozenset(
-    {
-        "busybox",
-        "alpine",
-        "alpine:3.20",
-        "golang:1.23",
-        "python:3.12",
-        "ubuntu:24.04",
-        "debian:12",
-        "node:22",
-    }
-)
-"""The images ``--simulate`` "pulls" when its FakeCluster cannot take every valid name."""
+__all__ = ["Target", "choose_target", "open_cluster", "server_of"]
 
 _SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -91,18 +77,13 @@ def _fake_cluster(pause_image: str | None) -> Any:
     from buildruntime.testing import FakeCluster
 
     settings: dict[str, Any] = {}
-    every_image: Any = None
     if pause_image is not None:
         # The simulated node must know the placeholder for what it is: an image that
         # runs nothing and ignores its args.
         settings["pause_image"] = pause_image
-    try:
-        # None: every valid image name is present, as a user of --simulate expects
-        # (ubuntu:22.04 is not "not found" because nobody listed it).
-        return FakeCluster(images=every_image, **settings)
-    except TypeError:
-        # A FakeCluster that needs its images listed: fall back to the usual ones.
-        return FakeCluster(images=set(SIMULATED_IMAGES), **settings)
+    # None: every valid image name is present, as a user of --simulate expects
+    # (ubuntu:22.04 is not "not found" because nobody listed it).
+    return FakeCluster(images=None, **settings)
 
 
 def _kube_cluster(target: Target, api_timeout: float | None) -> Any:
@@ -130,9 +111,8 @@ def _kube_cluster(target: Target, api_timeout: float | None) -> Any:
 
 def server_of(cluster: object) -> str | None:
     """The API server's address of a KubeCluster (None for the simulation)."""
-    api_client = getattr(cluster, "_api_client", None)
-    host = getattr(getattr(api_client, "configuration", None), "host", None)
-    return host if isinstance(host, str) and host else None
+    server = getattr(cluster, "server", None)
+    return server if isinstance(server, str) and server else None
 
 
 @asynccontextmanager
