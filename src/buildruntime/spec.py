@@ -1,9 +1,10 @@
 """Build and step specs: validation on construction, and the pod they render to.
 
-The rendered pod has one container per step. Each starts on the pause placeholder with
-the step's final args already in place, because a running pod's spec is immutable except
-for its images: ``run_container`` later swaps only the image, and the kubelet restarts the
-container with the step image and those args.
+The rendered pod has one container per step. Each starts on the placeholder with the
+step's final command line already in place, because a running pod's spec is immutable
+except for its images: ``run_container`` later swaps only the image, and the kubelet
+restarts the container with the step image and that command line (see
+:mod:`buildruntime.launch`).
 """
 
 from __future__ import annotations
