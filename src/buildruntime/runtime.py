@@ -201,6 +201,7 @@ class Runtime:
             spec,
             namespace=self.namespace,
             pause_image=self.pause_image,
+            placeholder_image=self.settings.placeholder_image,
             workspace_path=self.settings.workspace_path,
         )
         controller = BuildController(
