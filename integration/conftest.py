@@ -40,9 +40,6 @@ from .tcp_proxy import TcpProxy
 BUSYBOX = "busybox"
 LOCAL_PAUSE_IMAGE = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
 PAUSE_ALIAS = "docker.io/kubernetes/pause:latest"
-PRIVATE_REGISTRY = "registry.private.test"
-PRIVATE_REGISTRY_LOGIN = ("ci", "pull-pass-2026")
-"""A registry that serves busybox only to pods with these credentials (FakeTarget's)."""
 """The second tag integration/cluster/up gives the pause image (FakeTarget's node too)."""
 RECOVERY = ReflectorSettings(backoff_initial=0.1, backoff_max=1.0)
 CLUSTER_SCRIPTS = Path(__file__).parent / "cluster"
@@ -50,6 +47,19 @@ APISERVER_START = 2.5
 """Seconds the local kube-apiserver takes from its start to a ready /readyz; FakeCluster
 stays unreachable that much longer when "restarted"."""
 JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PrivateRegistry:
+    """A registry that serves busybox (as ``<host>/library/busybox:latest``) only to
+    pulls carrying this user and password."""
+
+    host: str
+    username: str
+    password: str
+
+
+FAKE_PRIVATE_REGISTRY = PrivateRegistry("registry.private.test", "ci", "pull-pass-2026")
 
 
 def target_kind() -> str:
@@ -71,6 +81,8 @@ class Target:
     cluster: Any
     namespace: str
     pause_image: str | None
+    private_registry: PrivateRegistry | None
+    """None where the target has no registry behind authentication."""
 
     def runtime(self, **settings: Any) -> Runtime:
         if self.pause_image:
@@ -195,8 +207,14 @@ class FakeTarget(Target):
             image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS},
             # What the local cluster's node offers on the 2-core machine.
             node_allocatable={"cpu": "2", "memory": "24Gi"},
-            private_registries={PRIVATE_REGISTRY: PRIVATE_REGISTRY_LOGIN},
+            private_registries={
+                FAKE_PRIVATE_REGISTRY.host: (
+                    FAKE_PRIVATE_REGISTRY.username,
+                    FAKE_PRIVATE_REGISTRY.password,
+                )
+            },
         )
+        self.private_registry = FAKE_PRIVATE_REGISTRY
         self.cluster = self.fake
         self.namespace = "integration"
         self.pause_image = None
@@ -295,6 +313,7 @@ class ClusterTarget(Target):
         self.cluster = KubeCluster(client.ApiClient(configuration))
         self.namespace = namespace
         self.pause_image = LOCAL_PAUSE_IMAGE
+        self.private_registry = _local_private_registry() if self.local else None
         self._outside = KubeCluster.from_kubeconfig(kubeconfig)
         self._admin = config.new_client_from_config(config_file=kubeconfig)
         self._volumes: list[str] = []
@@ -554,6 +573,16 @@ def _state_root() -> Path:
 
 def _run_root() -> Path:
     return Path(os.environ.get("BUILDRUNTIME_CLUSTER_RUN", "/run/buildruntime-cluster"))
+
+
+def _local_private_registry() -> PrivateRegistry | None:
+    """The local cluster's registry behind basic auth, as integration/cluster/up
+    describes it (None on a cluster started before it had one)."""
+    try:
+        described = json.loads((_state_root() / "private-registry.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return PrivateRegistry(described["host"], described["username"], described["password"])
 
 
 def _apiserver_pid() -> int | None:

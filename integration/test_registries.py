@@ -10,31 +10,37 @@ import pytest
 
 from buildruntime import BuildSpec, ImagePullError, RegistryCredentials, StepSpec
 
-from .conftest import PRIVATE_REGISTRY, PRIVATE_REGISTRY_LOGIN, Target
+from .conftest import PrivateRegistry, Target
 
 pytestmark = pytest.mark.anyio
 
-IMAGE = f"{PRIVATE_REGISTRY}/library/busybox:latest"
 
-
-def _spec(prefix: str, **build: object) -> BuildSpec:
+def _spec(registry: PrivateRegistry, prefix: str, **build: object) -> BuildSpec:
+    image = f"{registry.host}/library/busybox:latest"
     return BuildSpec(
         build_id=f"{prefix}-{uuid.uuid4().hex[:6]}",
         # Always: an image already on the node is not pulled, so needs no credentials.
-        steps=[StepSpec(name="s", image=IMAGE, commands=["echo pulled"], pull_policy="Always")],
+        steps=[StepSpec(name="s", image=image, commands=["echo pulled"], pull_policy="Always")],
         **build,  # type: ignore[arg-type]
     )
 
 
-@pytest.fixture(autouse=True)
-def _only_where_the_registry_asks(target: Target) -> None:
-    if target.kind != "fake":
-        pytest.skip("the local cluster's registry has no authentication yet (README: Known limits)")
+@pytest.fixture
+def registry(target: Target) -> PrivateRegistry:
+    if target.private_registry is None:
+        pytest.skip("this cluster has no registry behind authentication to pull from")
+    return target.private_registry
 
 
-async def test_an_image_pulls_with_the_builds_credentials(target: Target) -> None:
-    user, password = PRIVATE_REGISTRY_LOGIN
-    spec = _spec("private", registries={PRIVATE_REGISTRY: RegistryCredentials(user, password)})
+async def test_an_image_pulls_with_the_builds_credentials(
+    target: Target, registry: PrivateRegistry
+) -> None:
+    password = registry.password
+    spec = _spec(
+        registry,
+        "private",
+        registries={registry.host: RegistryCredentials(registry.username, password)},
+    )
     async with target.runtime() as rt:
         build = await rt.setup_build(spec)
         assert password not in str(build.pod_manifest)
@@ -54,8 +60,10 @@ async def test_an_image_pulls_with_the_builds_credentials(target: Target) -> Non
     assert await target.read_secret(f"{spec.pod_name}-registries") is None
 
 
-async def test_without_credentials_the_pull_is_refused_and_says_so(target: Target) -> None:
-    spec = _spec("refused")
+async def test_without_credentials_the_pull_is_refused_and_says_so(
+    target: Target, registry: PrivateRegistry
+) -> None:
+    spec = _spec(registry, "refused")
     async with target.runtime() as rt:
         build = await rt.setup_build(spec)
         await rt.assemble_build(build)

@@ -23,7 +23,14 @@ PAUSE_ALIAS=docker.io/kubernetes/pause:latest
 BUSYBOX_IMAGES="localhost/busybox:latest docker.io/library/busybox:latest localhost/busybox:1.35 docker.io/library/busybox:1.35"
 # images/build output lives in $CACHE_ROOT/images-<hash of its inputs> (set by `up`).
 REGISTRY_ADDR=127.0.0.1:5055
+# The same registry behind HTTP basic auth, named by its own address: images named
+# 127.0.0.1:5056/... pull only with these credentials (an image pull Secret). `up`
+# writes both to $STATE_ROOT/private-registry.json for the integration suite.
+PRIVATE_REGISTRY_ADDR=127.0.0.1:5056
+PRIVATE_REGISTRY_USER=ci
+PRIVATE_REGISTRY_PASSWORD=pull-pass-2026
 
 # kube-controller-manager runs only what pods, ServiceAccounts, namespaces, RBAC
 # aggregation and ResourceQuota need.
 KCM_CONTROLLERS=persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,resourcequota-controller
+
