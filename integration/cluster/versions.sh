@@ -34,3 +34,13 @@ PRIVATE_REGISTRY_PASSWORD=pull-pass-2026
 # aggregation and ResourceQuota need.
 KCM_CONTROLLERS=persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,resourcequota-controller
 
+# The node's container runtime, built from Go modules by build-node (Debian's containerd
+# 1.6 / runc 1.1 cut a fast-exiting container's last output). Both still support this
+# machine's cgroup v1 (deprecated: containerd until at least May 2029, runc since 1.4).
+CONTAINERD_VERSION=v2.4.2
+RUNC_VERSION=v1.5.3
+# runc's seccomp support links libseccomp (cgo); libpathrs (a Rust library) is left out:
+# runc then uses its pure-Go path resolution.
+RUNC_BUILDTAGS="seccomp urfave_cli_no_docs"
+NODE_BIN="$CACHE_ROOT/node-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION/bin"
+NODE_COMPONENTS="containerd containerd-shim-runc-v2 ctr runc"
