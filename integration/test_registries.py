@@ -74,4 +74,26 @@ async def test_without_credentials_the_pull_is_refused_and_says_so(
             await rt.remove_build(build)
     assert info.value.step == "s"
     assert info.value.message is not None
-    assert "401 Unauthorized" in info.value.message
+    # The kubelet's words (containerd 2's): refused for want of credentials.
+    assert "pull access denied" in info.value.message
+    assert "no basic auth credentials" in info.value.message
+    assert f"{registry.host}/library/busybox:latest" in info.value.message
+
+
+async def test_wrong_credentials_are_refused_by_the_registry(
+    target: Target, registry: PrivateRegistry
+) -> None:
+    wrong = RegistryCredentials(registry.username, "not-" + registry.password)
+    spec = _spec(registry, "wrong", registries={registry.host: wrong})
+    async with target.runtime() as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        try:
+            with anyio.fail_after(60), pytest.raises(ImagePullError) as info:
+                await rt.run_container(build, "s")
+        finally:
+            await rt.remove_build(build)
+    assert info.value.step == "s"
+    assert info.value.message is not None
+    assert "/library/busybox/manifests/latest: 401 Unauthorized" in info.value.message
+    assert registry.password not in str(info.value)
