@@ -167,6 +167,13 @@ class Target:
         does not exist."""
         raise NotImplementedError
 
+    async def node_log(self, pod: str, container: str) -> list[bytes]:
+        """The lines of the container's latest instance as the node itself stores them
+        (the container runtime's log file, before the kubelet or the API server serve
+        it), partial records joined; a last record the runtime never finished is the
+        last line, as it stands. Read it before the pod is deleted."""
+        raise NotImplementedError
+
     async def pod_gone(self, name: str) -> None:
         """Poll the ground truth until the pod no longer exists (bound it with
         ``anyio.fail_after``): a deletion takes the pod's grace period."""
@@ -286,6 +293,18 @@ class FakeTarget(Target):
 
     async def read_secret(self, name: str) -> JSON | None:
         return self.fake.secret(self.namespace, name)
+
+    async def node_log(self, pod: str, container: str) -> list[bytes]:
+        # The simulated node's record of the instance (every file, rotated ones too).
+        log = self.fake._kubelet.log_for(self.namespace, pod, container)
+        lines: list[bytes] = []
+        pending = b""
+        for record in log.lines:
+            pending += record.text
+            if record.complete:
+                lines.append(pending)
+                pending = b""
+        return [*lines, pending] if pending else lines
 
     async def create_runtime_class(self, name: str, handler: str) -> None:
         # The simulated node runs every pod the same way, whatever its class.
@@ -533,6 +552,19 @@ class ClusterTarget(Target):
         await anyio.to_thread.run_sync(lambda: node.create_runtime_class(body))
         self._runtime_classes.append(name)
 
+    async def node_log(self, pod: str, container: str) -> list[bytes]:
+        self.require_control("reading the node's log files")
+        current = await self.read_pod(pod)
+        assert current is not None, f"pod {pod} does not exist"
+        uid = current["metadata"]["uid"]
+        directory = _state_root() / "pod-logs" / f"{self.namespace}_{pod}_{uid}" / container
+        # <restart count>.log, and <restart count>.log.<time> for the files the kubelet
+        # rotated away while the instance ran.
+        latest = max(int(f.name.split(".")[0]) for f in directory.glob("*.log"))
+        files = [*sorted(directory.glob(f"{latest}.log.*")), directory / f"{latest}.log"]
+        data = b"".join([await anyio.Path(f).read_bytes() for f in files])
+        return cri_log_lines(data)
+
     async def read_secret(self, name: str) -> JSON | None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -565,6 +597,26 @@ class ClusterTarget(Target):
         await self.cluster.aclose()
         await self._outside.aclose()
         self._admin.close()
+
+
+def cri_log_lines(data: bytes) -> list[bytes]:
+    """The lines of a CRI log file: ``<time> <stream> <P|F> <text>`` records, a line
+    longer than the runtime's maximum split into P(artial) records ended by an F(ull)
+    one. A file cut inside a record keeps what it has of it as its last line."""
+    lines: list[bytes] = []
+    pending = b""
+    records = data.split(b"\n")
+    for number, record in enumerate(records):
+        if not record and number == len(records) - 1:
+            break
+        fields = record.split(b" ", 3)
+        if len(fields) < 4:  # cut inside the record's header: no text of it stored
+            break
+        pending += fields[3]
+        if fields[2] == b"F":
+            lines.append(pending)
+            pending = b""
+    return [*lines, pending] if pending else lines
 
 
 def _state_root() -> Path:
