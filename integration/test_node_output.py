@@ -6,7 +6,8 @@ still in the pipe when the exit is seen. Debian's containerd 1.6.20 / runc 1.1.5
 there (a `seq 1 200000` step kept 189,000-194,000 lines, the last cut mid-number); the
 local cluster's node runs containerd 2.4 / runc 1.5 (integration/cluster/build-node).
 Each step's output is checked twice: in the node's own log file (what the runtime
-stored) and through ``tail_container`` (what the runtime read back from the API).
+stored; on the local cluster and FakeCluster, whose files the tests can read) and through
+``tail_container`` (what the runtime read back from the API).
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ def _numbers(count: int) -> list[bytes]:
     return [str(n).encode() for n in range(1, count + 1)]
 
 
-def _missing(lines: list[bytes], count: int) -> str:
+def _missing(lines: list[bytes] | None, count: int) -> str:
     """What a wrong log lacks, briefly (a 200,000-line diff helps nobody)."""
+    if lines is None:
+        return "not readable here"
     last = lines[-1] if lines else None
     return f"{len(lines)} lines of {count}, the last {last!r}"
 
 
 async def _step_output(
     rt: Runtime, target: Target, build: Build, step: str
-) -> tuple[list[bytes], list[bytes], int | None]:
+) -> tuple[list[bytes], list[bytes] | None, int | None]:
     """The step's lines through tail_container and in the node's file, and its exit."""
     await rt.run_container(build, step)
     tailed = [line async for line in rt.tail_container(build, step)]
@@ -71,7 +74,7 @@ async def test_a_step_printing_200000_lines_and_exiting_at_once_loses_none(
             finally:
                 await rt.remove_build(build)
     assert exit_code == 0
-    assert node == expected, "node's log file: " + _missing(node, LINES)
+    assert node is None or node == expected, "node's log file: " + _missing(node, LINES)
     assert tailed == expected, "tail_container: " + _missing(tailed, LINES)
 
 
@@ -89,7 +92,7 @@ async def test_a_hundred_such_steps_at_the_same_time_lose_none(target: Target) -
         )
         for b in range(BUILDS)
     ]
-    outputs: dict[tuple[str, str], tuple[list[bytes], list[bytes], int | None]] = {}
+    outputs: dict[tuple[str, str], tuple[list[bytes], list[bytes] | None, int | None]] = {}
     started = time.monotonic()
 
     async def one_step(rt: Runtime, build: Build, step: str) -> None:
@@ -117,7 +120,7 @@ async def test_a_hundred_such_steps_at_the_same_time_lose_none(target: Target) -
     wrong = {
         key: (_missing(node, len(expected)), _missing(tailed, len(expected)), exit_code)
         for key, (tailed, node, exit_code) in outputs.items()
-        if (tailed, node, exit_code) != (expected, expected, 0)
+        if (tailed, exit_code) != (expected, 0) or node not in (None, expected)
     }
     assert not wrong, f"steps that lost output (node file, tail_container, exit): {wrong}"
     print(f"{len(outputs)} steps x {len(expected)} lines whole in {elapsed:.1f}s")
