@@ -23,6 +23,7 @@ from buildruntime import (
     SpecError,
     StepTimeoutError,
 )
+from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.telemetry import names
 from buildruntime.testing import FakeCluster
 from integration.observe import run_build
@@ -78,6 +79,22 @@ async def test_broken_and_expired_watches_are_counted_by_cause(
     # Every watch request followed a list or a restart, and each is counted once.
     watches = sum(1 for r in cluster.requests if r.verb == "watch") - watches_before
     assert watches == sum(restarts.values()) + sum(relists.values())
+
+
+async def test_watches_the_server_ends_and_resyncs_are_counted_by_cause(
+    cluster: FakeCluster, recorder: Recorder
+) -> None:
+    # The server ends every watch after a second; a relist is due every 1.5 s.
+    timing = ReflectorSettings(watch_timeout=(1, 1), resync_period=1.5, min_watch_duration=0.1)
+    async with Runtime(cluster, "ci", reflector=timing, **recorder.settings) as rt:
+        spec = BuildSpec(build_id="watch-ends", steps=[step("s", "sleep 3.5", "echo done")])
+        seen = await run_build(rt, spec)
+    assert seen.outcome() == {"s": ([b"done"], 0)}
+    restarts = recorder.by(names.WATCH_RESTARTS_METRIC, names.WATCH_RESOURCE, names.CAUSE)
+    relists = recorder.by(names.WATCH_RELISTS_METRIC, names.WATCH_RESOURCE, names.CAUSE)
+    assert restarts[("pods", "closed")] >= 1
+    assert relists[("pods", "resync")] >= 1
+    assert ("pods", "error") not in restarts
 
 
 async def test_lines_rotated_away_are_counted_as_one_notice(
