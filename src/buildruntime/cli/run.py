@@ -101,10 +101,9 @@ class Row:
         showed it already ended: then only the kubelet's whole-second timestamps say
         how long it ran, and the summary says "under so many seconds"."""
         result = self.step_result
-        if self.ended_unseen and result is not None:
-            if result.started_at is not None and result.finished_at is not None:
-                whole = int((result.finished_at - result.started_at).total_seconds())
-                return f"<{max(whole, 0) + 1}s"
+        if self.ended_unseen and result and result.started_at and result.finished_at:
+            whole = int((result.finished_at - result.started_at).total_seconds())
+            return f"<{max(whole, 0) + 1}s"
         if self.started is not None and self.ended is not None:
             return _seconds(self.ended - self.started)
         return None
