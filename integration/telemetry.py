@@ -34,6 +34,10 @@ class Recorder:
         """The finished spans called ``name``, in the order they ended."""
         return [span for span in self.exporter.get_finished_spans() if span.name == name]
 
+    @staticmethod
+    def attributes(span: ReadableSpan) -> dict[str, Any]:
+        return dict(span.attributes or {})
+
     def _points(self, metric: str) -> list[Any]:
         data = self.reader.get_metrics_data()
         if data is None:

@@ -49,24 +49,30 @@ async def test_a_build_s_spans_and_metrics(target: Target) -> None:
     }
     # Spans: the build's, and one per step under it with what the step came to.
     (build_span,) = recorder.spans(names.BUILD_SPAN)
-    assert build_span.attributes is not None
-    assert build_span.attributes[names.BUILD_ID] == build_id
-    assert build_span.attributes[names.POD] == seen.build.pod_name
-    steps = {span.attributes[names.STEP]: span for span in recorder.spans(names.STEP_SPAN)}  # type: ignore[index]
+    assert build_span.context is not None
+    assert recorder.attributes(build_span)[names.BUILD_ID] == build_id
+    assert recorder.attributes(build_span)[names.POD] == seen.build.pod_name
+    steps = {
+        str(recorder.attributes(span)[names.STEP]): span
+        for span in recorder.spans(names.STEP_SPAN)
+    }
     assert sorted(steps) == ["fail", "greet"]
     for span in steps.values():
         assert span.parent is not None
-        assert span.parent.span_id == build_span.context.span_id  # type: ignore[union-attr]
-        assert span.context.trace_id == build_span.context.trace_id  # type: ignore[union-attr]
-        assert span.attributes is not None
-        assert span.attributes[names.BUILD_ID] == build_id
-        assert span.attributes[names.IMAGE] == BUSYBOX
-        assert build_span.start_time <= span.start_time <= span.end_time <= build_span.end_time  # type: ignore[operator]
-    assert steps["greet"].attributes[names.EXIT_CODE] == 0  # type: ignore[index]
-    assert names.FAILURE not in steps["greet"].attributes  # type: ignore[operator]
+        assert span.context is not None
+        assert span.parent.span_id == build_span.context.span_id
+        assert span.context.trace_id == build_span.context.trace_id
+        assert recorder.attributes(span)[names.BUILD_ID] == build_id
+        assert recorder.attributes(span)[names.IMAGE] == BUSYBOX
+        times = [build_span.start_time, span.start_time, span.end_time, build_span.end_time]
+        assert None not in times
+        assert times == sorted(times)  # type: ignore[type-var]
+    greet, fail = recorder.attributes(steps["greet"]), recorder.attributes(steps["fail"])
+    assert greet[names.EXIT_CODE] == 0
+    assert names.FAILURE not in greet
     assert steps["greet"].status.is_ok
-    assert steps["fail"].attributes[names.EXIT_CODE] == 3  # type: ignore[index]
-    assert steps["fail"].attributes[names.FAILURE] == "APP_ERROR"  # type: ignore[index]
+    assert fail[names.EXIT_CODE] == 3
+    assert fail[names.FAILURE] == "APP_ERROR"
     assert not steps["fail"].status.is_ok
 
     # Metrics: the lines the steps printed, the requests the target saw.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -41,16 +42,20 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-async def runtime(cluster: FakeCluster, recorder: Recorder) -> Runtime:  # type: ignore[override]
+async def runtime(cluster: FakeCluster, recorder: Recorder) -> AsyncIterator[Runtime]:
+    """The suite's runtime, its telemetry going to ``recorder``."""
     async with Runtime(cluster, "ci", reflector=FAST_RECOVERY, **recorder.settings) as rt:
-        yield rt  # type: ignore[misc]
+        yield rt
 
 
 def _step_span(recorder: Recorder, name: str) -> dict[str, object]:
-    (span,) = [s for s in recorder.spans(names.STEP_SPAN) if s.attributes[names.STEP] == name]  # type: ignore[index]
+    (span,) = [
+        s for s in recorder.spans(names.STEP_SPAN) if recorder.attributes(s)[names.STEP] == name
+    ]
+    attributes = recorder.attributes(span)
     return {
-        "exit_code": span.attributes.get(names.EXIT_CODE),  # type: ignore[union-attr]
-        "failure": span.attributes.get(names.FAILURE),  # type: ignore[union-attr]
+        "exit_code": attributes.get(names.EXIT_CODE),
+        "failure": attributes.get(names.FAILURE),
         "ok": span.status.is_ok,
     }
 
