@@ -41,5 +41,8 @@ def test_it_uses_the_repository_s_kind_config_and_the_suite_s_image_names() -> N
     assert env["BUILDRUNTIME_TARGET"] == "cluster"
     versions = _versions()
     assert env["BUILDRUNTIME_PAUSE_IMAGE"] == versions["PAUSE_IMAGE"]
-    for name in ("PAUSE_IMAGE", "PAUSE_ALIAS", "BUSYBOX_IMAGES"):
+    for name in ("PAUSE_IMAGE", "PAUSE_ALIAS", "BUSYBOX_IMAGES", "PLACEHOLDER_IMAGE"):
         assert f"${name}" in text, name
+    assert '"$ENTRYPOINT_IMAGE"' in text
+    assert "deploy/placeholder" in text
+    assert (ROOT / "deploy" / "placeholder" / "Dockerfile").is_file()
