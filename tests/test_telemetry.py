@@ -79,11 +79,15 @@ async def test_broken_and_expired_watches_are_counted_by_cause(
     relists = recorder.by(names.WATCH_RELISTS_METRIC, names.WATCH_RESOURCE, names.CAUSE)
     assert restarts[("pods", "error")] >= 1  # the dropped connection
     assert restarts[("events", "error")] >= 1
-    assert relists[("pods", "initial")] == relists[("events", "initial")] == 1
+    # The pod's Events are watched from its creation, with no list before.
+    assert relists[("pods", "initial")] == 1
+    assert ("events", "initial") not in relists
     assert relists[("pods", "expired")] >= 1  # the re-watch got 410 Gone
-    # Every watch request followed a list or a restart, and each is counted once.
+    assert relists[("events", "expired")] >= 1
+    # Every watch request followed a list or a restart, and each is counted once; the
+    # one exception is the first events watch.
     watches = sum(1 for r in cluster.requests if r.verb == "watch") - watches_before
-    assert watches == sum(restarts.values()) + sum(relists.values())
+    assert watches == sum(restarts.values()) + sum(relists.values()) + 1
 
 
 async def test_watches_the_server_ends_and_resyncs_are_counted_by_cause(
