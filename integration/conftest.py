@@ -306,6 +306,9 @@ class ClusterTarget(Target):
         configuration = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         self.local = is_local_cluster(configuration)
+        self.kubeconfig = kubeconfig
+        self.upstream = str(configuration.host)
+        """The API server's own URL (``cluster`` goes through the test's proxy)."""
         configuration.host = proxy.url
         self.proxy = proxy
         self.cluster = KubeCluster(client.ApiClient(configuration))
