@@ -172,7 +172,11 @@ class RemoteCluster:
         except OSError as error:
             raise UnavailableError(f"connection refused: {error}") from error
         request = {"call": call, "args": args, "kwargs": kwargs}
-        await stream.send(json.dumps(request).encode() + b"\n")
+        try:
+            await stream.send(json.dumps(request).encode() + b"\n")
+        except (anyio.BrokenResourceError, OSError) as error:
+            await stream.aclose()
+            raise UnavailableError(f"connection reset: {error!r}") from error
         return stream
 
     async def _unary(self, call: str, *args: Any, **kwargs: Any) -> Any:

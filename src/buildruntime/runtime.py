@@ -81,7 +81,7 @@ class Runtime:
         self.reaper = Reaper(cluster, namespace, grace=self.settings.reap_grace)
         self.lease = WorkerLease(cluster, namespace, self.settings, on_lapse=self.reaper.lost_sight)
         self.reaper.own_lease = self.lease.name
-        self._lease_tasks = anyio.CancelScope()
+        self._lease_tasks: anyio.CancelScope | None = None
 
     @property
     def worker_id(self) -> str:
@@ -182,6 +182,7 @@ class Runtime:
 
     async def _keep_lease(self) -> None:
         """Renew the Lease and reap, until the runtime exits."""
+        self._lease_tasks = anyio.CancelScope()
         with self._lease_tasks:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.lease.keep)
@@ -190,8 +191,10 @@ class Runtime:
                 )
 
     async def _shutdown(self) -> None:
-        """Remove what is left (bounded), stop every build's tasks, then delete the
-        worker's Lease (which takes any pod still owned by it)."""
+        """Remove what is left, stop every build's tasks, then delete the worker's Lease
+        (which takes any pod still owned by it), all within ``delete_timeout``: a Lease
+        not deleted in time is reaped once it is stale."""
+        deadline = anyio.current_time() + self.settings.delete_timeout
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for build in list(self._builds.values()):
@@ -202,8 +205,9 @@ class Runtime:
                 for buffer in build.buffers.values():
                     buffer.close()  # spill files go with the runtime
             self._events.close()
-            self._lease_tasks.cancel()
-            await self.lease.release()
+            if self._lease_tasks is not None:
+                self._lease_tasks.cancel()
+            await self.lease.release(within=deadline - anyio.current_time())
         self._task_group = None
 
     async def _remove_quietly(self, build: BuildController) -> None:

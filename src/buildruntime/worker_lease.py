@@ -132,9 +132,10 @@ class WorkerLease:
         self._failed(failure or TimeoutError("no answer from the API server"))
         return False
 
-    async def release(self) -> None:
+    async def release(self, within: float) -> None:
         """Delete the Lease (a clean exit): whatever pods it still owns go with it.
-        Bounded by ``api_timeout``; a Lease already gone counts as done."""
+        Bounded by ``within`` seconds; a Lease already gone counts as done, one left
+        behind is reaped once it is stale (nothing is lost either way)."""
         if self.lease is None:
             return
 
@@ -142,18 +143,25 @@ class WorkerLease:
             with contextlib.suppress(NotFoundError):
                 await self.cluster.delete_lease(self.namespace, self.name)
 
-        try:
-            await api_calls.send(
-                delete,
-                api_timeout=self.settings.api_timeout,
-                build_id=None,
-                step=None,
-                what=f"delete the worker's Lease {self.name}",
-            )
-        except Exception as error:
-            # Left behind, the Lease is reaped once it is stale: nothing is lost.
+        problem: object = "no answer from the API server in time"
+        with anyio.move_on_after(max(within, 0.0)):
+            try:
+                await api_calls.send(
+                    delete,
+                    api_timeout=max(within, 0.001),
+                    build_id=None,
+                    step=None,
+                    what=f"delete the worker's Lease {self.name}",
+                )
+                problem = None
+            except Exception as error:
+                problem = error
+        if problem is not None:
             log.warning(
-                "worker %s: cannot delete its Lease %s: %s", self.worker_id, self.name, error
+                "worker %s: its Lease %s is left to be reaped: %s",
+                self.worker_id,
+                self.name,
+                problem,
             )
         self.lease = None
         self.healthy = False
