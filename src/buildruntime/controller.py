@@ -50,7 +50,7 @@ from buildruntime.logs import LogBuffer, LogCapture
 from buildruntime.results import Failure, StepResult
 from buildruntime.secrets import Masker, owned_by_pod, render_pull_secret, render_secret
 from buildruntime.settings import RuntimeSettings
-from buildruntime.spec import BuildSpec, StepSpec
+from buildruntime.spec import PAUSE_ANNOTATION, BuildSpec, StepSpec
 
 log = logging.getLogger("buildruntime")
 
@@ -94,7 +94,8 @@ class BuildController:
         self.namespace = namespace
         self.manifest = manifest
         self.settings = settings
-        self.placeholder = spec.pause_image or settings.pause_image
+        # What render_pod chose (the build's, the runtime's own, or the pause image).
+        self.placeholder: str = manifest["metadata"]["annotations"][PAUSE_ANNOTATION]
         steps = [s.name for s in spec.steps]
         self.masker = Masker(
             [*spec.secret_values.values(), *(c.secret for c in spec.registries.values())]
@@ -217,7 +218,12 @@ class BuildController:
                     owned_by_pod(self.spec.pod_name, uid),
                 ),
             )
-        self.informer.watch_events(self._events_selector(uid))
+        # Events name the pod's uid, so none exists before its creation: the events
+        # watch starts there, with no list (see Reflector's empty_at).
+        self.informer.watch_events(
+            self._events_selector(uid),
+            empty_at=(created.get("metadata") or {}).get("resourceVersion") or None,
+        )
         await self._wait_scheduled()
         await self._wait_placeholders()
         with anyio.move_on_after(self.settings.api_timeout):

@@ -234,6 +234,7 @@ class Runtime:
             spec,
             namespace=self.namespace,
             pause_image=self.pause_image,
+            placeholder_image=self.settings.placeholder_image,
             workspace_path=self.settings.workspace_path,
         )
         manifest["metadata"]["labels"][WORKER] = self.worker_id
