@@ -53,8 +53,7 @@ async def test_a_build_s_spans_and_metrics(target: Target) -> None:
     assert recorder.attributes(build_span)[names.BUILD_ID] == build_id
     assert recorder.attributes(build_span)[names.POD] == seen.build.pod_name
     steps = {
-        str(recorder.attributes(span)[names.STEP]): span
-        for span in recorder.spans(names.STEP_SPAN)
+        str(recorder.attributes(span)[names.STEP]): span for span in recorder.spans(names.STEP_SPAN)
     }
     assert sorted(steps) == ["fail", "greet"]
     for span in steps.values():
@@ -77,7 +76,7 @@ async def test_a_build_s_spans_and_metrics(target: Target) -> None:
 
     # Metrics: the lines the steps printed, the requests the target saw.
     assert recorder.total(names.LOG_LINES_METRIC) == 4
-    assert recorder.total(names.LOG_BYTES_METRIC) == len(b"one" b"two" b"3" b"four")
+    assert recorder.total(names.LOG_BYTES_METRIC) == len(b"onetwo3four")
     assert recorder.total(names.LOG_MISSING_METRIC) == 0
     by_verb = recorder.by(names.REQUESTS_METRIC, names.VERB, names.RESOURCE)
     assert by_verb == {(r.verb, r.resource): n for r, n in sent.items()}

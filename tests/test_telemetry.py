@@ -136,9 +136,7 @@ async def test_lines_rotated_away_are_counted_as_one_notice(
     assert recorder.total(names.LOG_BYTES_METRIC) == sum(map(len, printed))
 
 
-async def test_a_step_whose_image_cannot_be_pulled(
-    runtime: Runtime, recorder: Recorder
-) -> None:
+async def test_a_step_whose_image_cannot_be_pulled(runtime: Runtime, recorder: Recorder) -> None:
     spec = BuildSpec(build_id="pull-otel", steps=[step("pull", "true", image="nosuch:1")])
     build = await runtime.setup_build(spec)
     await runtime.assemble_build(build)

@@ -89,12 +89,18 @@ class ClusterUnavailableError(BuildRuntimeError):
     """The API server could not be reached for longer than the runtime waits."""
 
 
+class LeaseError(BuildRuntimeError):
+    """The API server refused the worker's Lease (a Role without ``leases``, a quota):
+    without it the worker cannot create builds that Kubernetes cleans up if it dies."""
+
+
 __all__ = [
     "AdmissionError",
     "BuildRuntimeError",
     "ClusterUnavailableError",
     "ContainerCreateError",
     "ImagePullError",
+    "LeaseError",
     "PodGoneError",
     "SchedulingError",
     "ServiceError",

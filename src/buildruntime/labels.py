@@ -6,6 +6,8 @@ from __future__ import annotations
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "buildruntime"
 BUILD_ID = "buildruntime.io/build-id"
+WORKER = "buildruntime.io/worker"
+"""The worker (``RuntimeSettings.worker_id``) whose Lease owns the pod."""
 
 
 def managed_selector() -> str:

@@ -21,6 +21,7 @@ from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
 from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.logs import DEFAULT_MEMORY_LIMIT
 from buildruntime.volumes import DEFAULT_WORKSPACE_PATH, check_path
+from buildruntime.workers import check_worker_id, default_worker_id
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,23 @@ class RuntimeSettings:
     until the application sets one). See :mod:`buildruntime.telemetry`."""
     meter_provider: MeterProvider | None = None
     """Where the runtime's metrics go; None: OpenTelemetry's global provider."""
+    worker_id: str = field(default_factory=default_worker_id)
+    """This worker's identity (a DNS-1123 label, unique among the live workers of the
+    namespace: two live workers under one id would share one Lease): its Lease's holder
+    and the ``buildruntime.io/worker`` label of its pods. Default: host name and
+    process id."""
+    lease_duration: float = 30.0
+    """How long the worker's Lease lasts unrenewed (its ``leaseDurationSeconds``)."""
+    lease_renew_interval: float = 10.0
+    """How often the worker renews its Lease (after a failed renewal it retries within a
+    second, so it renews as soon as the API server is back)."""
+    reap_grace: float = 30.0
+    """How much longer than its duration a Lease must go unrenewed before the reaper
+    deletes it: it covers an API outage of the holder's own (a worker cut off for 30 s
+    renews within ``lease_renew_interval`` + 30 s + 1 s, less than 30 + 30) and clock
+    skew when a Lease is judged from its renewTime (see :mod:`buildruntime.reaper`)."""
+    reap_interval: float | None = 30.0
+    """How often the runtime reaps dead workers' Leases; None: only once, at start."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.pause_image, str):
@@ -66,14 +84,41 @@ class RuntimeSettings:
             problem = image_problem(self.placeholder_image)
             if problem:
                 raise SpecError("placeholder_image", problem)
-        for name in ("schedule_timeout", "delete_timeout", "api_timeout"):
+        for name in (
+            "schedule_timeout",
+            "delete_timeout",
+            "api_timeout",
+            "lease_duration",
+            "lease_renew_interval",
+        ):
             _require_positive(name, getattr(self, name))
+        if self.reap_interval is not None:
+            _require_positive("reap_interval", self.reap_interval)
+        grace = self.reap_grace
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+            raise SpecError("reap_grace", f"must be a number of seconds >= 0, not {grace!r}")
+        if self.lease_renew_interval >= self.lease_duration:
+            raise SpecError(
+                "lease_renew_interval",
+                f"must be shorter than lease_duration ({self.lease_duration!r}), not "
+                f"{self.lease_renew_interval!r}: the Lease would lapse between renewals",
+            )
+        check_worker_id(self.worker_id)
         _require_positive("resync_period", self.reflector.resync_period)
         limit = self.log_memory_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise SpecError("log_memory_limit", f"must be a number of bytes >= 0, not {limit!r}")
-        for name in ("schedule_timeout", "delete_timeout", "api_timeout"):
+        for name in (
+            "schedule_timeout",
+            "delete_timeout",
+            "api_timeout",
+            "lease_duration",
+            "lease_renew_interval",
+            "reap_grace",
+        ):
             object.__setattr__(self, name, float(getattr(self, name)))
+        if self.reap_interval is not None:
+            object.__setattr__(self, "reap_interval", float(self.reap_interval))
         object.__setattr__(
             self, "workspace_path", check_path(self.workspace_path, "workspace_path")
         )
@@ -103,6 +148,11 @@ class RuntimeOptions(TypedDict, total=False):
     workspace_path: str
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
+    worker_id: str
+    lease_duration: float
+    lease_renew_interval: float
+    reap_grace: float
+    reap_interval: float | None
 
 
 def resolve(settings: RuntimeSettings | None, options: RuntimeOptions) -> RuntimeSettings:
