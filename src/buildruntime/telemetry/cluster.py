@@ -102,6 +102,28 @@ class MeteredCluster:
         self._count("delete", "secrets")
         await self.cluster.delete_secret(namespace, name)
 
+    async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
+        self._count("create", "leases")
+        return await self.cluster.create_lease(namespace, manifest)
+
+    async def get_lease(self, namespace: str, name: str) -> JSON:
+        self._count("get", "leases")
+        return await self.cluster.get_lease(namespace, name)
+
+    async def patch_lease(self, namespace: str, name: str, patch: JSON) -> JSON:
+        self._count("patch", "leases")
+        return await self.cluster.patch_lease(namespace, name, patch)
+
+    async def delete_lease(
+        self, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> None:
+        self._count("delete", "leases")
+        await self.cluster.delete_lease(namespace, name, resource_version=resource_version)
+
+    async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> JSON:
+        self._count("list", "leases")
+        return await self.cluster.list_leases(namespace, label_selector=label_selector)
+
     def stream_logs(
         self,
         namespace: str,
