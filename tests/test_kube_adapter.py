@@ -756,6 +756,31 @@ async def test_reads_batch_many_events_per_thread_hop(any_server: FakeApiServer)
     assert hops < 100
 
 
+async def test_events_already_arrived_are_read_without_a_thread_hop(
+    any_server: FakeApiServer,
+) -> None:
+    """A busy watch is read on the event loop: once its events are in the socket's
+    buffer, iterating them takes no worker thread at all (only waiting does)."""
+    events = [{"type": "MODIFIED", "object": pod("p", str(i))} for i in range(300)]
+    any_server.route("GET", PODS, stalled(*(line(e) for e in events)))
+    async with make_cluster(any_server) as cluster:
+        hops = 0
+        original = cluster._threads.run
+
+        async def counting(func: Any) -> Any:
+            nonlocal hops
+            hops += 1
+            return await original(func)
+
+        async with cluster.watch("pods", "ci", resource_version="1") as stream:
+            await anyio.to_thread.run_sync(any_server.stalled.wait, 5)
+            await anyio.sleep(0.1)  # every event written is in the socket's buffer
+            cluster._threads.run = counting  # type: ignore[method-assign]
+            got = [await stream.__anext__() for _ in events]
+    assert got == events
+    assert hops == 0
+
+
 # -- log streams -----------------------------------------------------------------------
 
 

@@ -11,7 +11,9 @@ arrived) and :class:`Dechunker` undoes the chunked framing; other bodies (a
 ``Content-Length``, as for the log of a finished container, or a content encoding) fall
 back to urllib3's ``read1``.
 
-Everything here blocks: it runs in a worker thread (see :mod:`.threads`).
+Everything here blocks, and runs in a worker thread (see :mod:`.threads`), except
+:meth:`BodyReader.read_arrived`, which only takes what has already arrived and is
+called on the event loop.
 """
 
 from __future__ import annotations
@@ -124,7 +126,11 @@ class BodyReader:
         ):
             self._raw = fp.fp
             self._dechunker = Dechunker()
-            sock = getattr(getattr(response, "_connection", None), "sock", None)
+            # The socket the buffered reader reads (its SocketIO's): http.client drops
+            # its own reference to it when the response says ``Connection: close``.
+            sock = getattr(fp.fp.raw, "_sock", None)
+            if not isinstance(sock, socket.socket):
+                sock = getattr(getattr(response, "_connection", None), "sock", None)
             if isinstance(sock, socket.socket):
                 self._sock = sock
 
@@ -142,11 +148,25 @@ class BodyReader:
             if payload:
                 if dechunker.done or len(payload) >= READ_SIZE or self._sock is None:
                     return payload
-                return self._read_ready(raw, dechunker, payload)
+                return self._add_arrived([payload])
         return b""
 
-    def _read_ready(self, raw: io.BufferedReader, dechunker: Dechunker, first: bytes) -> bytes:
-        """Add whatever else has already arrived, without waiting for more.
+    def read_arrived(self) -> bytes | None:
+        """Non-blocking: the payload that has already arrived, or None when nothing has
+        (or the body is not read in blocks, or it ended): then :meth:`read` waits.
+
+        This is what lets the event loop read a busy stream itself, without a thread
+        hop per block: a hop costs a wake-up of a worker thread and one of the loop
+        (two context switches, each a scheduler's time slice on a loaded machine).
+        The end of the body, or a connection that closed, is left to :meth:`read`.
+        """
+        dechunker = self._dechunker
+        if self._raw is None or self._sock is None or dechunker is None or dechunker.done:
+            return None
+        return self._add_arrived([]) or None
+
+    def _add_arrived(self, parts: list[bytes]) -> bytes:
+        """``parts`` and whatever else has already arrived, without waiting for more.
 
         Over TLS one ``recv`` returns at most one TLS record (16 KiB), usually one
         event: without this, every event would cost a thread hop. The socket is made
@@ -155,10 +175,11 @@ class BodyReader:
         case of a record only partly arrived), and we stop there. An end of the body
         seen here is left to the next, blocking, read to report.
         """
-        sock = self._sock
+        raw, dechunker, sock = self._raw, self._dechunker, self._sock
+        assert raw is not None
+        assert dechunker is not None
         assert sock is not None
-        parts = [first]
-        size = len(first)
+        size = sum(map(len, parts))
         timeout = sock.gettimeout()
         sock.settimeout(0.0)
         try:
@@ -176,7 +197,7 @@ class BodyReader:
         finally:
             with contextlib.suppress(OSError):
                 sock.settimeout(timeout)
-        return first if len(parts) == 1 else b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_fallback(self) -> bytes:
         # urllib3's read1 goes through http.client, which handles chunking, a

@@ -8,8 +8,8 @@ holds. The socket's read timeout (``_request_timeout=(connect, read)``, see
 socket down so that a blocked ``recv`` returns at once when the consumer goes away
 (cancellation), instead of holding a thread until the timeout or freezing the event loop.
 
-Everything here runs in a worker thread except :meth:`StreamConnection.aclose`, which
-runs on the event loop and never blocks it.
+Everything here runs in a worker thread except :meth:`StreamConnection.aclose` and
+:meth:`StreamConnection.read_arrived`, which run on the event loop and never block it.
 """
 
 from __future__ import annotations
@@ -90,6 +90,21 @@ class StreamConnection:
                 if self._closed:  # our own shutdown woke the read up
                     return b""
                 raise
+        finally:
+            self._read_lock.release()
+
+    def read_arrived(self) -> bytes | None:
+        """Non-blocking, for the event loop: the payload bytes that have already
+        arrived, or None when none have (then :meth:`read`, in a thread, waits for
+        them and reports the body's end). Never called while a thread reads: the
+        consumer reads one way or the other, one read at a time."""
+        if not self._read_lock.acquire(blocking=False):
+            return None
+        try:
+            reader = self._reader
+            if self._closed or reader is None:
+                return None
+            return reader.read_arrived()
         finally:
             self._read_lock.release()
 

@@ -117,6 +117,14 @@ class Stream:
         )
         self._connection.attach(response)
 
+    def _read_arrived(self) -> bytes | None:
+        """Non-blocking, on the event loop: what has already arrived of the body (None
+        if nothing has), transport failures turned into :class:`UnavailableError`."""
+        try:
+            return self._connection.read_arrived()
+        except TRANSPORT_ERRORS as exc:
+            raise broken_stream_error(self._what, exc, self._read_timeout) from exc
+
     def _read_block(self) -> bytes:
         """Blocking: the next block of the body (``b""`` at its end), transport
         failures turned into :class:`UnavailableError`."""
