@@ -641,6 +641,10 @@ async def test_a_silent_log_stream_has_its_own_read_timeout(any_server: FakeApiS
     assert b"".join(chunks) == b"2026-01-01T00:00:00Z hello\n"
 
 
+_READS = ("read", "read_pieces")
+"""The blocking reads of a stream connection (a log stream's, a watch's)."""
+
+
 def _threads_reading() -> list[str]:
     """Names of the threads whose stack is inside our stream readers right now."""
     names = {t.ident: t.name for t in threading.enumerate()}
@@ -648,7 +652,7 @@ def _threads_reading() -> list[str]:
     for ident, frame in sys._current_frames().items():
         f: Any = frame
         while f is not None:
-            if f.f_code.co_filename == connection.__file__ and f.f_code.co_name == "read":
+            if f.f_code.co_filename == connection.__file__ and f.f_code.co_name in _READS:
                 reading.append(names.get(ident, str(ident)))
                 break
             f = f.f_back
@@ -967,9 +971,9 @@ def test_dechunker_and_json_lines_at_every_split_point(anyio_backend: str) -> No
             for block in blocks:
                 if dechunker.done:  # only the final CRLF is left, never read
                     break
-                data = dechunker.feed(block)
-                got_payload += data
-                got_lines += splitter.feed(data)
+                pieces = dechunker.feed(block)
+                got_payload += b"".join(pieces)
+                got_lines += splitter.feed(pieces)
             assert dechunker.done
             got_lines += splitter.finish()
             assert got_payload == payload
@@ -981,11 +985,18 @@ def test_line_splitter_keeps_a_partial_line_and_a_last_line_without_newline(
     anyio_backend: str,
 ) -> None:
     splitter = LineSplitter()
-    assert splitter.feed(b'{"type": "ADDED"}\n\n{"type": "DEL') == [b'{"type": "ADDED"}']
-    assert splitter.feed(b"ET") == []
-    assert splitter.feed(b'ED"}') == []
+    assert splitter.feed([b'{"type": "ADDED"}\n\n{"type": "DEL']) == [b'{"type": "ADDED"}']
+    assert splitter.feed([b"ET"]) == []
+    assert splitter.feed([b'ED"}']) == []
     assert splitter.finish() == [b'{"type": "DELETED"}']
     assert splitter.finish() == []
+    # One whole line per piece, as the API server writes one event per chunk: passed on
+    # as it is (newline included), whatever is pending before or after.
+    assert splitter.feed([b'{"a": 1}\n', b"\n", b"", b'{"b": 2}\n', b'{"c"']) == [
+        b'{"a": 1}\n',
+        b'{"b": 2}\n',
+    ]
+    assert splitter.feed([b": 3}\n", b'{"d": 4}\n']) == [b'{"c": 3}', b'{"d": 4}\n']
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

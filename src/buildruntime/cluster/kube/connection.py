@@ -76,27 +76,34 @@ class StreamConnection:
 
     def read(self) -> bytes:
         """Blocking: the next payload bytes; ``b""`` once the body ended properly or
-        the connection was closed by :meth:`aclose`. Errors propagate (see
+        the connection was closed by :meth:`aclose`."""
+        pieces = self.read_pieces()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_pieces(self) -> list[bytes]:
+        """Blocking: the next payload, in the pieces it arrived in (one per HTTP chunk,
+        see :class:`~.chunked.Dechunker`); ``[]`` once the body ended properly or the
+        connection was closed by :meth:`aclose`. Errors propagate (see
         :class:`BodyReader`), except those caused by our own shutdown."""
         if not self._read_lock.acquire(blocking=False):
-            return b""  # aclose() owns the connection now
+            return []  # aclose() owns the connection now
         try:
             reader = self._reader
             if self._closed or reader is None:
-                return b""
+                return []
             try:
-                return reader.read()
+                return reader.read_pieces()
             except Exception:
                 if self._closed:  # our own shutdown woke the read up
-                    return b""
+                    return []
                 raise
         finally:
             self._read_lock.release()
 
-    def read_arrived(self) -> bytes | None:
-        """Non-blocking, for the event loop: the payload bytes that have already
-        arrived, or None when none have (then :meth:`read`, in a thread, waits for
-        them and reports the body's end). Never called while a thread reads: the
+    def read_arrived(self) -> list[bytes] | None:
+        """Non-blocking, for the event loop: the payload pieces that have already
+        arrived, or None when none have (then :meth:`read_pieces`, in a thread, waits
+        for them and reports the body's end). Never called while a thread reads: the
         consumer reads one way or the other, one read at a time."""
         if not self._read_lock.acquire(blocking=False):
             return None

@@ -36,8 +36,12 @@ if TYPE_CHECKING:
 
 class LineSplitter:
     """Splits a watch body into lines (``application/json`` watch framing: one JSON
-    object per line). A line split across reads waits in :attr:`_pending` until its
-    newline arrives; empty lines are dropped.
+    object per line). A line split across reads or chunks waits in :attr:`_pending`
+    until its newline arrives; empty lines are dropped.
+
+    The API server writes each event as one HTTP chunk, so most pieces of payload are
+    one whole line each: those are passed on as they are, newline included (decoders
+    ignore it), without a copy; other pieces are joined and split.
 
     Splitting happens where the block was read (the event loop, or the worker thread
     that waited for it); decoding happens on the event loop, one line at a time as the
@@ -49,21 +53,27 @@ class LineSplitter:
     def __init__(self) -> None:
         self._pending: list[bytes] = []
 
-    def feed(self, data: bytes) -> list[bytes]:
-        if b"\n" not in data:
-            if data:
-                self._pending.append(data)
-            return []
-        if self._pending:
-            self._pending.append(data)
-            data = b"".join(self._pending)
-            self._pending = []
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        if tail:
-            self._pending.append(tail)
-        if b"" in lines:
-            lines = [line for line in lines if line]
+    def feed(self, pieces: list[bytes]) -> list[bytes]:
+        """The lines that ``pieces`` (the payload of one read, in order) complete."""
+        lines: list[bytes] = []
+        pending = self._pending
+        for piece in pieces:
+            if not pending and piece.find(b"\n") == len(piece) - 1:
+                if len(piece) > 1:  # one whole line (an empty piece or line is dropped)
+                    lines.append(piece)
+                continue
+            if b"\n" not in piece:
+                pending.append(piece)
+                continue
+            if pending:
+                pending.append(piece)
+                piece = b"".join(pending)
+                pending.clear()
+            parts = piece.split(b"\n")
+            tail = parts.pop()
+            if tail:
+                pending.append(tail)
+            lines += [part for part in parts if part]
         return lines
 
     def finish(self) -> list[bytes]:
@@ -161,7 +171,7 @@ class Watch(Stream):
             self._next = 0
 
     def _read_lines(self) -> tuple[list[bytes], bool]:
-        block = self._read_block()
-        if block:
-            return self._splitter.feed(block), False
+        pieces = self._read_pieces()
+        if pieces:
+            return self._splitter.feed(pieces), False
         return self._splitter.finish(), True
