@@ -133,8 +133,9 @@ def framed_stream(path: Path) -> Path:
     """The stream in ``path`` as a chunked watch body, one HTTP chunk per event as the
     API server writes it, made once and cached next to it. The serving process then
     only ``sendfile``s it: on this 2-core machine it shares the processors with the
-    consumer, where a real API server would not, and framing each event as it is sent
-    cost it about a fifth of what the whole informer costs per event."""
+    consumer, where a real API server would not (framing each event as it was sent
+    cost it 17 µs of CPU per event, against about 60 for the whole informer; sending
+    the framed file costs it 1 µs)."""
     framed = path.with_name(f"{path.stem}.chunked")
     if framed.exists():
         return framed
