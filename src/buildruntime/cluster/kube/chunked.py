@@ -104,9 +104,9 @@ class BodyReader:
 
     :meth:`read_pieces` returns the next payload, waiting for at least one byte, as the
     pieces :class:`Dechunker` made of it; ``[]`` means the server ended the body
-    properly. A body cut short raises
-    :class:`BrokenStream`; socket errors and read timeouts raise as they come
-    (``OSError``, ``TimeoutError``, urllib3 and ``http.client`` errors).
+    properly. A body cut short raises :class:`BrokenStream`; socket errors and read
+    timeouts raise as they come (``OSError``, ``TimeoutError``, urllib3 and
+    ``http.client`` errors). :meth:`read_arrived` takes only what has already arrived.
     """
 
     __slots__ = ("_dechunker", "_raw", "_response", "_sock")
