@@ -690,6 +690,10 @@ async def test_a_silent_log_stream_has_its_own_read_timeout(any_server: FakeApiS
     assert b"".join(chunks) == b"2026-01-01T00:00:00Z hello\n"
 
 
+_READS = ("read", "read_pieces")
+"""The blocking reads of a stream connection (a log stream's, a watch's)."""
+
+
 def _threads_reading() -> list[str]:
     """Names of the threads whose stack is inside our stream readers right now."""
     names = {t.ident: t.name for t in threading.enumerate()}
@@ -697,7 +701,7 @@ def _threads_reading() -> list[str]:
     for ident, frame in sys._current_frames().items():
         f: Any = frame
         while f is not None:
-            if f.f_code.co_filename == connection.__file__ and f.f_code.co_name == "read":
+            if f.f_code.co_filename == connection.__file__ and f.f_code.co_name in _READS:
                 reading.append(names.get(ident, str(ident)))
                 break
             f = f.f_back
@@ -803,6 +807,31 @@ async def test_reads_batch_many_events_per_thread_hop(any_server: FakeApiServer)
             got = [e async for e in stream]
     assert got == events
     assert hops < 100
+
+
+async def test_events_already_arrived_are_read_without_a_thread_hop(
+    any_server: FakeApiServer,
+) -> None:
+    """A busy watch is read on the event loop: once its events are in the socket's
+    buffer, iterating them takes no worker thread at all (only waiting does)."""
+    events = [{"type": "MODIFIED", "object": pod("p", str(i))} for i in range(300)]
+    any_server.route("GET", PODS, stalled(*(line(e) for e in events)))
+    async with make_cluster(any_server) as cluster:
+        hops = 0
+        original = cluster._threads.run
+
+        async def counting(func: Any) -> Any:
+            nonlocal hops
+            hops += 1
+            return await original(func)
+
+        async with cluster.watch("pods", "ci", resource_version="1") as stream:
+            await anyio.to_thread.run_sync(any_server.stalled.wait, 5)
+            await anyio.sleep(0.1)  # every event written is in the socket's buffer
+            cluster._threads.run = counting  # type: ignore[method-assign]
+            got = [await stream.__anext__() for _ in events]
+    assert got == events
+    assert hops == 0
 
 
 # -- log streams -----------------------------------------------------------------------
@@ -991,9 +1020,9 @@ def test_dechunker_and_json_lines_at_every_split_point(anyio_backend: str) -> No
             for block in blocks:
                 if dechunker.done:  # only the final CRLF is left, never read
                     break
-                data = dechunker.feed(block)
-                got_payload += data
-                got_lines += splitter.feed(data)
+                pieces = dechunker.feed(block)
+                got_payload += b"".join(pieces)
+                got_lines += splitter.feed(pieces)
             assert dechunker.done
             got_lines += splitter.finish()
             assert got_payload == payload
@@ -1005,11 +1034,18 @@ def test_line_splitter_keeps_a_partial_line_and_a_last_line_without_newline(
     anyio_backend: str,
 ) -> None:
     splitter = LineSplitter()
-    assert splitter.feed(b'{"type": "ADDED"}\n\n{"type": "DEL') == [b'{"type": "ADDED"}']
-    assert splitter.feed(b"ET") == []
-    assert splitter.feed(b'ED"}') == []
+    assert splitter.feed([b'{"type": "ADDED"}\n\n{"type": "DEL']) == [b'{"type": "ADDED"}']
+    assert splitter.feed([b"ET"]) == []
+    assert splitter.feed([b'ED"}']) == []
     assert splitter.finish() == [b'{"type": "DELETED"}']
     assert splitter.finish() == []
+    # One whole line per piece, as the API server writes one event per chunk: passed on
+    # as it is (newline included), whatever is pending before or after.
+    assert splitter.feed([b'{"a": 1}\n', b"\n", b"", b'{"b": 2}\n', b'{"c"']) == [
+        b'{"a": 1}\n',
+        b'{"b": 2}\n',
+    ]
+    assert splitter.feed([b": 3}\n", b'{"d": 4}\n']) == [b'{"c": 3}', b'{"d": 4}\n']
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from buildruntime.informer.changes import changed_containers
 from buildruntime.informer.instances import PlaceholderImages, StepInstances
 from buildruntime.informer.snapshots import ContainerStatus, EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta
@@ -116,6 +117,10 @@ class PodFanout:
         self._views: dict[str, ContainerView] = {}
         self._inputs: dict[str, tuple[ContainerStatus | None, bool, bool]] = {}
         """What each step's view was made from: an unchanged status makes no new view."""
+        self._routed: PodSnapshot | None = None
+        """The last snapshot every step was brought up to date with."""
+        self._routed_gone = False
+        """What ``gone`` was then."""
         self._placeholder_images = PlaceholderImages(placeholder)
         images = step_images or {}
         self._instances = {s: StepInstances(images.get(s)) for s in steps}
@@ -141,6 +146,7 @@ class PodFanout:
             if delta.old is not None and (self.pod_uid is None or delta.old.uid == self.pod_uid):
                 self._mark_gone(None)
                 self._live = False
+                self._routed = None
                 self._sink.pod_changed(None)
             return
         self._live = True
@@ -151,16 +157,7 @@ class PodFanout:
         if new.scheduled and not self._scheduled:
             self._scheduled = True
             self._sink.pod_scheduled(new)
-        spec_images = new.spec_images
-        statuses = {status.name: status for status in new.containers}
-        if not self._placeholder_images.image_ids:
-            # Learnt once: all of a pod's placeholders run the one image.
-            for step in self.steps:
-                status = statuses.get(step)
-                if status is not None and spec_images.get(step) == self.placeholder:
-                    self._placeholder_images.learn(status)
-        for step in self.steps:
-            self._update_step(step, new, spec_images.get(step), statuses.get(step))
+        self._route(new)
         if new.deleting or new.reason in GONE_REASONS:
             self._mark_gone(new)
 
@@ -191,6 +188,27 @@ class PodFanout:
         # "Error: ErrImagePull" and the like quote no image: the spec says whose it is.
         latest = self._views.get(step)
         return latest is not None and latest.patched
+
+    def _route(self, pod: PodSnapshot) -> None:
+        """Bring every step's view up to date with ``pod``: only the steps whose
+        container may have changed since the last snapshot routed are looked at."""
+        changed = changed_containers(self._routed, pod) if self.gone == self._routed_gone else None
+        self._routed = pod
+        self._routed_gone = self.gone
+        steps = self.steps if changed is None else [s for s in self.steps if s in changed]
+        if not steps:
+            return
+        spec_images = pod.spec_images
+        statuses = {status.name: status for status in pod.containers}
+        if not self._placeholder_images.image_ids:
+            # Learnt once: all of a pod's placeholders run the one image. A status
+            # unchanged since the last snapshot taught nothing then and would not now.
+            for step in steps:
+                status = statuses.get(step)
+                if status is not None and spec_images.get(step) == self.placeholder:
+                    self._placeholder_images.learn(status)
+        for step in steps:
+            self._update_step(step, pod, spec_images.get(step), statuses.get(step))
 
     def _update_step(
         self,

@@ -5,7 +5,8 @@ relist is applied here, and what changed comes back as deltas for the fan-out. A
 (``replace``) compares the new list with what is cached and returns the differences,
 deletions included, so a transition that happened while the watch was down is still
 seen as a change. Stale or duplicated updates (a resourceVersion not newer than the one
-cached for the same object) are dropped.
+cached for the same object) are dropped. A pod's new snapshot shares the parts that did
+not change with the one it replaces (:mod:`~buildruntime.informer.sharing`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from buildruntime.informer.sharing import share_unchanged
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 
 S = TypeVar("S", PodSnapshot, EventSnapshot)
@@ -56,12 +58,10 @@ class Store:
                 return None
             del self.pods[new.name]
             return Delta(old, None)
-        if (
-            old is not None
-            and old.uid == new.uid
-            and not _newer(new.resource_version, old.resource_version)
-        ):
-            return None
+        if old is not None and old.uid == new.uid:
+            if not _newer(new.resource_version, old.resource_version):
+                return None
+            new = share_unchanged(old, new)
         self.pods[new.name] = new
         return Delta(old, new)
 
@@ -75,12 +75,10 @@ class Store:
                 deltas.append(Delta(gone, None))
         for name, new in fresh.items():
             old = self.pods.get(name)
-            if (
-                old is not None
-                and old.uid == new.uid
-                and old.resource_version == new.resource_version
-            ):
-                continue
+            if old is not None and old.uid == new.uid:
+                if old.resource_version == new.resource_version:
+                    continue
+                new = share_unchanged(old, new)
             self.pods[name] = new
             deltas.append(Delta(old, new))
         return deltas

@@ -11,7 +11,9 @@ arrived) and :class:`Dechunker` undoes the chunked framing; other bodies (a
 ``Content-Length``, as for the log of a finished container, or a content encoding) fall
 back to urllib3's ``read1``.
 
-Everything here blocks: it runs in a worker thread (see :mod:`.threads`).
+Everything here blocks, and runs in a worker thread (see :mod:`.threads`), except
+:meth:`BodyReader.read_arrived`, which only takes what has already arrived and is
+called on the event loop.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ class Dechunker:
     """Undoes HTTP/1.1 chunked transfer coding (RFC 9112 §7.1) over arbitrary blocks.
 
     :meth:`feed` takes whatever ``recv`` returned (any number of chunks, a chunk split
-    anywhere, a size line split anywhere) and returns the payload bytes it contained.
-    Chunk extensions are ignored; the CRLF after each chunk's data shows up as an empty
-    size line and is skipped; trailers after the last chunk are never read (the
-    connection is closed, not reused, after a stream).
+    anywhere, a size line split anywhere) and returns the payload it contained, as one
+    piece per chunk (or part of a chunk) in it. The API server writes each watch event
+    as one chunk, so a piece is usually one whole event line, copied once out of the
+    block and never joined with the others. Chunk extensions are ignored; the CRLF
+    after each chunk's data shows up as an empty size line and is skipped; trailers
+    after the last chunk are never read (the connection is closed, not reused, after a
+    stream).
     """
 
     __slots__ = ("_left", "_partial", "done")
@@ -52,7 +57,7 @@ class Dechunker:
         self._partial = b""
         self.done = False
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> list[bytes]:
         if self._partial:
             data = self._partial + data
             self._partial = b""
@@ -61,16 +66,15 @@ class Dechunker:
         if left >= size:
             # The common case for a large object: the block is all payload.
             self._left = left - size
-            return data
-        out: list[memoryview] = []
-        view = memoryview(data)
+            return [data] if data else []
+        out: list[bytes] = []
         pos = 0
         while pos < size:
             if left:
                 end = pos + left
                 if end > size:
                     end = size
-                out.append(view[pos:end])  # no copy until the join
+                out.append(data[pos:end])
                 left -= end - pos
                 pos = end
                 continue
@@ -92,16 +96,17 @@ class Dechunker:
                 self.done = True
                 break
         self._left = left
-        return b"".join(out)
+        return out
 
 
 class BodyReader:
     """Reads a urllib3 response body in large blocks (blocking: call from a thread).
 
-    :meth:`read` returns the next payload bytes, waiting for at least one byte; ``b""``
-    means the server ended the body properly. A body cut short raises
-    :class:`BrokenStream`; socket errors and read timeouts raise as they come
-    (``OSError``, ``TimeoutError``, urllib3 and ``http.client`` errors).
+    :meth:`read_pieces` returns the next payload, waiting for at least one byte, as the
+    pieces :class:`Dechunker` made of it; ``[]`` means the server ended the body
+    properly. A body cut short raises :class:`BrokenStream`; socket errors and read
+    timeouts raise as they come (``OSError``, ``TimeoutError``, urllib3 and
+    ``http.client`` errors). :meth:`read_arrived` takes only what has already arrived.
     """
 
     __slots__ = ("_dechunker", "_raw", "_response", "_sock")
@@ -124,29 +129,48 @@ class BodyReader:
         ):
             self._raw = fp.fp
             self._dechunker = Dechunker()
-            sock = getattr(getattr(response, "_connection", None), "sock", None)
+            # The socket the buffered reader reads (its SocketIO's): http.client drops
+            # its own reference to it when the response says ``Connection: close``.
+            sock = getattr(fp.fp.raw, "_sock", None)
+            if not isinstance(sock, socket.socket):
+                sock = getattr(getattr(response, "_connection", None), "sock", None)
             if isinstance(sock, socket.socket):
                 self._sock = sock
 
-    def read(self) -> bytes:
+    def read_pieces(self) -> list[bytes]:
         raw = self._raw
         if raw is None:
-            return self._read_fallback()
+            data = self._read_fallback()
+            return [data] if data else []
         dechunker = self._dechunker
         assert dechunker is not None
         while not dechunker.done:
             block = raw.read1(READ_SIZE)
             if not block:
                 raise BrokenStream("connection closed in the middle of the body")
-            payload = dechunker.feed(block)
-            if payload:
-                if dechunker.done or len(payload) >= READ_SIZE or self._sock is None:
-                    return payload
-                return self._read_ready(raw, dechunker, payload)
-        return b""
+            pieces = dechunker.feed(block)
+            if pieces:
+                if dechunker.done or len(block) >= READ_SIZE or self._sock is None:
+                    return pieces
+                return self._add_arrived(pieces, len(block))
+        return []
 
-    def _read_ready(self, raw: io.BufferedReader, dechunker: Dechunker, first: bytes) -> bytes:
-        """Add whatever else has already arrived, without waiting for more.
+    def read_arrived(self) -> list[bytes] | None:
+        """Non-blocking: the payload that has already arrived, or None when nothing has
+        (or the body is not read in blocks, or it ended): then :meth:`read_pieces` waits.
+
+        This is what lets the event loop read a busy stream itself, without a thread
+        hop per block (a hop wakes a worker thread, then the event loop). The end of
+        the body, or a connection that closed, is left to :meth:`read_pieces`.
+        """
+        dechunker = self._dechunker
+        if self._raw is None or self._sock is None or dechunker is None or dechunker.done:
+            return None
+        return self._add_arrived([], 0) or None
+
+    def _add_arrived(self, pieces: list[bytes], size: int) -> list[bytes]:
+        """``pieces`` (from ``size`` bytes read) and whatever else has already arrived,
+        without waiting for more.
 
         Over TLS one ``recv`` returns at most one TLS record (16 KiB), usually one
         event: without this, every event would cost a thread hop. The socket is made
@@ -155,10 +179,12 @@ class BodyReader:
         case of a record only partly arrived), and we stop there. An end of the body
         seen here is left to the next, blocking, read to report.
         """
+        raw = self._raw
+        dechunker = self._dechunker
         sock = self._sock
+        assert raw is not None
+        assert dechunker is not None
         assert sock is not None
-        parts = [first]
-        size = len(first)
         timeout = sock.gettimeout()
         sock.settimeout(0.0)
         try:
@@ -169,14 +195,12 @@ class BodyReader:
                     break
                 if not block:
                     break
-                payload = dechunker.feed(block)
-                if payload:
-                    parts.append(payload)
-                    size += len(payload)
+                size += len(block)
+                pieces += dechunker.feed(block)
         finally:
             with contextlib.suppress(OSError):
                 sock.settimeout(timeout)
-        return first if len(parts) == 1 else b"".join(parts)
+        return pieces
 
     def _read_fallback(self) -> bytes:
         # urllib3's read1 goes through http.client, which handles chunking, a

@@ -8,8 +8,8 @@ holds. The socket's read timeout (``_request_timeout=(connect, read)``, see
 socket down so that a blocked ``recv`` returns at once when the consumer goes away
 (cancellation), instead of holding a thread until the timeout or freezing the event loop.
 
-Everything here runs in a worker thread except :meth:`StreamConnection.aclose`, which
-runs on the event loop and never blocks it.
+Everything here runs in a worker thread except :meth:`StreamConnection.aclose` and
+:meth:`StreamConnection.read_arrived`, which run on the event loop and never block it.
 """
 
 from __future__ import annotations
@@ -76,20 +76,42 @@ class StreamConnection:
 
     def read(self) -> bytes:
         """Blocking: the next payload bytes; ``b""`` once the body ended properly or
-        the connection was closed by :meth:`aclose`. Errors propagate (see
+        the connection was closed by :meth:`aclose`."""
+        pieces = self.read_pieces()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_pieces(self) -> list[bytes]:
+        """Blocking: the next payload, in the pieces it arrived in (one per HTTP chunk,
+        see :class:`~.chunked.Dechunker`); ``[]`` once the body ended properly or the
+        connection was closed by :meth:`aclose`. Errors propagate (see
         :class:`BodyReader`), except those caused by our own shutdown."""
         if not self._read_lock.acquire(blocking=False):
-            return b""  # aclose() owns the connection now
+            return []  # aclose() owns the connection now
         try:
             reader = self._reader
             if self._closed or reader is None:
-                return b""
+                return []
             try:
-                return reader.read()
+                return reader.read_pieces()
             except Exception:
                 if self._closed:  # our own shutdown woke the read up
-                    return b""
+                    return []
                 raise
+        finally:
+            self._read_lock.release()
+
+    def read_arrived(self) -> list[bytes] | None:
+        """Non-blocking, for the event loop: the payload pieces that have already
+        arrived, or None when none have (then :meth:`read_pieces`, in a thread, waits
+        for them and reports the body's end). Never called while a thread reads: the
+        consumer reads one way or the other, one read at a time."""
+        if not self._read_lock.acquire(blocking=False):
+            return None
+        try:
+            reader = self._reader
+            if self._closed or reader is None:
+                return None
+            return reader.read_arrived()
         finally:
             self._read_lock.release()
 

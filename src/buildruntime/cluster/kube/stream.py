@@ -21,6 +21,8 @@ this module turns transport failures into the port's errors, and :mod:`.watch` /
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -118,9 +120,26 @@ class Stream:
         self._connection.attach(response)
 
     def _read_block(self) -> bytes:
-        """Blocking: the next block of the body (``b""`` at its end), transport
-        failures turned into :class:`UnavailableError`."""
-        try:
+        """Blocking: the next block of the body (``b""`` at its end)."""
+        with self._transport_errors():
             return self._connection.read()
+
+    def _read_pieces(self) -> list[bytes]:
+        """Blocking: the next block of the body as the pieces it arrived in (``[]`` at
+        its end)."""
+        with self._transport_errors():
+            return self._connection.read_pieces()
+
+    def _read_arrived(self) -> list[bytes] | None:
+        """Non-blocking, on the event loop: the pieces of the body that have already
+        arrived, None if none have."""
+        with self._transport_errors():
+            return self._connection.read_arrived()
+
+    @contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        """Transport failures of a read, as :class:`UnavailableError`."""
+        try:
+            yield
         except TRANSPORT_ERRORS as exc:
             raise broken_stream_error(self._what, exc, self._read_timeout) from exc

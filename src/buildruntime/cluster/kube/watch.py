@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from anyio.lowlevel import checkpoint
+
 from ..port import RESOURCES_WITHOUT_BOOKMARKS, ApiError
 from ..watch_events import WatchDecoder, decode_event, decode_typed_event, watch_error
 from .request import Query
@@ -34,11 +36,16 @@ if TYPE_CHECKING:
 
 class LineSplitter:
     """Splits a watch body into lines (``application/json`` watch framing: one JSON
-    object per line). A line split across reads waits in :attr:`_pending` until its
-    newline arrives; empty lines are dropped.
+    object per line). A line split across reads or chunks waits in :attr:`_pending`
+    until its newline arrives; empty lines are dropped.
 
-    Splitting happens in the worker thread; decoding happens on the event loop, one
-    line at a time as the consumer asks for it (see :class:`Watch`).
+    The API server writes each event as one HTTP chunk, so most pieces of payload are
+    one whole line each: those are passed on as they are, newline included (decoders
+    ignore it), without a copy; other pieces are joined and split.
+
+    Splitting happens where the block was read (the event loop, or the worker thread
+    that waited for it); decoding happens on the event loop, one line at a time as the
+    consumer asks for it (see :class:`Watch`).
     """
 
     __slots__ = ("_pending",)
@@ -46,21 +53,27 @@ class LineSplitter:
     def __init__(self) -> None:
         self._pending: list[bytes] = []
 
-    def feed(self, data: bytes) -> list[bytes]:
-        if b"\n" not in data:
-            if data:
-                self._pending.append(data)
-            return []
-        if self._pending:
-            self._pending.append(data)
-            data = b"".join(self._pending)
-            self._pending = []
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        if tail:
-            self._pending.append(tail)
-        if b"" in lines:
-            lines = [line for line in lines if line]
+    def feed(self, pieces: list[bytes]) -> list[bytes]:
+        """The lines that ``pieces`` (the payload of one read, in order) complete."""
+        lines: list[bytes] = []
+        pending = self._pending
+        for piece in pieces:
+            if not pending and piece.find(b"\n") == len(piece) - 1:
+                if len(piece) > 1:  # one whole line (an empty piece or line is dropped)
+                    lines.append(piece)
+                continue
+            if b"\n" not in piece:
+                pending.append(piece)
+                continue
+            if pending:
+                pending.append(piece)
+                piece = b"".join(pending)
+                pending.clear()
+            parts = piece.split(b"\n")
+            tail = parts.pop()
+            if tail:
+                pending.append(tail)
+            lines += [part for part in parts if part]
         return lines
 
     def finish(self) -> list[bytes]:
@@ -74,8 +87,11 @@ class Watch(Stream):
     """A watch: an async iterator of ``{"type": ..., "object": {...}}`` dicts, or of
     what its decoder makes of each line (:mod:`~buildruntime.cluster.watch_events`).
 
-    - Each worker-thread hop reads every byte that has arrived (up to 256 KiB) and
-      splits it on ``b"\\n"``; a line split across reads waits for its newline. Each
+    - When a block is wanted, whatever has already arrived (up to 256 KiB) is read on
+      the event loop without blocking; only when nothing has does a worker thread
+      wait for it. A busy watch thus costs no thread hop per block, and a quiet one
+      waits in a thread under its read timeout. Each block is split on
+      ``b"\\n"``; a line split across reads waits for its newline. Each
       ``__anext__`` then decodes one line, on the event loop. One at a time rather
       than a whole read's worth at once: decoded pods kept alive in a batch make every
       young-generation collection of the cyclic GC walk them, which costs more than
@@ -144,11 +160,18 @@ class Watch(Stream):
                 return event
             if self._ended:
                 raise StopAsyncIteration
-            self._batch, self._ended = await self._threads.run(self._read_lines)
+            # A checkpoint per block, as the thread hop was: other tasks run and
+            # cancellation is seen however fast the events arrive.
+            await checkpoint()
+            arrived = self._read_arrived()
+            if arrived is not None:
+                self._batch = self._splitter.feed(arrived)
+            else:
+                self._batch, self._ended = await self._threads.run(self._read_lines)
             self._next = 0
 
     def _read_lines(self) -> tuple[list[bytes], bool]:
-        block = self._read_block()
-        if block:
-            return self._splitter.feed(block), False
+        pieces = self._read_pieces()
+        if pieces:
+            return self._splitter.feed(pieces), False
         return self._splitter.finish(), True
