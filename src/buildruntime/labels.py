@@ -6,6 +6,8 @@ from __future__ import annotations
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "buildruntime"
 BUILD_ID = "buildruntime.io/build-id"
+WORKER = "buildruntime.io/worker"
+"""The id of the worker (``RuntimeSettings.worker_id``) that runs the build now."""
 
 
 def managed_selector() -> str:

@@ -24,7 +24,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from buildruntime import exception_groups
+from buildruntime import adoption, exception_groups, spec_record
 from buildruntime.build import Build
 from buildruntime.cluster.port import Cluster
 from buildruntime.controller import BuildController
@@ -36,6 +36,8 @@ from buildruntime.errors import (
 )
 from buildruntime.events import BuildEvent
 from buildruntime.informer.topic import Topic
+from buildruntime.labels import WORKER
+from buildruntime.names import dns1123_label_problem
 from buildruntime.results import StepResult
 from buildruntime.settings import RuntimeOptions, RuntimeSettings, resolve
 from buildruntime.spec import BuildSpec, StepSpec, render_pod
@@ -203,6 +205,8 @@ class Runtime:
             pause_image=self.pause_image,
             workspace_path=self.settings.workspace_path,
         )
+        manifest["metadata"]["labels"][WORKER] = self.settings.worker_id
+        spec_record.annotate(manifest, spec, spec.pause_image or self.pause_image)
         controller = BuildController(
             self.cluster,
             spec,
@@ -240,6 +244,81 @@ class Runtime:
                 await controller.abandon()
                 self._forget(controller)
             raise
+
+    async def attach_build(self, build_id: str) -> Build:
+        """Adopt a build pod still in the namespace, from a worker that died or released
+        it, and return its handle, its steps in the state the cache shows.
+
+        One patch moves the pod to this worker (``settings.worker_id``), conditional on
+        the pod as read, so of two workers adopting the same build exactly one succeeds;
+        the other gets :class:`BuildAdoptedError` naming the winner. Then the build's
+        watches start, as for a build assembled here: a step that runs or ran is tailed
+        from its first line (the node still holds its log), ``wait_container`` waits for
+        a running step, ``run_container`` starts the next, a running step's timeout is
+        enforced from its start. The build's spec comes from its pod's annotation
+        (secret values from its Secret). Raises :class:`PodGoneError` when the pod is gone.
+        """
+        problem = dns1123_label_problem(build_id)
+        if problem:
+            raise SpecError("build_id", problem)
+        existing = self._builds.get(build_id)
+        if existing is not None and not existing.removed:
+            raise UsageError("the build is already in this runtime", build_id=build_id)
+        task_group = self._require_entered()
+        api_timeout = self.settings.api_timeout
+        pod = await adoption.adopt(
+            self.cluster, self.namespace, build_id, self.settings.worker_id, api_timeout=api_timeout
+        )
+        recorded = spec_record.read(pod)
+        controller = BuildController(
+            self.cluster,
+            recorded.spec,
+            self.namespace,
+            pod,
+            self.settings,
+            runtime_events=self._events,
+            placeholder=recorded.placeholder,
+            adopted=True,
+        )
+        self._builds[build_id] = controller
+        self._mine.add(controller)
+        await task_group.start(controller.run)
+        try:
+            with controller.masking_errors():
+                await controller.adopt(pod["metadata"]["uid"], recorded.secret_objects)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                controller.stop()
+                await controller.finished.wait()
+                self._forget(controller)
+            raise
+        return Build(
+            spec=recorded.spec, namespace=self.namespace, pod_manifest=pod, _controller=controller
+        )
+
+    async def release_builds(self) -> list[str]:
+        """Leave every build of this runtime to another worker (a rolling upgrade): mark
+        each pod released, stop its watches and log captures, delete nothing. The pods
+        and their steps run on; another worker's ``attach_build`` adopts them. The
+        released builds' handles answer no more step calls. Returns the released ids."""
+        released: list[str] = []
+        with anyio.CancelScope(shield=True):
+            for controller in list(self._builds.values()):
+                if not controller.started or controller.removed:
+                    continue
+                with contextlib.suppress(BuildRuntimeError):
+                    await adoption.release(
+                        self.cluster,
+                        self.namespace,
+                        controller.build_id,
+                        self.settings.worker_id,
+                        api_timeout=self.settings.api_timeout,
+                    )
+                controller.stop()
+                await controller.finished.wait()
+                self._forget(controller)
+                released.append(controller.build_id)
+        return released
 
     async def run_container(self, build: Build, step: str) -> None:
         """Swap the step's placeholder for the step image; return once it runs or has

@@ -10,6 +10,9 @@ giving it twice with different values is an error rather than a silent choice.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import socket
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -17,6 +20,7 @@ from buildruntime.errors import SpecError
 from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
 from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.logs import DEFAULT_MEMORY_LIMIT
+from buildruntime.names import dns1123_label_problem
 from buildruntime.volumes import DEFAULT_WORKSPACE_PATH, check_path
 
 
@@ -39,6 +43,9 @@ class RuntimeSettings:
     """Watch timing and backoff, the resync period included."""
     workspace_path: str = DEFAULT_WORKSPACE_PATH
     """Where every step finds the build's workspace, unless the build says otherwise."""
+    worker_id: str = field(default_factory=lambda: default_worker_id())
+    """This worker's identity (a DNS-1123 label): its builds' pods carry it as the
+    ``buildruntime.io/worker`` label. Default: the host name and the process id."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.pause_image, str):
@@ -57,6 +64,9 @@ class RuntimeSettings:
         object.__setattr__(
             self, "workspace_path", check_path(self.workspace_path, "workspace_path")
         )
+        problem = dns1123_label_problem(self.worker_id)
+        if problem:
+            raise SpecError("worker_id", problem)
 
     @property
     def resync_period(self) -> float:
@@ -74,6 +84,15 @@ class RuntimeOptions(TypedDict, total=False):
     log_memory_limit: int
     reflector: ReflectorSettings
     workspace_path: str
+    worker_id: str
+
+
+def default_worker_id() -> str:
+    """The host name and the process id as a DNS-1123 label (``ci-host-7-4211``): unique
+    among the workers of a cluster as long as host names are."""
+    suffix = f"-{os.getpid()}"
+    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-") or "worker"
+    return host[: 63 - len(suffix)].rstrip("-") + suffix
 
 
 def resolve(settings: RuntimeSettings | None, options: RuntimeOptions) -> RuntimeSettings:

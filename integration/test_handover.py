@@ -1,0 +1,186 @@
+"""Builds handed from one worker to another: a worker killed with SIGKILL mid-step, a
+rolling upgrade (a worker releases its builds and exits, the next adopts them), and two
+workers adopting the same build at once.
+
+On the real cluster each first worker is a separate process (see
+:mod:`integration.workers`; on FakeCluster a task whose connections are severed). Each
+test compares every line the adopting worker's tails delivered, and every exit code,
+with what the steps printed: the same lines, once, in order, from the first line of
+each step, those printed before the kill, during the gap and after alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+
+from buildruntime import Build, BuildAdoptedError, PodGoneError, Runtime, StepResult
+
+from .conftest import BUSYBOX, Target
+from .handover_worker import LAST_EXIT, STEPS, expected_lines, three_steps
+from .workers import container_status, start_worker
+
+pytestmark = pytest.mark.anyio
+
+LINES = 20
+PAUSE = 0.25
+"""Each step prints LINES lines PAUSE seconds apart (5 s a step)."""
+GAP = 1.0
+"""Seconds between the first worker's end and the next worker's attach."""
+
+
+def _ids(prefix: str, count: int) -> list[str]:
+    suffix = uuid.uuid4().hex[:6]
+    return [f"{prefix}-{suffix}-{i}" for i in range(count)]
+
+
+def _expected() -> dict[str, tuple[list[bytes], int]]:
+    return {
+        step: (expected_lines(step, LINES), LAST_EXIT if step == STEPS[-1] else 0) for step in STEPS
+    }
+
+
+async def _finish(rt: Runtime, build: Build) -> dict[str, tuple[list[bytes], int | None]]:
+    """What an executor does after attaching: the running step's tail and result, then
+    the remaining steps run → tail → wait."""
+    seen: dict[str, tuple[list[bytes], int | None]] = {}
+    for step in STEPS:
+        state = await rt.inspect_container(build, step)
+        if state.state == "waiting":
+            await rt.run_container(build, step)
+        lines = [line async for line in rt.tail_container(build, step)]
+        result: StepResult = await rt.wait_container(build, step)
+        seen[step] = (lines, result.exit_code)
+    return seen
+
+
+async def test_a_worker_killed_mid_step_hands_its_build_to_a_new_worker(target: Target) -> None:
+    [build_id] = _ids("killed", 1)
+    async with anyio.create_task_group() as tg:
+        async with start_worker(
+            target, tg, "worker-a", [build_id], lines=LINES, pause=PAUSE, mode="kill"
+        ) as worker:
+            await worker.wait_lines(build_id, 3)
+            await worker.kill()
+            before_kill = worker.seen(build_id)
+        tg.cancel_scope.cancel()
+    # Killed mid-step: it had seen some of the first step's lines, not all.
+    assert 3 <= len(before_kill) < LINES
+    assert before_kill == expected_lines(STEPS[0], LINES)[: len(before_kill)]
+    left = await target.read_pod(build_id)
+    assert left is not None
+    assert left["metadata"]["labels"]["buildruntime.io/worker"] == "worker-a"
+    await anyio.sleep(GAP)  # the step prints on, with no worker attached
+
+    async with target.runtime(worker_id="worker-b") as rt:
+        with anyio.fail_after(120):
+            build = await rt.attach_build(build_id)
+            assert [s.name for s in build.spec.steps] == list(STEPS)
+            assert (await rt.inspect_container(build, STEPS[0])).state == "running"
+            assert (await rt.inspect_container(build, STEPS[1])).state == "waiting"
+            seen = await _finish(rt, build)
+            pod = await target.read_pod(build_id)
+            await rt.remove_build(build)
+    assert seen == _expected()
+    assert pod is not None
+    assert pod["metadata"]["uid"] == left["metadata"]["uid"]
+    assert pod["metadata"]["labels"]["buildruntime.io/worker"] == "worker-b"
+    assert await target.read_pod(build_id) is None
+
+
+async def test_a_rolling_upgrade_hands_every_running_build_over(target: Target) -> None:
+    build_ids = _ids("rolling", 3)
+    async with anyio.create_task_group() as tg:
+        async with start_worker(
+            target, tg, "worker-a", build_ids, lines=LINES, pause=PAUSE, mode="release"
+        ) as worker:
+            for build_id in build_ids:
+                await worker.wait_lines(build_id, 2)
+            before = {build_id: await target.read_pod(build_id) for build_id in build_ids}
+            released = await worker.release()
+        tg.cancel_scope.cancel()
+    assert sorted(released) == sorted(build_ids)
+    for build_id in build_ids:
+        pod = await target.read_pod(build_id)
+        assert pod is not None, "a released build's pod was deleted"
+        assert pod["metadata"]["annotations"]["buildruntime.io/released-by"] == "worker-a"
+
+    seen: dict[str, dict[str, tuple[list[bytes], int | None]]] = {}
+    after: dict[str, dict[str, object] | None] = {}
+    async with target.runtime(worker_id="worker-b") as rt:
+
+        async def adopt(build_id: str) -> None:
+            build = await rt.attach_build(build_id)
+            seen[build_id] = await _finish(rt, build)
+            after[build_id] = await target.read_pod(build_id)
+            await rt.remove_build(build)
+
+        with anyio.fail_after(180):
+            async with anyio.create_task_group() as adopters:
+                for build_id in build_ids:
+                    adopters.start_soon(adopt, build_id)
+    for build_id in build_ids:
+        assert seen[build_id] == _expected(), build_id
+        old, new = before[build_id], after[build_id]
+        assert old is not None
+        assert new is not None
+        # Not restarted: the same pod, and the first step's container the one that ran
+        # under the first worker (same ID, no further restart).
+        assert new["metadata"]["uid"] == old["metadata"]["uid"]
+        running, ended = container_status(old, STEPS[0]), container_status(new, STEPS[0])
+        assert ended["containerID"] == running["containerID"]
+        assert ended["restartCount"] == running["restartCount"]
+        assert "buildruntime.io/released-by" not in new["metadata"].get("annotations", {})
+
+
+async def test_attaching_a_build_whose_pod_is_gone_says_so(target: Target) -> None:
+    async with target.runtime(worker_id="worker-b") as rt:
+        with pytest.raises(PodGoneError) as raised:
+            await rt.attach_build("no-such-build")
+    assert "no build pod named no-such-build" in str(raised.value)
+    assert raised.value.build_id == "no-such-build"
+
+
+async def test_two_workers_adopting_one_build_exactly_one_wins(target: Target) -> None:
+    [build_id] = _ids("contested", 1)
+    async with target.runtime(worker_id="worker-a") as a:
+        build = await a.setup_build(
+            three_steps(build_id, lines=LINES, pause=PAUSE, busybox=BUSYBOX)
+        )
+        await a.assemble_build(build)
+        await a.run_container(build, STEPS[0])
+        assert await a.release_builds() == [build_id]
+
+    outcomes: dict[str, Build | BuildAdoptedError] = {}
+    async with (
+        target.runtime(worker_id="worker-b") as b,
+        target.runtime(worker_id="worker-c") as c,
+    ):
+
+        async def adopt(rt: Runtime, name: str) -> None:
+            try:
+                outcomes[name] = await rt.attach_build(build_id)
+            except BuildAdoptedError as error:
+                outcomes[name] = error
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(adopt, b, "worker-b")
+            tg.start_soon(adopt, c, "worker-c")
+        winners = [name for name, got in outcomes.items() if isinstance(got, Build)]
+        losers = [got for got in outcomes.values() if isinstance(got, BuildAdoptedError)]
+        assert len(winners) == 1, outcomes
+        assert len(losers) == 1, outcomes
+        [winner] = winners
+        error = losers[0]
+        assert error.worker == winner
+        assert error.build_id == build_id
+        assert winner in str(error)
+        assert build_id in str(error)
+        rt = b if winner == "worker-b" else c
+        won = outcomes[winner]
+        assert isinstance(won, Build)
+        seen = await _finish(rt, won)
+        await rt.remove_build(won)
+    assert seen == _expected()

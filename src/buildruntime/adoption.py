@@ -1,0 +1,176 @@
+"""Handing a build pod from one worker to another: the adopting patch and the release
+mark.
+
+A build pod names the worker that runs it in its ``buildruntime.io/worker`` label. A
+worker adopts a build with one patch that moves that label to itself, conditional on the
+pod's resourceVersion as it read it: of two workers adopting the same build, the API
+server lets exactly one patch through and answers the other 409 Conflict. The loser reads
+the pod again and finds it held by the winner (:class:`BuildAdoptedError`); a conflict
+caused by anything else (the kubelet updating the pod's status) is retried.
+
+A worker that leaves its builds for another (a rolling upgrade) marks them released.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from buildruntime import api_calls
+from buildruntime.cluster.port import JSON, Cluster, ConflictError, NotFoundError
+from buildruntime.errors import BuildAdoptedError, PodGoneError, UsageError
+from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE, WORKER, build_selector
+
+RELEASED_ANNOTATION = "buildruntime.io/released-by"
+"""Set by a worker that left the build for another to adopt: its worker id."""
+
+MAX_CONFLICTS = 10
+"""Conflicts from other writers (the kubelet) retried before giving up."""
+
+
+def holder(pod: JSON) -> str | None:
+    """The worker that holds the build pod, as its label says."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    value = labels.get(WORKER)
+    return value if isinstance(value, str) else None
+
+
+def released_by(pod: JSON) -> str | None:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(RELEASED_ANNOTATION)
+    return value if isinstance(value, str) else None
+
+
+async def find_pod(cluster: Cluster, namespace: str, build_id: str, *, api_timeout: float) -> JSON:
+    """The build's pod as the API server holds it now (a consistent read);
+    :class:`PodGoneError` when there is none or it is being deleted."""
+    listed = await api_calls.send(
+        partial(
+            cluster.list,
+            "pods",
+            namespace,
+            label_selector=build_selector(build_id),
+            resource_version=None,
+        ),
+        api_timeout=api_timeout,
+        build_id=build_id,
+        step=None,
+        what="find the build's pod",
+    )
+    items = [
+        pod
+        for pod in listed.get("items") or []
+        if (pod.get("metadata") or {}).get("name") == build_id
+    ]
+    if not items:
+        raise PodGoneError(
+            f"no build pod named {build_id} in namespace {namespace} to attach to "
+            "(it ended and was removed, or it never existed)",
+            build_id=build_id,
+            reason="NotFound",
+        )
+    pod: JSON = items[0]
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        raise PodGoneError(
+            f"the build's pod in namespace {namespace} is being deleted",
+            build_id=build_id,
+            reason="Deleting",
+        )
+    return pod
+
+
+async def adopt(
+    cluster: Cluster,
+    namespace: str,
+    build_id: str,
+    worker_id: str,
+    *,
+    api_timeout: float,
+) -> JSON:
+    """Move the build's pod to ``worker_id``; returns the pod as patched.
+
+    :class:`BuildAdoptedError` when another worker adopted it between this worker's read
+    and its patch, :class:`PodGoneError` when there is no such pod, :class:`UsageError`
+    when the pod is already this worker's.
+    """
+    pod = await find_pod(cluster, namespace, build_id, api_timeout=api_timeout)
+    first_holder = holder(pod)
+    if first_holder == worker_id:
+        raise UsageError(
+            f"the build is already held by this worker ({worker_id})", build_id=build_id
+        )
+    for _ in range(MAX_CONFLICTS):
+        metadata = pod["metadata"]
+        labels = metadata.get("labels") or {}
+        if labels.get(MANAGED_BY) != MANAGED_BY_VALUE or labels.get(BUILD_ID) != build_id:
+            raise UsageError(
+                f"pod {build_id} is not a build pod of buildruntime", build_id=build_id
+            )
+        current = holder(pod)
+        if current != first_holder:
+            raise BuildAdoptedError(
+                f"worker {current} adopted the build first",
+                build_id=build_id,
+                worker=current,
+            )
+        patch: JSON = {
+            "metadata": {
+                "resourceVersion": metadata["resourceVersion"],
+                "labels": {WORKER: worker_id},
+                "annotations": {RELEASED_ANNOTATION: None},
+            }
+        }
+        try:
+            return await api_calls.send(
+                partial(cluster.patch_pod, namespace, build_id, patch),
+                api_timeout=api_timeout,
+                build_id=build_id,
+                step=None,
+                what="adopt the build's pod",
+            )
+        except NotFoundError:
+            raise PodGoneError(
+                f"the build's pod left namespace {namespace} while it was being adopted",
+                build_id=build_id,
+                reason="NotFound",
+            ) from None
+        except ConflictError:
+            # Someone wrote the pod since it was read: another adopter, or the kubelet.
+            pod = await find_pod(cluster, namespace, build_id, api_timeout=api_timeout)
+    raise BuildAdoptedError(
+        f"the pod kept changing while it was being adopted ({MAX_CONFLICTS} conflicts)",
+        build_id=build_id,
+        worker=holder(pod),
+    )
+
+
+async def release(
+    cluster: Cluster, namespace: str, build_id: str, worker_id: str, *, api_timeout: float
+) -> None:
+    """Mark the build released by ``worker_id``, for another worker to adopt; a pod
+    already gone, or already another worker's, is left as it is."""
+    for _ in range(MAX_CONFLICTS):
+        try:
+            pod = await find_pod(cluster, namespace, build_id, api_timeout=api_timeout)
+        except PodGoneError:
+            return
+        if holder(pod) != worker_id:
+            return
+        patch: JSON = {
+            "metadata": {
+                "resourceVersion": pod["metadata"]["resourceVersion"],
+                "annotations": {RELEASED_ANNOTATION: worker_id},
+            }
+        }
+        try:
+            await api_calls.send(
+                partial(cluster.patch_pod, namespace, build_id, patch),
+                api_timeout=api_timeout,
+                build_id=build_id,
+                step=None,
+                what="release the build's pod",
+            )
+            return
+        except NotFoundError:
+            return
+        except ConflictError:
+            continue  # the kubelet wrote the pod since it was read: read it again
