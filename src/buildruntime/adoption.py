@@ -13,12 +13,16 @@ A worker that leaves its builds for another (a rolling upgrade) marks them relea
 
 from __future__ import annotations
 
+import base64
+import json
 from functools import partial
 
 from buildruntime import api_calls
-from buildruntime.cluster.port import JSON, Cluster, ConflictError, NotFoundError
-from buildruntime.errors import BuildAdoptedError, PodGoneError, UsageError
+from buildruntime.cluster.port import JSON, ApiError, Cluster, ConflictError, NotFoundError
+from buildruntime.errors import BuildAdoptedError, BuildRuntimeError, PodGoneError, UsageError
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE, WORKER, build_selector
+from buildruntime.secrets import pull_secret_name, secret_name
+from buildruntime.spec_record import RecordedBuild
 
 RELEASED_ANNOTATION = "buildruntime.io/released-by"
 """Set by a worker that left the build for another to adopt: its worker id."""
@@ -174,3 +178,50 @@ async def release(
             return
         except ConflictError:
             continue  # the kubelet wrote the pod since it was read: read it again
+
+
+async def secret_values(
+    cluster: Cluster,
+    namespace: str,
+    recorded: RecordedBuild,
+    *,
+    api_timeout: float,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The build's secret values and registry passwords, read back from its Secrets so
+    that the adopting worker masks them as the first did. Masking cannot be done
+    without them: a Secret that cannot be read is an error, not a build left unmasked."""
+    build_id = recorded.spec.build_id
+    pod = recorded.spec.pod_name
+    values: dict[str, str] = {}
+    passwords: dict[str, str] = {}
+    if recorded.secret_names:
+        data = await _secret_data(cluster, namespace, secret_name(pod), build_id, api_timeout)
+        values = {key: base64.b64decode(value).decode() for key, value in data.items()}
+    if recorded.registry_hosts:
+        data = await _secret_data(cluster, namespace, pull_secret_name(pod), build_id, api_timeout)
+        config = json.loads(base64.b64decode(data.get(".dockerconfigjson", "")) or b"{}")
+        auths = config.get("auths") or {}
+        passwords = {host: str((auths.get(host) or {}).get("password", "")) for host in auths}
+    return values, passwords
+
+
+async def _secret_data(
+    cluster: Cluster, namespace: str, name: str, build_id: str, api_timeout: float
+) -> dict[str, str]:
+    try:
+        secret = await api_calls.send(
+            partial(cluster.get_secret, namespace, name),
+            api_timeout=api_timeout,
+            build_id=build_id,
+            step=None,
+            what=f"read the build's Secret {name}",
+        )
+    except ApiError as error:
+        raise BuildRuntimeError(
+            f"cannot read the build's Secret {name}, whose values its logs must be masked of",
+            build_id=build_id,
+            reason=error.reason,
+            message=error.message,
+        ) from error
+    data: dict[str, str] = secret.get("data") or {}
+    return data

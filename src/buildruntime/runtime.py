@@ -270,6 +270,22 @@ class Runtime:
             self.cluster, self.namespace, build_id, self.settings.worker_id, api_timeout=api_timeout
         )
         recorded = spec_record.read(pod)
+        if recorded.secret_names or recorded.registry_hosts:
+            try:
+                values, passwords = await adoption.secret_values(
+                    self.cluster, self.namespace, recorded, api_timeout=api_timeout
+                )
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(BuildRuntimeError):
+                    await adoption.release(
+                        self.cluster,
+                        self.namespace,
+                        build_id,
+                        self.settings.worker_id,
+                        api_timeout=api_timeout,
+                    )
+                raise
+            recorded = spec_record.read(pod, secret_values=values, registry_passwords=passwords)
         controller = BuildController(
             self.cluster,
             recorded.spec,

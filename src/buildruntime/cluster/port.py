@@ -202,6 +202,11 @@ class Cluster(Protocol):
         """Delete a Secret. Raises :class:`NotFoundError` when it does not exist."""
         ...
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        """Read a Secret (a worker adopting a build reads back the values it masks).
+        Raises :class:`NotFoundError` when it does not exist."""
+        ...
+
     def stream_logs(
         self,
         namespace: str,

@@ -285,6 +285,13 @@ class FakeCluster:
         await self._request("delete", "secrets")
         self._secrets.delete(namespace, name)
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        await self._request("get", "secrets")
+        secret = self._server.copy("secrets", namespace, name)
+        if secret is None:
+            raise NotFoundError(f'secrets "{name}" not found')
+        return secret
+
     def secret(self, namespace: str, name: str) -> JSON | None:
         """A stored Secret as the API server holds it (not a request of the port)."""
         return self._server.copy("secrets", namespace, name)

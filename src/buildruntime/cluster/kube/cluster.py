@@ -265,6 +265,16 @@ class KubeCluster:
             decode=False,
         )
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        """``GET`` a Secret (404 raises :class:`NotFoundError`)."""
+        self.requests.append(Request("get", "secrets"))
+        return await self._request_json(
+            f"read secret {namespace}/{name}",
+            "GET",
+            "/api/v1/namespaces/{namespace}/secrets/{name}",
+            {"namespace": namespace, "name": name},
+        )
+
     # -- streams -----------------------------------------------------------------
 
     def watch(
