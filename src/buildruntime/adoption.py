@@ -94,14 +94,12 @@ async def adopt(
 
     :class:`BuildAdoptedError` when another worker adopted it between this worker's read
     and its patch, :class:`PodGoneError` when there is no such pod, :class:`UsageError`
-    when the pod is already this worker's.
+    when the pod is not a build pod.
     """
     pod = await find_pod(cluster, namespace, build_id, api_timeout=api_timeout)
+    # The holder may be this worker id: a worker restarted under the same id (a
+    # StatefulSet's pod name) takes its builds back.
     first_holder = holder(pod)
-    if first_holder == worker_id:
-        raise UsageError(
-            f"the build is already held by this worker ({worker_id})", build_id=build_id
-        )
     for _ in range(MAX_CONFLICTS):
         metadata = pod["metadata"]
         labels = metadata.get("labels") or {}

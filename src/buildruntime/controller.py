@@ -132,6 +132,8 @@ class BuildController:
         """The build's own Secrets created so far (the pod owns them once it exists)."""
         self.started = False
         self.removed = False
+        self.released = False
+        """Left to another worker (``release_builds``): its handle answers no more."""
         self.finished = anyio.Event()
         self.crash: Exception | None = None
         """What stopped the build's watches and captures, if not its removal: a bug, not

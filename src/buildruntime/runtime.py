@@ -332,6 +332,7 @@ class Runtime:
                     )
                 controller.stop()
                 await controller.finished.wait()
+                controller.released = True
                 self._forget(controller)
                 released.append(controller.build_id)
         return released
@@ -386,7 +387,10 @@ class Runtime:
 
     async def remove_build(self, build: Build) -> None:
         """Let every capture drain, delete the pod, and wait until the deletion is seen
-        (bounded by ``delete_timeout``). Idempotent; a pod already gone counts as done."""
+        (bounded by ``delete_timeout``). Idempotent; a pod already gone counts as done.
+        A build released for another worker is left alone (its ``finally`` may call this)."""
+        if isinstance(build, Build) and build._controller.released:
+            return
         controller = self._controller(build)
         if controller.removed:
             return
@@ -429,6 +433,10 @@ class Runtime:
         controller = build._controller
         if controller not in self._mine:
             raise UsageError("the build does not belong to this runtime", build_id=build.build_id)
+        if controller.released:
+            raise UsageError(
+                "the build was released for another worker to attach", build_id=build.build_id
+            )
         return controller
 
     def _forget(self, controller: BuildController) -> None:
