@@ -11,6 +11,7 @@ cluster are the integration suite's (integration/test_faults.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -20,10 +21,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
-from buildruntime import BuildSpec, Failure, PodGoneError, Runtime, StepSpec
+from buildruntime import (
+    Build,
+    BuildAdoptedError,
+    BuildSpec,
+    Failure,
+    PodGoneError,
+    Runtime,
+    StepSpec,
+)
 from buildruntime.informer.reflector import ReflectorSettings
+from buildruntime.labels import managed_selector
 from buildruntime.testing import FakeCluster
+from buildruntime.testing.severable import SeverableCluster
 
 RECOVERY = ReflectorSettings(backoff_initial=0.05, backoff_max=0.5)
 Fault = Callable[[FakeCluster], Awaitable[None]]
@@ -39,10 +51,12 @@ class Row:
     duplicated: int = 0
     wrong_results: int = 0
     leaks: int = 0
+    orphans: int = 0
+    """Build pods left in the namespace once every build was removed."""
 
 
-def _ticker(name: str, lines: int) -> StepSpec:
-    script = f"i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo {name}-$i; sleep 0.005; done"
+def _ticker(name: str, lines: int, pause: float = 0.005) -> StepSpec:
+    script = f"i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo {name}-$i; sleep {pause}; done"
     return StepSpec(name=name, image="busybox", commands=[script])
 
 
@@ -69,8 +83,15 @@ async def _build(rt: Runtime, build_id: str, lines: int, row: Row) -> None:
     spec = BuildSpec(build_id=build_id, steps=[_ticker("a", lines), _ticker("b", lines)])
     build = await rt.setup_build(spec)
     await rt.assemble_build(build)
-    for step in spec.steps:
-        await rt.run_container(build, step.name)
+    await _finish(rt, build, lines, row)
+
+
+async def _finish(rt: Runtime, build: Build, lines: int, row: Row) -> None:
+    """Each step of ``build`` (started here unless it ran already) tailed and awaited,
+    its lines counted against what it printed; then the build removed."""
+    for step in build.spec.steps:
+        if (await rt.inspect_container(build, step.name)).state == "waiting":
+            await rt.run_container(build, step.name)
         got = [line async for line in rt.tail_container(build, step.name)]
         result = await rt.wait_container(build, step.name)
         want = [f"{step.name}-{i}".encode() for i in range(1, lines + 1)]
@@ -163,6 +184,86 @@ async def _oom(builds: int) -> Row:
     return row
 
 
+HANDOVER_PAUSE = 0.01
+"""Seconds between a hand-over build's lines: its first step still runs at the hand-over."""
+
+
+async def _first_worker(
+    port: SeverableCluster,
+    build_ids: list[str],
+    lines: int,
+    release: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[None],
+) -> None:
+    """A worker that starts ``build_ids``' first steps, then releases them when
+    ``release`` is set (or is killed: its port severed, its task cancelled)."""
+    async with Runtime(
+        port,  # type: ignore[arg-type]
+        namespace="ci",
+        reflector=RECOVERY,
+        worker_id="worker-a",
+        api_timeout=0.5,
+        delete_timeout=1.0,
+    ) as rt:
+        for build_id in build_ids:
+            steps = [_ticker(name, lines, HANDOVER_PAUSE) for name in ("a", "b")]
+            build = await rt.setup_build(BuildSpec(build_id=build_id, steps=steps))
+            await rt.assemble_build(build)
+            await rt.run_container(build, "a")
+        task_status.started()
+        await release.wait()
+        await rt.release_builds()
+
+
+async def _handover(name: str, builds: int, lines: int, *, kill: bool, contested: bool) -> Row:
+    """Worker A starts the builds' first steps and is killed mid-step (its connections
+    severed, its task cancelled: the FakeCluster's node lives in this process, so A
+    cannot be a process of its own) or releases them; then worker B (and, contested,
+    worker C at the same time) attaches each and runs it to its end."""
+    row = Row(name)
+    build_ids = [f"handover-{i}" for i in range(builds)]
+    async with FakeCluster(images={"busybox"}, keep_history=False) as cluster:
+        port = SeverableCluster(cluster)
+        release = anyio.Event()
+        async with anyio.create_task_group() as first:
+            await first.start(_first_worker, port, build_ids, lines, release)
+            await anyio.sleep(lines * HANDOVER_PAUSE / 3)
+            if kill:
+                port.sever()
+                first.cancel_scope.cancel()
+            else:
+                release.set()
+            row.injected += 1
+        async with (
+            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-b") as b,
+            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-c") as c,
+        ):
+
+            async def adopt(build_id: str) -> None:
+                adopters = [b, c] if contested else [b]
+                won: list[tuple[Runtime, Build]] = []
+
+                async def attach(rt: Runtime) -> None:
+                    with contextlib.suppress(BuildAdoptedError):
+                        won.append((rt, await rt.attach_build(build_id)))
+
+                async with anyio.create_task_group() as tg:
+                    for rt in adopters:
+                        tg.start_soon(attach, rt)
+                row.wrong_results += int(len(won) != 1)
+                for rt, build in won[:1]:
+                    await _finish(rt, build, lines, row)
+
+            async with anyio.create_task_group() as tg:
+                for build_id in build_ids:
+                    tg.start_soon(adopt, build_id)
+        left = await cluster.list("pods", "ci", label_selector=managed_selector())
+        row.orphans += len(left["items"])
+        row.leaks += cluster.open_watches + cluster.open_log_streams
+    return row
+
+
 async def main(builds: int, lines: int) -> list[Row]:
     scenarios: list[tuple[str, Callable[[Row], Fault]]] = [
         ("none (baseline)", lambda row: _once(3600, lambda c: None, row)),
@@ -189,19 +290,38 @@ async def main(builds: int, lines: int) -> list[Row]:
     ]
     rows.append(await _deleted_from_outside(builds))
     rows.append(await _oom(builds))
+    rows.append(
+        await _handover(
+            "worker killed mid-step, another attaches", builds, lines, kill=True, contested=False
+        )
+    )
+    rows.append(
+        await _handover(
+            "rolling upgrade: released, another attaches",
+            builds,
+            lines,
+            kill=False,
+            contested=False,
+        )
+    )
+    rows.append(
+        await _handover(
+            "two workers adopt each build at once", builds, lines, kill=False, contested=True
+        )
+    )
     return rows
 
 
 def render(rows: list[Row]) -> str:
     head = (
         "| fault | times injected | builds run | lines expected | lines lost | duplicates "
-        "| wrong results | leaks |"
+        "| wrong results | leaks | orphans |"
     )
-    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(
             f"| {r.fault} | {r.injected} | {r.builds} | {r.expected} | {r.lost} | "
-            f"{r.duplicated} | {r.wrong_results} | {r.leaks} |"
+            f"{r.duplicated} | {r.wrong_results} | {r.leaks} | {r.orphans} |"
         )
     return "\n".join(out)
 
@@ -218,7 +338,7 @@ if __name__ == "__main__":
     rows = anyio.run(main, args.builds, args.lines)
     table = render(rows)
     print(table)
-    bad = sum(r.lost + r.duplicated + r.wrong_results + r.leaks for r in rows)
+    bad = sum(r.lost + r.duplicated + r.wrong_results + r.leaks + r.orphans for r in rows)
     print(f"\n{time.monotonic() - started:.1f}s; {'all zero' if not bad else f'{bad} failures'}")
     if args.append:
         command = "python bench/fault_matrix.py " + " ".join(sys.argv[1:])

@@ -11,6 +11,9 @@ each step, those printed before the kill, during the gap and after alike.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 
 import anyio
@@ -184,3 +187,51 @@ async def test_two_workers_adopting_one_build_exactly_one_wins(target: Target) -
         seen = await _finish(rt, won)
         await rt.remove_build(won)
     assert seen == _expected()
+
+
+async def test_ps_lists_a_released_build_and_attach_carries_it_to_its_end(
+    target: Target,
+) -> None:
+    """The command line, as a separate process: only the real cluster can be reached
+    from one (FakeCluster's node lives in the test process)."""
+    if target.kind == "fake":
+        pytest.skip("the command line reaches no FakeCluster of another process")
+    [build_id] = _ids("cli", 1)
+    async with target.runtime(worker_id="worker-a") as a:
+        build = await a.setup_build(
+            three_steps(build_id, lines=LINES, pause=PAUSE / 5, busybox=BUSYBOX)
+        )
+        await a.assemble_build(build)
+        await a.run_container(build, STEPS[0])
+        await a.release_builds()
+    common = ["--namespace", target.namespace, "--kubeconfig", os.environ["KUBECONFIG"]]
+    ps = await _command("ps", *common)
+    [header, row] = [
+        line for line in ps.stdout.splitlines() if line.startswith(("BUILD", build_id))
+    ]
+    assert header.split() == ["BUILD", "WORKER", "AGE", "STEPS"]
+    assert "worker-a (released)" in row
+    assert f"{STEPS[1]}:waiting {STEPS[2]}:waiting" in row
+    attached = await _command("attach", build_id, *common)
+    assert attached.returncode == LAST_EXIT, attached.stderr
+    for step in STEPS:
+        printed = [
+            line.removeprefix(f"[{step}] ").encode()
+            for line in attached.stdout.splitlines()
+            if line.startswith(f"[{step}] ")
+        ]
+        assert printed == expected_lines(step, LINES), step
+    assert await target.read_pod(build_id) is None
+
+
+async def _command(*args: str) -> subprocess.CompletedProcess[str]:
+    with anyio.fail_after(120):
+        return await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "buildruntime", *args],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "NO_COLOR": "1"},
+                check=False,
+            )
+        )

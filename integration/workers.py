@@ -28,36 +28,12 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from buildruntime import Build, Runtime
-from buildruntime.cluster.port import UnavailableError
+from buildruntime.testing.severable import SeverableCluster
 
 from .conftest import BUSYBOX, Target
 from .handover_worker import STEPS, start_builds
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class SeverableCluster:
-    """Passes every call through to ``inner`` until :meth:`sever`; then every call fails
-    as a connection refused by a dead process's closed sockets would."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.severed = False
-
-    def sever(self) -> None:
-        self.severed = True
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self.severed:
-                raise UnavailableError("the worker was killed")
-            return attribute(*args, **kwargs)
-
-        return call
 
 
 class Worker:
