@@ -4,6 +4,8 @@ after the hand-over, timeouts still enforced, clear errors."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import anyio
 import pytest
 
@@ -20,7 +22,8 @@ from buildruntime import (
     UsageError,
     Workspace,
 )
-from buildruntime.labels import WORKER
+from buildruntime.cli.ps import rows, table
+from buildruntime.labels import WORKER, managed_selector
 from buildruntime.spec import render_pod
 from buildruntime.spec_record import SPEC_ANNOTATION, annotate, read
 from buildruntime.testing import FakeCluster
@@ -94,9 +97,7 @@ def test_a_spec_too_large_for_an_annotation_is_refused_naming_its_field() -> Non
 
 def test_the_worker_label_is_the_runtimes_own() -> None:
     with pytest.raises(SpecError) as raised:
-        BuildSpec(
-            build_id="b", steps=[StepSpec(name="s", image="busybox")], labels={WORKER: "me"}
-        )
+        BuildSpec(build_id="b", steps=[StepSpec(name="s", image="busybox")], labels={WORKER: "me"})
     assert WORKER in raised.value.field
     with pytest.raises(SpecError) as bad:
         RuntimeSettings(worker_id="Not A Label")
@@ -181,3 +182,28 @@ async def test_a_released_build_is_left_alone_by_its_first_runtime(cluster: Fake
         adopted = await b.attach_build("left-1")
         assert (await b.inspect_container(adopted, "s")).state == "running"
         await b.remove_build(adopted)
+
+
+async def test_ps_shows_each_builds_worker_and_step_states(cluster: FakeCluster) -> None:
+    spec = BuildSpec(
+        build_id="ps-1",
+        steps=[
+            StepSpec(name="first", image="busybox", commands=["exit 4"]),
+            StepSpec(name="second", image="busybox", commands=["sleep 30"]),
+            StepSpec(name="third", image="busybox", commands=["true"]),
+        ],
+    )
+    async with Runtime(cluster, "ci", worker_id="worker-a", reflector=FAST_RECOVERY) as a:
+        build = await a.setup_build(spec)
+        await a.assemble_build(build)
+        await a.run_container(build, "first")
+        await a.wait_container(build, "first")
+        await a.run_container(build, "second")
+        await a.release_builds()
+    listed = await cluster.list("pods", "ci", label_selector=managed_selector())
+    now = datetime.now(UTC)
+    [header, line] = table(rows(listed["items"], now))
+    assert header.split() == ["BUILD", "WORKER", "AGE", "STEPS"]
+    assert line.split("  ")[0] == "ps-1"
+    assert "worker-a (released)" in line
+    assert line.endswith("first:exit 4 second:running third:waiting")
