@@ -23,7 +23,7 @@ from buildruntime import Build, BuildAdoptedError, PodGoneError, Runtime, StepRe
 
 from .conftest import BUSYBOX, Target
 from .handover_worker import LAST_EXIT, STEPS, expected_lines, three_steps
-from .workers import container_status, start_worker
+from .handover_workers import container_status, start_worker
 
 pytestmark = pytest.mark.anyio
 
