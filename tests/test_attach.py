@@ -207,3 +207,31 @@ async def test_ps_shows_each_builds_worker_and_step_states(cluster: FakeCluster)
     assert line.split("  ")[0] == "ps-1"
     assert "worker-a (released)" in line
     assert line.endswith("first:exit 4 second:running third:waiting")
+
+
+async def test_a_step_that_ended_before_the_hand_over_reports_its_exit_code_and_lines(
+    cluster: FakeCluster,
+) -> None:
+    spec = BuildSpec(
+        build_id="ended-1",
+        steps=[
+            StepSpec(name="first", image="busybox", commands=["echo one", "echo two", "exit 4"]),
+            StepSpec(name="second", image="busybox", commands=["echo three"]),
+        ],
+    )
+    async with Runtime(cluster, "ci", worker_id="worker-a", reflector=FAST_RECOVERY) as a:
+        build = await a.setup_build(spec)
+        await a.assemble_build(build)
+        await a.run_container(build, "first")
+        assert (await a.wait_container(build, "first")).exit_code == 4
+        await a.release_builds()
+    async with Runtime(cluster, "ci", worker_id="worker-b", reflector=FAST_RECOVERY) as b:
+        adopted = await b.attach_build("ended-1")
+        ended = await b.inspect_container(adopted, "first")
+        assert (ended.state, ended.exit_code, ended.failure) == ("terminated", 4, Failure.APP_ERROR)
+        assert [line async for line in b.tail_container(adopted, "first")] == [b"one", b"two"]
+        assert (await b.wait_container(adopted, "first")).exit_code == 4
+        await b.run_container(adopted, "second")
+        assert [line async for line in b.tail_container(adopted, "second")] == [b"three"]
+        assert (await b.wait_container(adopted, "second")).exit_code == 0
+        await b.remove_build(adopted)
