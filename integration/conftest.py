@@ -155,6 +155,15 @@ class Target:
         does not exist."""
         raise NotImplementedError
 
+    async def read_lease(self, name: str) -> JSON | None:
+        """The Lease as the API server stores it now (the ground truth); None when it
+        does not exist."""
+        raise NotImplementedError
+
+    async def create_lease_from_outside(self, manifest: JSON) -> JSON:
+        """Create a Lease as another worker (or a dead one) would have; returns it."""
+        raise NotImplementedError
+
     async def pod_gone(self, name: str) -> None:
         """Poll the ground truth until the pod no longer exists (bound it with
         ``anyio.fail_after``): a deletion takes the pod's grace period."""
@@ -269,6 +278,13 @@ class FakeTarget(Target):
     async def read_secret(self, name: str) -> JSON | None:
         return self.fake.secret(self.namespace, name)
 
+    async def read_lease(self, name: str) -> JSON | None:
+        return self.fake.lease(self.namespace, name)
+
+    async def create_lease_from_outside(self, manifest: JSON) -> JSON:
+        lease: JSON = await self.fake.create_lease(self.namespace, manifest)
+        return lease
+
     async def create_runtime_class(self, name: str, handler: str) -> None:
         # The simulated node runs every pod the same way, whatever its class.
         return None
@@ -290,6 +306,9 @@ class ClusterTarget(Target):
         configuration = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         self.local = is_local_cluster(configuration)
+        self.kubeconfig = kubeconfig
+        self.upstream = str(configuration.host)
+        """The API server's own URL (``cluster`` goes through the test's proxy)."""
         configuration.host = proxy.url
         self.proxy = proxy
         self.cluster = KubeCluster(client.ApiClient(configuration))
@@ -532,6 +551,19 @@ class ClusterTarget(Target):
 
         return await anyio.to_thread.run_sync(read)
 
+    async def read_lease(self, name: str) -> JSON | None:
+        from buildruntime.cluster.port import NotFoundError
+
+        try:
+            lease: JSON = await self._outside.get_lease(self.namespace, name)
+        except NotFoundError:
+            return None
+        return lease
+
+    async def create_lease_from_outside(self, manifest: JSON) -> JSON:
+        lease: JSON = await self._outside.create_lease(self.namespace, manifest)
+        return lease
+
     async def aclose(self) -> None:
         from kubernetes import client
 
@@ -656,8 +688,11 @@ def role_allows(verb: str, resource: str) -> bool:
     )
     role = next(d for d in docs if d and d.get("kind") == "Role")
     wanted_verb, wanted_resource = ("get", "pods/log") if verb == "log" else (verb, resource)
+    group = "coordination.k8s.io" if resource == "leases" else ""
     return any(
-        wanted_resource in rule["resources"] and wanted_verb in rule["verbs"]
+        wanted_resource in rule["resources"]
+        and wanted_verb in rule["verbs"]
+        and group in rule["apiGroups"]
         for rule in role["rules"]
     )
 

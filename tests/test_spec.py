@@ -177,7 +177,8 @@ async def test_invalid_build_never_creates_a_pod(cluster: FakeCluster) -> None:
         with pytest.raises(SpecError) as caught:
             await rt.setup_build("not a spec")  # type: ignore[arg-type]
         assert caught.value.field == "spec"
-    assert not [r for r in cluster.requests if r.verb == "create"]
+    # Only the worker's Lease was created (on entering the runtime).
+    assert not [r for r in cluster.requests if r.verb == "create" and r.resource != "leases"]
 
 
 def test_workspace_and_volumes_render_to_mounts() -> None:

@@ -26,7 +26,7 @@ async def send(
     call: Callable[[], Awaitable[T]],
     *,
     api_timeout: float,
-    build_id: str,
+    build_id: str | None,
     step: str | None,
     what: str,
 ) -> T:

@@ -98,6 +98,11 @@ class ClusterUnavailableError(BuildRuntimeError):
     """The API server could not be reached for longer than the runtime waits."""
 
 
+class LeaseError(BuildRuntimeError):
+    """The API server refused the worker's Lease (a Role without ``leases``, a quota):
+    without it the worker cannot create builds that Kubernetes cleans up if it dies."""
+
+
 __all__ = [
     "AdmissionError",
     "BuildAdoptedError",
@@ -105,6 +110,7 @@ __all__ = [
     "ClusterUnavailableError",
     "ContainerCreateError",
     "ImagePullError",
+    "LeaseError",
     "PodGoneError",
     "SchedulingError",
     "ServiceError",

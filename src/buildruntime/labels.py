@@ -7,7 +7,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "buildruntime"
 BUILD_ID = "buildruntime.io/build-id"
 WORKER = "buildruntime.io/worker"
-"""The id of the worker (``RuntimeSettings.worker_id``) that runs the build now."""
+"""The worker (``RuntimeSettings.worker_id``) whose Lease owns the pod."""
 
 
 def managed_selector() -> str:

@@ -38,9 +38,11 @@ from buildruntime.events import BuildEvent
 from buildruntime.informer.topic import Topic
 from buildruntime.labels import WORKER
 from buildruntime.names import dns1123_label_problem
+from buildruntime.reaper import Reaper
 from buildruntime.results import StepResult
 from buildruntime.settings import RuntimeOptions, RuntimeSettings, resolve
 from buildruntime.spec import BuildSpec, StepSpec, render_pod
+from buildruntime.worker_lease import WorkerLease
 
 log = logging.getLogger("buildruntime")
 
@@ -48,7 +50,11 @@ log = logging.getLogger("buildruntime")
 class Runtime:
     """Runs builds as pods: one per build, one container per step.
 
-    Use it as an async context manager; builds still present on exit are removed.
+    Use it as an async context manager. While it runs it holds its worker's Lease
+    (created on entry, renewed in the background, see :mod:`buildruntime.worker_lease`)
+    and reaps dead workers' Leases (on entry and every ``reap_interval``, see
+    :mod:`buildruntime.reaper`). On exit, builds still present are removed and then the
+    Lease is deleted.
     Settings come as a :class:`RuntimeSettings`, as keywords (``delete_timeout=30``), or
     both (keywords win).
     """
@@ -73,6 +79,14 @@ class Runtime:
         self._events: Topic[BuildEvent] = Topic(retain=10_000)
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: TaskGroup | None = None
+        self.reaper = Reaper(cluster, namespace, grace=self.settings.reap_grace)
+        self.lease = WorkerLease(cluster, namespace, self.settings, on_lapse=self.reaper.lost_sight)
+        self.reaper.own_lease = self.lease.name
+        self._lease_tasks: anyio.CancelScope | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
 
     @property
     def pause_image(self) -> str:
@@ -138,6 +152,8 @@ class Runtime:
                     stack.push_async_callback(closer)
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
+            await self.lease.acquire()
+            self._task_group.start_soon(self._keep_lease)
         except BaseException:
             await stack.aclose()
             raise
@@ -165,8 +181,21 @@ class Runtime:
                 raise leaves[0] from None
             raise
 
+    async def _keep_lease(self) -> None:
+        """Renew the Lease and reap, until the runtime exits."""
+        self._lease_tasks = anyio.CancelScope()
+        with self._lease_tasks:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.lease.keep)
+                tg.start_soon(
+                    self.reaper.run, self.settings.reap_interval, lambda: self.lease.healthy
+                )
+
     async def _shutdown(self) -> None:
-        """Remove what is left (bounded), then stop every build's tasks."""
+        """Remove what is left, stop every build's tasks, then delete the worker's Lease
+        (which takes any pod still owned by it), all within ``delete_timeout``: a Lease
+        not deleted in time is reaped once it is stale."""
+        deadline = anyio.current_time() + self.settings.delete_timeout
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for build in list(self._builds.values()):
@@ -177,6 +206,9 @@ class Runtime:
                 for buffer in build.buffers.values():
                     buffer.close()  # spill files go with the runtime
             self._events.close()
+            if self._lease_tasks is not None:
+                self._lease_tasks.cancel()
+            await self.lease.release(within=deadline - anyio.current_time())
         self._task_group = None
 
     async def _remove_quietly(self, build: BuildController) -> None:
@@ -205,7 +237,7 @@ class Runtime:
             pause_image=self.pause_image,
             workspace_path=self.settings.workspace_path,
         )
-        manifest["metadata"]["labels"][WORKER] = self.settings.worker_id
+        manifest["metadata"]["labels"][WORKER] = self.worker_id
         spec_record.annotate(manifest, spec, spec.pause_image or self.pause_image)
         controller = BuildController(
             self.cluster,
@@ -235,7 +267,11 @@ class Runtime:
             raise UsageError("the build was removed", build_id=build.build_id)
         if controller.started:
             raise UsageError("the build was already assembled", build_id=build.build_id)
-        await self._require_entered().start(controller.run)
+        task_group = self._require_entered()
+        # The pod goes with the worker's Lease: if this worker dies, the reaper of
+        # another deletes the Lease and the garbage collector the pod (and its Secrets).
+        controller.manifest["metadata"]["ownerReferences"] = [self.lease.owner_reference()]
+        await task_group.start(controller.run)
         try:
             with controller.masking_errors():
                 await controller.assemble()

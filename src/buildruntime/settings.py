@@ -10,9 +10,6 @@ giving it twice with different values is an error rather than a silent choice.
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-import socket
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -20,8 +17,8 @@ from buildruntime.errors import SpecError
 from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
 from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.logs import DEFAULT_MEMORY_LIMIT
-from buildruntime.names import dns1123_label_problem
 from buildruntime.volumes import DEFAULT_WORKSPACE_PATH, check_path
+from buildruntime.workers import check_worker_id, default_worker_id
 
 
 @dataclass(frozen=True)
@@ -43,9 +40,21 @@ class RuntimeSettings:
     """Watch timing and backoff, the resync period included."""
     workspace_path: str = DEFAULT_WORKSPACE_PATH
     """Where every step finds the build's workspace, unless the build says otherwise."""
-    worker_id: str = field(default_factory=lambda: default_worker_id())
-    """This worker's identity (a DNS-1123 label): its builds' pods carry it as the
-    ``buildruntime.io/worker`` label. Default: the host name and the process id."""
+    worker_id: str = field(default_factory=default_worker_id)
+    """This worker's identity (a DNS-1123 label): its Lease's holder and the
+    ``buildruntime.io/worker`` label of its pods. Default: host name and process id."""
+    lease_duration: float = 30.0
+    """How long the worker's Lease lasts unrenewed (its ``leaseDurationSeconds``)."""
+    lease_renew_interval: float = 10.0
+    """How often the worker renews its Lease (after a failed renewal it retries within a
+    second, so it renews as soon as the API server is back)."""
+    reap_grace: float = 30.0
+    """How much longer than its duration a Lease must go unrenewed before the reaper
+    deletes it: it covers an API outage of the holder's own (a worker cut off for 30 s
+    renews within ``lease_renew_interval`` + 30 s + 1 s, less than 30 + 30) and clock
+    skew when a Lease is judged from its renewTime (see :mod:`buildruntime.reaper`)."""
+    reap_interval: float | None = 30.0
+    """How often the runtime reaps dead workers' Leases; None: only once, at start."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.pause_image, str):
@@ -53,20 +62,44 @@ class RuntimeSettings:
         problem = image_problem(self.pause_image)
         if problem:
             raise SpecError("pause_image", problem)
-        for name in ("schedule_timeout", "delete_timeout", "api_timeout"):
+        for name in (
+            "schedule_timeout",
+            "delete_timeout",
+            "api_timeout",
+            "lease_duration",
+            "lease_renew_interval",
+        ):
             _require_positive(name, getattr(self, name))
+        if self.reap_interval is not None:
+            _require_positive("reap_interval", self.reap_interval)
+        grace = self.reap_grace
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+            raise SpecError("reap_grace", f"must be a number of seconds >= 0, not {grace!r}")
+        if self.lease_renew_interval >= self.lease_duration:
+            raise SpecError(
+                "lease_renew_interval",
+                f"must be shorter than lease_duration ({self.lease_duration!r}), not "
+                f"{self.lease_renew_interval!r}: the Lease would lapse between renewals",
+            )
+        check_worker_id(self.worker_id)
         _require_positive("resync_period", self.reflector.resync_period)
         limit = self.log_memory_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise SpecError("log_memory_limit", f"must be a number of bytes >= 0, not {limit!r}")
-        for name in ("schedule_timeout", "delete_timeout", "api_timeout"):
+        for name in (
+            "schedule_timeout",
+            "delete_timeout",
+            "api_timeout",
+            "lease_duration",
+            "lease_renew_interval",
+            "reap_grace",
+        ):
             object.__setattr__(self, name, float(getattr(self, name)))
+        if self.reap_interval is not None:
+            object.__setattr__(self, "reap_interval", float(self.reap_interval))
         object.__setattr__(
             self, "workspace_path", check_path(self.workspace_path, "workspace_path")
         )
-        problem = dns1123_label_problem(self.worker_id)
-        if problem:
-            raise SpecError("worker_id", problem)
 
     @property
     def resync_period(self) -> float:
@@ -85,14 +118,10 @@ class RuntimeOptions(TypedDict, total=False):
     reflector: ReflectorSettings
     workspace_path: str
     worker_id: str
-
-
-def default_worker_id() -> str:
-    """The host name and the process id as a DNS-1123 label (``ci-host-7-4211``): unique
-    among the workers of a cluster as long as host names are."""
-    suffix = f"-{os.getpid()}"
-    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-") or "worker"
-    return host[: 63 - len(suffix)].rstrip("-") + suffix
+    lease_duration: float
+    lease_renew_interval: float
+    reap_grace: float
+    reap_interval: float | None
 
 
 def resolve(settings: RuntimeSettings | None, options: RuntimeOptions) -> RuntimeSettings:

@@ -13,7 +13,8 @@ unreadable pipeline file, a usage mistake), 130 on Ctrl-C and 143 on SIGTERM (th
 is removed first).
 
 ``buildruntime monitor`` prints every domain event of every build in a namespace as one
-JSON object per line, until interrupted.
+JSON object per line, until interrupted. ``buildruntime gc`` deletes dead workers'
+Leases once (their pods and Secrets then go with them) and prints what it removed.
 
 Where it runs: ``--simulate`` runs on an in-process :class:`FakeCluster` whose
 simulated images run the commands with the local ``/bin/sh``; otherwise on the cluster
@@ -21,7 +22,7 @@ of ``--kubeconfig``, ``$KUBECONFIG`` or ``~/.kube/config``, or the one this proc
 in; with none of those, ``run`` falls back to the simulation and says so.
 
 The modules: ``arguments`` (the parser), ``target`` (which cluster), ``console`` (the
-output), ``interrupts`` (SIGINT, SIGTERM), ``run`` and ``monitor`` (the commands).
+output), ``interrupts`` (SIGINT, SIGTERM), ``run``, ``monitor`` and ``gc`` (the commands).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from buildruntime.cli.attach import cmd_attach
 from buildruntime.cli.exits import EXIT_BAD_INPUT
+from buildruntime.cli.gc import cmd_gc
 from buildruntime.cli.monitor import cmd_monitor
 from buildruntime.cli.ps import cmd_ps
 from buildruntime.cli.run import DEFAULT_API_TIMEOUT, PAUSE_IMAGE_VARIABLE, cmd_run
@@ -19,6 +20,7 @@ from buildruntime.pipeline import (
     STEP_ORDER_HELP,
     TOP_LEVEL_KEY_HELP,
 )
+from buildruntime.settings import RuntimeSettings
 
 _HELP_WIDTH = 80
 _KEY_COLUMN_MAX = 19
@@ -41,6 +43,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
     return value
 
 
@@ -212,4 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
         f"failing (default: {DEFAULT_API_TIMEOUT:g})",
     )
     attach.set_defaults(handler=cmd_attach)
+
+    gc = commands.add_parser(
+        "gc",
+        help="remove dead workers' Leases once (their builds' pods and Secrets go with them)",
+        description="Delete every buildruntime worker Lease in the namespace that has gone "
+        "unrenewed for longer than its duration plus the grace period; Kubernetes' garbage "
+        "collector then deletes the pods it owned and their Secrets. Prints what it removed.",
+    )
+    common_options(gc)
+    gc.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=_non_negative_seconds,
+        default=RuntimeSettings.reap_grace,
+        help="how much longer than its duration a Lease must be unrenewed (default: "
+        f"{RuntimeSettings.reap_grace:g}; also the margin for clock skew between machines)",
+    )
+    gc.set_defaults(handler=cmd_gc)
     return parser

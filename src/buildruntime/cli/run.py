@@ -24,6 +24,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from buildruntime.cli.target import Target, choose_target, open_cluster, server_
 from buildruntime.errors import (
     BuildRuntimeError,
     ClusterUnavailableError,
+    LeaseError,
     PodGoneError,
     ServiceError,
 )
@@ -164,7 +166,7 @@ async def drive_build(
     first line, the others started at their turn), always removing the build."""
     spec = plan.spec
     outcome = Outcome([Row(step, plan.rules[step.name]) for step in spec.steps])
-    explain = _Explainer(rt, server)
+    explain = _Explainer(rt.api_timeout, server)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_progress, build, console)
@@ -423,16 +425,21 @@ class _Explainer:
     said as such, naming it and the wait, rather than as the request that happened to
     fail."""
 
-    def __init__(self, rt: Runtime, server: str | None) -> None:
-        self.api_timeout = rt.api_timeout
+    def __init__(self, api_timeout: float, server: str | None) -> None:
+        self.api_timeout = api_timeout
         self.server = server
         self.said_unavailable = False
 
     def __call__(self, error: BuildRuntimeError) -> str:
+        where = f" {self.server}" if self.server else ""
+        if isinstance(error, LeaseError):
+            detail = error.message or error.reason
+            return f"the Kubernetes API server{where} refused the worker's Lease" + (
+                f": {detail}" if detail else ""
+            )
         if not isinstance(error, ClusterUnavailableError):
             return str(error)
         self.said_unavailable = True
-        where = f" {self.server}" if self.server else ""
         message = error.message or error.reason or ""
         cause = _connection_cause(message)
         wait = f"gave up after {self.api_timeout:g}s, see --api-timeout"
@@ -564,13 +571,23 @@ async def _run_command(
         open_cluster(
             target, pause_image=settings.pause_image, api_timeout=settings.api_timeout
         ) as cluster,
-        Runtime(cluster, settings.namespace, **runtime_settings) as rt,
+        AsyncExitStack() as runtime,
     ):
+        server = server_of(cluster)
         # A signal cancels the run only: its cleanup removes the build while the
         # runtime's watches still run, so that it sees the pod go. Cancelling the
         # runtime as well would stop those watches and leave a terminating pod behind.
         with interruption.cancels():
-            status = await run_build(rt, plan, console, server=server_of(cluster))
+            try:
+                rt = await runtime.enter_async_context(
+                    Runtime(cluster, settings.namespace, **runtime_settings)
+                )
+            except (ClusterUnavailableError, LeaseError) as error:
+                # The runtime's first request (its worker Lease) found the API server
+                # unusable: said as any other request that finds it so.
+                console.error(_Explainer(settings.api_timeout, server)(error))
+                return EXIT_FAILED
+            status = await run_build(rt, plan, console, server=server)
     return interruption.status or status
 
 

@@ -35,8 +35,9 @@ one is silent until the server ends it after ``timeoutSeconds``."""
 
 class Request(NamedTuple):
     """One request sent to the API server, for accounting: ``verb`` is one of list,
-    watch, get, create, patch, delete, log; ``resource`` is pods, events or secrets (log
-    is on pods). Both cluster implementations keep a list of these in ``.requests``."""
+    watch, get, create, patch, delete, log; ``resource`` is pods, events, secrets or
+    leases (log is on pods); Lease requests are the worker's, not any build's. Both
+    cluster implementations keep a list of these in ``.requests``."""
 
     verb: str
     resource: str
@@ -99,7 +100,8 @@ class UnavailableError(Exception):
 
 
 class Cluster(Protocol):
-    """What buildruntime needs from an API server. Namespaced pods and events only."""
+    """What buildruntime needs from an API server: namespaced pods and events, the
+    builds' Secrets, and the workers' Leases."""
 
     async def list(
         self,
@@ -205,6 +207,36 @@ class Cluster(Protocol):
     async def get_secret(self, namespace: str, name: str) -> JSON:
         """Read a Secret (a worker adopting a build reads back the values it masks).
         Raises :class:`NotFoundError` when it does not exist."""
+        ...
+
+    async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
+        """Create a ``coordination.k8s.io/v1`` Lease; returns the created object (with
+        its uid and resourceVersion). Raises :class:`ConflictError` when the name is
+        taken."""
+        ...
+
+    async def get_lease(self, namespace: str, name: str) -> JSON:
+        """Read a Lease. Raises :class:`NotFoundError` when it does not exist."""
+        ...
+
+    async def patch_lease(self, namespace: str, name: str, patch: JSON) -> JSON:
+        """Apply a JSON merge patch to a Lease (a renewal); returns the patched object.
+        A ``metadata.resourceVersion`` in the patch is a precondition
+        (:class:`ConflictError` when it no longer holds); :class:`NotFoundError` when
+        the Lease is gone."""
+        ...
+
+    async def delete_lease(
+        self, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> None:
+        """Delete a Lease; its dependents (pods owning nothing else) are then deleted by
+        the garbage collector in the background. With ``resource_version`` the delete
+        is conditional: :class:`ConflictError` when the Lease changed since that
+        version. :class:`NotFoundError` when it does not exist."""
+        ...
+
+    async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> JSON:
+        """A ``LeaseList`` (a consistent read): ``{"metadata": {...}, "items": [...]}``."""
         ...
 
     def stream_logs(

@@ -19,11 +19,13 @@ from buildruntime.testing import objects
 from buildruntime.testing.objects import JSON
 from buildruntime.testing.selectors import (
     EVENT_FIELDS,
+    LEASE_FIELDS,
     POD_FIELDS,
     SECRET_FIELDS,
     Selector,
     event_fields,
     labels_of,
+    lease_fields,
     pod_fields,
     secret_fields,
 )
@@ -161,7 +163,7 @@ def matches(
 
 
 class APIServer:
-    """Storage and versioning for pods and events.
+    """Storage and versioning for pods, events, Secrets and Leases.
 
     ``observers`` are called synchronously after every write with
     ``(resource, type, object, previous)`` (the stored, private dicts: observers must not
@@ -176,6 +178,7 @@ class APIServer:
         self.secrets = ResourceStore(
             "secrets", "Secret", SECRET_FIELDS, secret_fields, history_limit
         )
+        self.leases = ResourceStore("leases", "Lease", LEASE_FIELDS, lease_fields, history_limit)
         self.keep_history = keep_history
         self.pod_history: dict[Key, list[str]] = {}
         self.observers: list[Callable[[str, str, JSON, JSON | None], None]] = []
@@ -187,6 +190,8 @@ class APIServer:
             return self.events
         if resource == "secrets":
             return self.secrets
+        if resource == "leases":
+            return self.leases
         raise ValueError(f"unknown resource {resource!r}")
 
     # ------------------------------------------------------------------ reads
@@ -279,7 +284,7 @@ class APIServer:
         """Compaction: advance the resourceVersion and forget every older change, so a
         watch from any version seen so far gets 410 Gone."""
         self.rv += 1
-        for store in (self.pods, self.events, self.secrets):
+        for store in (self.pods, self.events, self.secrets, self.leases):
             store.min_rv = self.rv
             store.changes.clear()
 

@@ -41,6 +41,7 @@ from buildruntime.testing.events import EventRecorder
 from buildruntime.testing.faults import Faults
 from buildruntime.testing.imagestore import ImageConfig, ImageStore
 from buildruntime.testing.kubelet import Kubelet
+from buildruntime.testing.leases import LeasesApi, orphaned_pods
 from buildruntime.testing.logs import LogContext, LogStream
 from buildruntime.testing.patch import apply_patch
 from buildruntime.testing.podspec import create_pod_object, validate_update
@@ -155,8 +156,14 @@ class FakeCluster:
         self._secrets = SecretsApi(self._server)
         self._kubelet.secret_data = self._secrets.data
         self._kubelet.private_registries = dict(private_registries or {})
+        self._leases = LeasesApi(self._server)
         self._server.observers.extend(
-            [self._scheduler.observe, self._kubelet.observe, self._secrets.collect_garbage]
+            [
+                self._scheduler.observe,
+                self._kubelet.observe,
+                self._secrets.collect_garbage,
+                self._collect_orphaned_pods,
+            ]
         )
         self._closed = False
 
@@ -292,6 +299,51 @@ class FakeCluster:
             raise NotFoundError(f'secrets "{name}" not found')
         return secret
 
+    async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
+        await self._request("create", "leases")
+        return self._leases.create(namespace, manifest)
+
+    async def get_lease(self, namespace: str, name: str) -> JSON:
+        await self._request("get", "leases")
+        return self._leases.get(namespace, name)
+
+    async def patch_lease(self, namespace: str, name: str, patch: JSON) -> JSON:
+        await self._request("patch", "leases")
+        return self._leases.patch(namespace, name, patch)
+
+    async def delete_lease(
+        self, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> None:
+        await self._request("delete", "leases")
+        self._leases.delete(namespace, name, resource_version)
+
+    async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> JSON:
+        await self._request("list", "leases")
+        return self._leases.list(namespace, label_selector)
+
+    def lease(self, namespace: str, name: str) -> JSON | None:
+        """A stored Lease as the API server holds it (not a request of the port)."""
+        return self._server.copy("leases", namespace, name)
+
+    def _collect_orphaned_pods(
+        self, resource: str, type: str, obj: JSON, previous: JSON | None
+    ) -> None:
+        """An observer of the API server, the garbage collector's part for pods: once a
+        Lease is deleted (or a pod is created owned by one that does not exist), the
+        pods left without any owner are deleted in the background, gracefully, as
+        kube-controller-manager deletes them."""
+        if not (
+            (resource == "leases" and type == "DELETED") or (resource == "pods" and type == "ADDED")
+        ):
+            return
+        namespace = obj["metadata"].get("namespace", "")
+        for name in orphaned_pods(self._server, namespace):
+            self._tasks.spawn(self._delete_orphan, namespace, name, name=f"gc {name}")
+
+    async def _delete_orphan(self, namespace: str, name: str) -> None:
+        if name in orphaned_pods(self._server, namespace):
+            self._delete_pod(namespace, name, None)
+
     def secret(self, namespace: str, name: str) -> JSON | None:
         """A stored Secret as the API server holds it (not a request of the port)."""
         return self._server.copy("secrets", namespace, name)
@@ -348,9 +400,14 @@ class FakeCluster:
         status (MODIFIED), then it is gone (DELETED). A pod not yet bound to the node, a
         finished pod, or a grace period of 0 is removed at once. Its events are kept."""
         await self._request("delete", "pods")
+        if not self._delete_pod(namespace, name, grace_period_seconds):
+            raise NotFoundError(f'pods "{name}" not found')
+
+    def _delete_pod(self, namespace: str, name: str, grace_period_seconds: int | None) -> bool:
+        """The deletion itself (see :meth:`delete_pod`); False when there is no such pod."""
         current = self._server.get("pods", namespace, name)
         if current is None:
-            raise NotFoundError(f'pods "{name}" not found')
+            return False
         grace = grace_period_seconds
         if grace is None:
             grace = int(current["spec"].get("terminationGracePeriodSeconds", 30))
@@ -360,14 +417,15 @@ class FakeCluster:
             or current["status"].get("phase") in ("Succeeded", "Failed")
         ):
             self._server.remove("pods", namespace, name)
-            return
+            return True
         existing = current["metadata"].get("deletionGracePeriodSeconds")
         if existing is not None and existing <= grace:
-            return
+            return True
         updated = objects.evolve(current)
         updated["metadata"]["deletionTimestamp"] = objects.api_time(time.time() + grace)
         updated["metadata"]["deletionGracePeriodSeconds"] = grace
         self._server.write("pods", updated)
+        return True
 
     def stream_logs(
         self,

@@ -256,3 +256,15 @@ def labels_of(obj: Mapping[str, object]) -> dict[str, str]:
     if not isinstance(labels, Mapping):
         return {}
     return {str(k): _text(v) for k, v in labels.items()}
+
+
+LEASE_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+"""Leases' selectable fields (the defaults every resource has)."""
+
+
+def lease_fields(lease: Mapping[str, Any]) -> dict[str, str]:
+    meta = lease.get("metadata") or {}
+    return {
+        "metadata.name": _text(meta.get("name")),
+        "metadata.namespace": _text(meta.get("namespace")),
+    }

@@ -31,6 +31,8 @@ __all__ = ["KubeCluster"]
 _RESOURCES: frozenset[str] = frozenset({"pods", "events"})
 
 _STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+_MERGE_PATCH = "application/merge-patch+json"
+_LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 
 class KubeCluster:
@@ -273,6 +275,75 @@ class KubeCluster:
             "GET",
             "/api/v1/namespaces/{namespace}/secrets/{name}",
             {"namespace": namespace, "name": name},
+        )
+
+    async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
+        """``POST`` a coordination.k8s.io/v1 Lease."""
+        self.requests.append(Request("create", "leases"))
+        return await self._request_json(
+            f"create lease in {namespace}",
+            "POST",
+            _LEASES,
+            {"namespace": namespace},
+            body=manifest,
+            content_type=JSON_MEDIA_TYPE,
+        )
+
+    async def get_lease(self, namespace: str, name: str) -> JSON:
+        """``GET`` a Lease (404 raises :class:`NotFoundError`)."""
+        self.requests.append(Request("get", "leases"))
+        return await self._request_json(
+            f"get lease {namespace}/{name}",
+            "GET",
+            _LEASES + "/{name}",
+            {"namespace": namespace, "name": name},
+        )
+
+    async def patch_lease(self, namespace: str, name: str, patch: JSON) -> JSON:
+        """``PATCH`` a Lease with a JSON merge patch (a Lease has no strategic merge
+        keys worth having; a ``metadata.resourceVersion`` in it is a precondition)."""
+        self.requests.append(Request("patch", "leases"))
+        return await self._request_json(
+            f"patch lease {namespace}/{name}",
+            "PATCH",
+            _LEASES + "/{name}",
+            {"namespace": namespace, "name": name},
+            body=patch,
+            content_type=_MERGE_PATCH,
+        )
+
+    async def delete_lease(
+        self, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> None:
+        """``DELETE`` a Lease, in the background propagation (the garbage collector
+        deletes its dependents afterwards), conditional on ``resource_version``."""
+        self.requests.append(Request("delete", "leases"))
+        options: JSON = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+        }
+        if resource_version is not None:
+            options["preconditions"] = {"resourceVersion": resource_version}
+        await self._request_json(
+            f"delete lease {namespace}/{name}",
+            "DELETE",
+            _LEASES + "/{name}",
+            {"namespace": namespace, "name": name},
+            body=options,
+            content_type=JSON_MEDIA_TYPE,
+            decode=False,
+        )
+
+    async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> JSON:
+        """``GET`` the namespace's Leases (a consistent read)."""
+        self.requests.append(Request("list", "leases"))
+        return await self._request_json(
+            f"list leases in {namespace}",
+            "GET",
+            _LEASES,
+            {"namespace": namespace},
+            query=query_params(labelSelector=label_selector),
         )
 
     # -- streams -----------------------------------------------------------------
