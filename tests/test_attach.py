@@ -200,13 +200,19 @@ async def test_ps_shows_each_builds_worker_and_step_states(cluster: FakeCluster)
         await a.wait_container(build, "first")
         await a.run_container(build, "second")
         await a.release_builds()
-    listed = await cluster.list("pods", "ci", label_selector=managed_selector())
-    now = datetime.now(UTC)
-    [header, line] = table(rows(listed["items"], now))
-    assert header.split() == ["BUILD", "WORKER", "AGE", "STEPS"]
-    assert line.split("  ")[0] == "ps-1"
-    assert "worker-a (released)" in line
+        listed = await cluster.list("pods", "ci", label_selector=managed_selector())
+        leases = await cluster.list_leases("ci", label_selector=managed_selector())
+        by_name = {lease["metadata"]["name"]: lease for lease in leases["items"]}
+        [header, line] = table(rows(listed["items"], datetime.now(UTC), by_name))
+    assert header.split() == ["BUILD", "WORKER", "LEASE", "AGE", "STEPS"]
+    assert line.split()[:4] == ["ps-1", "worker-a", "(released)", "alive"]
     assert line.endswith("first:exit 4 second:running third:waiting")
+    # The worker exited: its Lease is left to lapse, since it still owns the released
+    # build (deleting it would have the garbage collector delete the build).
+    assert cluster.lease("ci", "buildruntime-worker-worker-a") is not None
+    assert await cluster.get_pod("ci", "ps-1") is not None
+    [_, without] = table(rows(listed["items"], datetime.now(UTC), {}))
+    assert without.split()[:4] == ["ps-1", "worker-a", "(released)", "gone"]
 
 
 async def test_a_step_that_ended_before_the_hand_over_reports_its_exit_code_and_lines(

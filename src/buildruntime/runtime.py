@@ -83,6 +83,8 @@ class Runtime:
         self.lease = WorkerLease(cluster, namespace, self.settings, on_lapse=self.reaper.lost_sight)
         self.reaper.own_lease = self.lease.name
         self._lease_tasks: anyio.CancelScope | None = None
+        self._released = False
+        """Some builds were released for another worker (``release_builds``)."""
 
     @property
     def worker_id(self) -> str:
@@ -208,7 +210,17 @@ class Runtime:
             self._events.close()
             if self._lease_tasks is not None:
                 self._lease_tasks.cancel()
-            await self.lease.release(within=deadline - anyio.current_time())
+            if self._released:
+                # Builds released for another worker are still owned by this Lease
+                # until adopted: deleting it would have the garbage collector delete
+                # them. It lapses instead, and one nobody adopts goes with it once it
+                # is reaped.
+                log.info(
+                    "worker %s: its Lease is left to lapse: it owns builds it released",
+                    self.worker_id,
+                )
+            else:
+                await self.lease.release(within=deadline - anyio.current_time())
         self._task_group = None
 
     async def _remove_quietly(self, build: BuildController) -> None:
@@ -303,7 +315,12 @@ class Runtime:
         task_group = self._require_entered()
         api_timeout = self.settings.api_timeout
         pod = await adoption.adopt(
-            self.cluster, self.namespace, build_id, self.settings.worker_id, api_timeout=api_timeout
+            self.cluster,
+            self.namespace,
+            build_id,
+            self.worker_id,
+            self.lease.owner_reference(),
+            api_timeout=api_timeout,
         )
         recorded = spec_record.read(pod)
         if recorded.secret_names or recorded.registry_hosts:
@@ -369,6 +386,7 @@ class Runtime:
                 controller.stop()
                 await controller.finished.wait()
                 controller.released = True
+                self._released = True
                 self._forget(controller)
                 released.append(controller.build_id)
         return released

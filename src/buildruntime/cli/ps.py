@@ -1,5 +1,6 @@
 """``buildruntime ps``: the namespace's builds, one line each: id, the worker that holds
-it, its age and each step's state, from one list of the build pods."""
+it, whether that worker's Lease is alive, its age and each step's state, from one list
+of the build pods and one of the workers' Leases."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from buildruntime.cluster.port import JSON
 from buildruntime.diagnosis import parse_time
 from buildruntime.labels import managed_selector
 from buildruntime.spec import PAUSE_ANNOTATION, STEPS_ANNOTATION
+from buildruntime.workers import declared_duration, last_renewed, lease_name
 
-COLUMNS = ("BUILD", "WORKER", "AGE", "STEPS")
+COLUMNS = ("BUILD", "WORKER", "LEASE", "AGE", "STEPS")
 
 
 def step_states(pod: JSON) -> list[tuple[str, str]]:
@@ -61,10 +63,26 @@ def age(pod: JSON, now: datetime) -> str:
     return f"{seconds // 3600}h"
 
 
-def rows(pods: list[JSON], now: datetime) -> list[tuple[str, ...]]:
+def lease_state(leases: dict[str, JSON], worker: str | None, now: datetime) -> str:
+    """``alive`` (renewed within its duration, by its holder's clock), ``lapsed`` (not
+    renewed for longer: the worker is gone, the reaper will delete it) or ``gone``."""
+    lease = leases.get(lease_name(worker)) if worker else None
+    if lease is None:
+        return "gone"
+    renewed = last_renewed(lease)
+    if renewed is None or (now - renewed).total_seconds() > declared_duration(lease):
+        return "lapsed"
+    return "alive"
+
+
+def rows(
+    pods: list[JSON], now: datetime, leases: dict[str, JSON] | None = None
+) -> list[tuple[str, ...]]:
+    """One row per pod; ``leases``: the namespace's worker Leases by name."""
     out: list[tuple[str, ...]] = []
     for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp", "")):
         name = (pod.get("metadata") or {}).get("name", "?")
+        lease = lease_state(leases or {}, holder(pod), now)
         worker = holder(pod) or "-"
         left = released_by(pod)
         if left is not None:
@@ -72,7 +90,7 @@ def rows(pods: list[JSON], now: datetime) -> list[tuple[str, ...]]:
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             worker = f"{worker} (deleting)"
         steps = " ".join(f"{step}:{state}" for step, state in step_states(pod))
-        out.append((name, worker, age(pod, now), steps))
+        out.append((name, worker, lease, age(pod, now), steps))
     return out
 
 
@@ -92,7 +110,9 @@ async def _ps_command(target: Target, namespace: str, console: Console) -> int:
         listed: dict[str, Any] = await cluster.list(
             "pods", namespace, label_selector=managed_selector(), resource_version=None
         )
-    for line in table(rows(listed.get("items") or [], datetime.now(UTC))):
+        workers = await cluster.list_leases(namespace, label_selector=managed_selector())
+    leases = {lease["metadata"]["name"]: lease for lease in workers.get("items") or []}
+    for line in table(rows(listed.get("items") or [], datetime.now(UTC), leases)):
         console.line(line.rstrip())
     return EXIT_OK
 
