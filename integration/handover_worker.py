@@ -3,9 +3,9 @@ of each (which prints numbered lines slowly) and prints what it sees, then waits
 killed (``--mode kill``) or to be told to release its builds (``--mode release``: a line
 on stdin; it then releases them and exits cleanly).
 
-Run as a separate process with the test's own python on the real cluster
-(``python -m integration.handover_worker ...``); the FakeCluster target, whose node lives
-in the test process, calls :func:`start_builds` in-process instead.
+Run as a separate process with the test's own python (``python -m
+integration.handover_worker ...``), on the API server at ``--server`` or on a
+FakeCluster served by the test over ``--socket`` (see :mod:`integration.handover_workers`).
 
 Output, one line each: ``started BUILD_ID``, then ``ready``, then ``line BUILD_ID STEP
 TEXT`` for every line of the first steps the worker tails, ``released ID,ID...`` and
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import anyio
 
 from buildruntime import Build, BuildSpec, Runtime, StepSpec
+
+from .worker_process import cluster_of
 
 STEPS = ("one", "two", "three")
 LAST_EXIT = 3
@@ -75,12 +78,14 @@ async def _print_lines(rt: Runtime, build: Build) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with Runtime.from_kubeconfig(
-        args.kubeconfig,
-        namespace=args.namespace,
-        pause_image=args.pause_image,
-        worker_id=args.worker_id,
-    ) as rt:
+    settings: dict[str, Any] = {
+        "worker_id": args.worker_id,
+        "lease_duration": args.lease_duration,
+        "lease_renew_interval": args.lease_duration / 4,
+    }
+    if args.pause_image:
+        settings["pause_image"] = args.pause_image
+    async with Runtime(cluster_of(args), args.namespace, owns_cluster=True, **settings) as rt:
         builds = await start_builds(
             rt, args.builds.split(","), lines=args.lines, pause=args.pause, busybox=args.busybox
         )
@@ -101,9 +106,12 @@ async def main(args: argparse.Namespace) -> None:
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--socket", help="a FakeClusterServer's socket")
+    parser.add_argument("--kubeconfig", help="with --server: a real API server")
+    parser.add_argument("--server")
     parser.add_argument("--namespace", required=True)
-    parser.add_argument("--pause-image", required=True)
+    parser.add_argument("--pause-image")
+    parser.add_argument("--lease-duration", type=float, default=30.0)
     parser.add_argument("--busybox", default="busybox")
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--builds", required=True)

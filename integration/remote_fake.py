@@ -52,6 +52,7 @@ _UNARY = frozenset(
         "create_secret",
         "patch_secret",
         "delete_secret",
+        "get_secret",
         "create_lease",
         "get_lease",
         "patch_lease",
@@ -113,7 +114,9 @@ class FakeClusterServer:
             try:
                 with scope:
                     await self._serve(stream)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
+            # The client went away (it exited, or was killed) while something was sent
+            # to it, maybe from inside a stream's task group.
+            except* (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
                 pass
             finally:
                 self._connections.discard(scope)
@@ -221,6 +224,11 @@ class RemoteCluster:
     async def delete_secret(self, namespace: str, name: str) -> None:
         self.requests.append(Request("delete", "secrets"))
         await self._unary("delete_secret", namespace, name)
+
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        self.requests.append(Request("get", "secrets"))
+        result: JSON = await self._unary("get_secret", namespace, name)
+        return result
 
     async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
         self.requests.append(Request("create", "leases"))

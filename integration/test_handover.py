@@ -90,6 +90,9 @@ async def test_a_worker_killed_mid_step_hands_its_build_to_a_new_worker(target: 
     assert pod is not None
     assert pod["metadata"]["uid"] == left["metadata"]["uid"]
     assert pod["metadata"]["labels"]["buildruntime.io/worker"] == "worker-b"
+    # Owned by the new worker's Lease only: the dead worker's reaped Lease cannot take it.
+    owners = [(ref["kind"], ref["name"]) for ref in pod["metadata"]["ownerReferences"]]
+    assert owners == [("Lease", "buildruntime-worker-worker-b")]
     assert await target.read_pod(build_id) is None
 
 
@@ -157,9 +160,12 @@ async def test_two_workers_adopting_one_build_exactly_one_wins(target: Target) -
         assert await a.release_builds() == [build_id]
 
     outcomes: dict[str, Build | BuildAdoptedError] = {}
+    # Leases renewed every second: the loser that finds the winner holding the build
+    # sees it alive (renewing) within a second.
+    lease = {"lease_duration": 4.0, "lease_renew_interval": 1.0}
     async with (
-        target.runtime(worker_id="worker-b") as b,
-        target.runtime(worker_id="worker-c") as c,
+        target.runtime(worker_id="worker-b", **lease) as b,
+        target.runtime(worker_id="worker-c", **lease) as c,
     ):
 
         async def adopt(rt: Runtime, name: str) -> None:
