@@ -40,6 +40,11 @@ from .tcp_proxy import TcpProxy
 BUSYBOX = "busybox"
 LOCAL_PAUSE_IMAGE = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
 PAUSE_ALIAS = "docker.io/kubernetes/pause:latest"
+PLACEHOLDER_IMAGE = "localhost/buildruntime-placeholder:1"
+"""buildruntime's placeholder (deploy/placeholder) as integration/cluster/up builds it."""
+ENTRYPOINT_IMAGE = "localhost/entrypoint-echo:1"
+"""busybox with ENTRYPOINT ["/bin/echo", "entrypoint-ran"] and CMD ["with-default-cmd"]."""
+ENTRYPOINT_CONFIG = (("/bin/echo", "entrypoint-ran"), ("with-default-cmd",))
 PRIVATE_REGISTRY = "registry.private.test"
 PRIVATE_REGISTRY_LOGIN = ("ci", "pull-pass-2026")
 """A registry that serves busybox only to pods with these credentials (FakeTarget's)."""
@@ -196,11 +201,13 @@ class FakeTarget(Target):
     kind = "fake"
 
     def __init__(self) -> None:
-        from buildruntime.testing import FakeCluster
+        from buildruntime.testing import FakeCluster, ImageConfig
 
         # A node whose pause image carries a second tag, as the local cluster's does.
         self.fake = FakeCluster(
             images={BUSYBOX},
+            placeholder_image=PLACEHOLDER_IMAGE,
+            image_configs={ENTRYPOINT_IMAGE: ImageConfig(*ENTRYPOINT_CONFIG)},
             image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS},
             # What the local cluster's node offers on the 2-core machine.
             node_allocatable={"cpu": "2", "memory": "24Gi"},

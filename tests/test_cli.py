@@ -595,6 +595,39 @@ def test_pause_image_from_the_flag_or_the_environment(
     assert [c["image"] for c in created["spec"]["containers"]] == [image, image]
 
 
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_placeholder_image_from_the_flag_or_the_environment(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    """The simulation knows the placeholder it is given: a step's commands become its
+    container's command, and they run."""
+    seen: list[Any] = []
+    _recording_open_cluster(monkeypatch, seen)
+    pipeline = tmp_path / "placeholder.yaml"
+    pipeline.write_text(
+        "build_id: placeholder-1\nsteps:\n"
+        "  - {name: one, image: alpine/git, commands: ['echo one']}\n"
+    )
+    image = "mirror.example.com/buildruntime-placeholder:1"
+    args = ["run", str(pipeline), "--simulate", "-n", "ci"]
+    if source == "flag":
+        monkeypatch.setenv("BUILDRUNTIME_PLACEHOLDER_IMAGE", "elsewhere.example.com/p:1")
+        args += ["--placeholder-image", image]
+    else:
+        monkeypatch.setenv("BUILDRUNTIME_PLACEHOLDER_IMAGE", image)
+    status, out, err = run(capsys, *args)
+    assert status == 0, err
+    assert logs(out) == ["[one] one"]
+    (cluster,) = seen
+    (container,) = cluster.history("ci", "placeholder-1")[0]["spec"]["containers"]
+    assert container["image"] == image
+    assert container["command"] == ["/bin/sh", "-c", "set -e\necho one"]
+    assert "args" not in container
+
+
 def test_a_bad_pause_image_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run(
         capsys, "run", str(EXAMPLES / "hello.yaml"), "--simulate", "--pause-image", "not an image"
@@ -617,6 +650,8 @@ def test_run_help_lists_every_key_of_the_pipeline_file(
         assert key in listed, key
     assert "--pause-image" in out
     assert "BUILDRUNTIME_PAUSE_IMAGE" in out
+    assert "--placeholder-image" in out
+    assert "BUILDRUNTIME_PLACEHOLDER_IMAGE" in out
     assert "--api-timeout" in out
     assert "default: 30" in out
 

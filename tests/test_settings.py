@@ -36,6 +36,8 @@ def test_the_resync_period_has_one_home() -> None:
         ({"resync_period": -1}, "resync_period"),
         ({"log_memory_limit": -1}, "log_memory_limit"),
         ({"pause_image": "not an image"}, "pause_image"),
+        ({"placeholder_image": "not an image"}, "placeholder_image"),
+        ({"placeholder_image": 3}, "placeholder_image"),
         ({"delete_timout": 3}, "delete_timout"),
     ],
 )

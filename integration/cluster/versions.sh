@@ -20,6 +20,10 @@ NODE_NAME=buildruntime-node
 PAUSE_IMAGE=localhost/pause:3.10
 # A second tag of the same pause image (see `up`): statuses report the placeholder by it.
 PAUSE_ALIAS=docker.io/kubernetes/pause:latest
+# buildruntime's placeholder (deploy/placeholder), for placeholder_image.
+PLACEHOLDER_IMAGE=localhost/buildruntime-placeholder:1
+# busybox with ENTRYPOINT ["/bin/echo", "entrypoint-ran"] and CMD ["with-default-cmd"].
+ENTRYPOINT_IMAGE=localhost/entrypoint-echo:1
 BUSYBOX_IMAGES="localhost/busybox:latest docker.io/library/busybox:latest localhost/busybox:1.35 docker.io/library/busybox:1.35"
 # images/build output lives in $CACHE_ROOT/images-<hash of its inputs> (set by `up`).
 REGISTRY_ADDR=127.0.0.1:5055

@@ -51,7 +51,7 @@ from buildruntime.logs import LogBuffer, LogCapture
 from buildruntime.results import Failure, StepResult
 from buildruntime.secrets import Masker, owned_by_pod, render_pull_secret, render_secret
 from buildruntime.settings import RuntimeSettings
-from buildruntime.spec import BuildSpec, StepSpec
+from buildruntime.spec import PAUSE_ANNOTATION, BuildSpec, StepSpec
 
 log = logging.getLogger("buildruntime")
 
@@ -89,7 +89,6 @@ class BuildController:
         settings: RuntimeSettings,
         *,
         runtime_events: Topic[BuildEvent],
-        placeholder: str | None = None,
         adopted: bool = False,
     ) -> None:
         self.cluster = cluster
@@ -97,7 +96,9 @@ class BuildController:
         self.namespace = namespace
         self.manifest = manifest
         self.settings = settings
-        self.placeholder = placeholder or spec.pause_image or settings.pause_image
+        # What render_pod chose (the build's, the runtime's own, or the pause image);
+        # for an adopted build, what its first worker's chose.
+        self.placeholder: str = manifest["metadata"]["annotations"][PAUSE_ANNOTATION]
         self.adopted = adopted
         """Adopted from another worker (``attach_build``) rather than assembled here."""
         steps = [s.name for s in spec.steps]

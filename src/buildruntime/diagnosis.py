@@ -242,8 +242,9 @@ def step_failure_error(
 def placeholder_failure(
     pod: PodSnapshot, steps: Iterable[str], placeholder: str
 ) -> ContainerStatus | None:
-    """A step container still on the placeholder whose image cannot be pulled or run:
-    no step of the build can ever start."""
+    """A step container still on the placeholder whose image cannot be pulled or run, or
+    that ended before any step started (a placeholder that cannot start as the step's
+    command, see :mod:`buildruntime.launch`): no step of the build can ever start."""
     spec_images = pod.spec_images
     statuses = {status.name: status for status in pod.containers}
     for step in steps:
@@ -251,7 +252,7 @@ def placeholder_failure(
         if (
             status is not None
             and spec_images.get(step) == placeholder
-            and waiting_failure(status) is not None
+            and (waiting_failure(status) is not None or status.phase == "terminated")
         ):
             return status
     return None
@@ -274,7 +275,9 @@ def placeholder_error(
     message = event.message if event is not None else failure.message
     setting = (
         "set the runtime's pause_image (the CLI's --pause-image or BUILDRUNTIME_PAUSE_IMAGE, "
-        "or BuildSpec.pause_image) to a pause image the cluster's nodes can pull"
+        "or BuildSpec.pause_image) to a pause image the cluster's nodes can pull, or its "
+        "placeholder_image (--placeholder-image, BUILDRUNTIME_PLACEHOLDER_IMAGE) to an "
+        "image built from deploy/placeholder"
     )
     if failure.failure == Failure.IMAGE_PULL:
         return ImagePullError(

@@ -247,10 +247,11 @@ class Runtime:
             spec,
             namespace=self.namespace,
             pause_image=self.pause_image,
+            placeholder_image=self.settings.placeholder_image,
             workspace_path=self.settings.workspace_path,
         )
         manifest["metadata"]["labels"][WORKER] = self.worker_id
-        spec_record.annotate(manifest, spec, spec.pause_image or self.pause_image)
+        spec_record.annotate(manifest, spec)
         controller = BuildController(
             self.cluster,
             spec,
@@ -346,7 +347,6 @@ class Runtime:
             pod,
             self.settings,
             runtime_events=self._events,
-            placeholder=recorded.placeholder,
             adopted=True,
         )
         self._builds[build_id] = controller

@@ -26,7 +26,13 @@ class RuntimeSettings:
     """How a runtime runs its builds. Invalid values raise :class:`SpecError`."""
 
     pause_image: str = DEFAULT_PAUSE_IMAGE
-    """The placeholder every step starts on; the cluster's nodes must be able to pull it."""
+    """The placeholder every step starts on; the cluster's nodes must be able to pull it.
+    It runs nothing but itself, so a step's commands reach the step image as ``args``:
+    they run on any image without an ENTRYPOINT (see ``placeholder_image``)."""
+    placeholder_image: str | None = None
+    """buildruntime's own placeholder (built from deploy/placeholder/), used instead of
+    ``pause_image`` when set: it survives a container ``command``, so a step's commands
+    replace its image's ENTRYPOINT and run on any image (see :mod:`buildruntime.launch`)."""
     schedule_timeout: float = 120.0
     """How long ``assemble_build`` waits for the pod to be scheduled and its placeholders
     to start."""
@@ -62,6 +68,12 @@ class RuntimeSettings:
         problem = image_problem(self.pause_image)
         if problem:
             raise SpecError("pause_image", problem)
+        if self.placeholder_image is not None:
+            if not isinstance(self.placeholder_image, str):
+                raise SpecError("placeholder_image", "must be a string")
+            problem = image_problem(self.placeholder_image)
+            if problem:
+                raise SpecError("placeholder_image", problem)
         for name in (
             "schedule_timeout",
             "delete_timeout",
@@ -110,6 +122,7 @@ class RuntimeOptions(TypedDict, total=False):
     """The settings as keywords of the constructors (``Runtime(cluster, **options)``)."""
 
     pause_image: str
+    placeholder_image: str | None
     schedule_timeout: float
     delete_timeout: float
     resync_period: float

@@ -1,9 +1,10 @@
 """Build and step specs: validation on construction, and the pod they render to.
 
-The rendered pod has one container per step. Each starts on the pause placeholder with
-the step's final args already in place, because a running pod's spec is immutable except
-for its images: ``run_container`` later swaps only the image, and the kubelet restarts the
-container with the step image and those args.
+The rendered pod has one container per step. Each starts on the placeholder with the
+step's final command line already in place, because a running pod's spec is immutable
+except for its images: ``run_container`` later swaps only the image, and the kubelet
+restarts the container with the step image and that command line (see
+:mod:`buildruntime.launch`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
 from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE, WORKER
+from buildruntime.launch import step_process
 from buildruntime.names import DNS1123_SUBDOMAIN, dns1123_label_problem
 from buildruntime.pod_policy import POD_FIELDS, apply_overrides, check_policy_value
 from buildruntime.quantities import QUANTITY
@@ -48,7 +50,6 @@ PAUSE_ANNOTATION = "buildruntime.io/pause-image"
 
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
-DEFAULT_ENTRYPOINT: tuple[str, ...] = ("/bin/sh", "-c")
 
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
@@ -232,27 +233,6 @@ class StepSpec:
         made a mapping on construction)."""
         return cast("Mapping[str, str | ExistingSecret]", self.secrets)
 
-    @property
-    def args(self) -> list[str]:
-        """The container's args: the entrypoint, then the script.
-
-        The default entrypoint is ``/bin/sh -c`` with ``set -e`` first, so the step stops
-        at its first failing command, like ``/bin/sh -e``; each command is echoed nowhere
-        (the logs hold only what the commands print). A step with no commands runs its
-        image's own ENTRYPOINT and CMD (a plugin step), or just ``entrypoint`` when set.
-        """
-        if not self.commands:
-            return list(self.entrypoint) if self.entrypoint is not None else []
-        entrypoint = (
-            list(self.entrypoint) if self.entrypoint is not None else list(DEFAULT_ENTRYPOINT)
-        )
-        script = (
-            "\n".join(["set -e", *self.commands])
-            if self.entrypoint is None
-            else "\n".join(self.commands)
-        )
-        return [*entrypoint, script]
-
 
 @dataclass(frozen=True)
 class BuildSpec:
@@ -407,11 +387,18 @@ def render_pod(
     *,
     namespace: str,
     pause_image: str,
+    placeholder_image: str | None = None,
     workspace_path: str = DEFAULT_WORKSPACE_PATH,
 ) -> JSON:
-    """The pod manifest for ``spec``: every step a container on the pause placeholder,
-    all of them mounting the build's workspace."""
-    placeholder = spec.pause_image or pause_image
+    """The pod manifest for ``spec``: every step a container on the placeholder, all of
+    them mounting the build's workspace.
+
+    The placeholder is the build's own ``pause_image`` if it names one, else
+    ``placeholder_image`` if the runtime has one, else ``pause_image``; only on
+    ``placeholder_image`` do the steps' commands go into ``command`` (see
+    :mod:`buildruntime.launch`)."""
+    placeholder = spec.pause_image or placeholder_image or pause_image
+    placeholder_runs_commands = spec.pause_image is None and placeholder_image is not None
     workspace = spec.workspace or Workspace()
     path = workspace.path or workspace_path
     try:
@@ -438,10 +425,16 @@ def render_pod(
             # A step starts in the workspace unless it says otherwise.
             "workingDir": step.working_dir or path,
         }
-        if step.args:
-            # The kubelet expands $(VAR) in args and turns $$ into $: escape every $
-            # so the shell, not the kubelet, gives it meaning.
-            container["args"] = [arg.replace("$", "$$") for arg in step.args]
+        try:
+            process = step_process(
+                step.name,
+                step.commands,
+                step.entrypoint,
+                placeholder_runs_commands=placeholder_runs_commands,
+            )
+        except SpecError as error:
+            raise SpecError(error.field, error.problem, build_id=spec.build_id) from None
+        container.update(process)
         if step.name in reserved:
             container["resources"] = reserved[step.name]
         if step.security_context is not None or step.privileged:

@@ -29,7 +29,7 @@ from buildruntime.secrets import (
     pull_secret_name,
     secret_name,
 )
-from buildruntime.spec import PAUSE_ANNOTATION, BuildSpec, StepSpec
+from buildruntime.spec import BuildSpec, StepSpec
 from buildruntime.volumes import Workspace
 
 SPEC_ANNOTATION = "buildruntime.io/spec"
@@ -47,8 +47,6 @@ class RecordedBuild:
     spec: BuildSpec
     """The build's spec; its secret and registry values are those given to :func:`read`
     (empty when unknown)."""
-    placeholder: str
-    """The image every step started on (the stopped steps' image too)."""
     secret_names: tuple[str, ...]
     """The names of the build's secrets (the keys of its Secret)."""
     registry_hosts: tuple[str, ...]
@@ -100,7 +98,7 @@ def _changed(obj: Any, defaults: dict[str, Any], skip: tuple[str, ...] = ()) -> 
     return out
 
 
-def record_of(spec: BuildSpec, placeholder: str) -> JSON:
+def record_of(spec: BuildSpec) -> JSON:
     """The record of ``spec`` as JSON data (no secret value in it)."""
     step_defaults = _defaults(StepSpec)
     build: dict[str, Any] = _changed(
@@ -111,13 +109,13 @@ def record_of(spec: BuildSpec, placeholder: str) -> JSON:
         build["secrets"] = sorted(spec.secrets)
     if spec.registries:
         build["registries"] = {host: cred.username for host, cred in spec.registries.items()}
-    return {"v": VERSION, "placeholder": placeholder, "spec": build}
+    return {"v": VERSION, "spec": build}
 
 
-def annotate(manifest: JSON, spec: BuildSpec, placeholder: str) -> None:
+def annotate(manifest: JSON, spec: BuildSpec) -> None:
     """Add the spec's record to the pod ``manifest``; :class:`SpecError` naming the
     largest field when the pod's annotations would pass Kubernetes' limit."""
-    record = record_of(spec, placeholder)
+    record = record_of(spec)
     text = _encoder.encode(record).decode()
     annotations = manifest["metadata"].setdefault("annotations", {})
     annotations[SPEC_ANNOTATION] = text
@@ -177,7 +175,6 @@ def read(
             field, f"has version {version!r}; this buildruntime reads {VERSION}", build_id=name
         )
     build = dict(record["spec"])
-    placeholder = record.get("placeholder") or annotations.get(PAUSE_ANNOTATION) or ""
     secret_names = tuple(build.pop("secrets", ()))
     registries: dict[str, str] = build.pop("registries", {})
     values = secret_values or {}
@@ -191,7 +188,7 @@ def read(
         for host, user in registries.items()
     }
     spec = BuildSpec(**build)
-    return RecordedBuild(spec, placeholder, secret_names, tuple(registries))
+    return RecordedBuild(spec, secret_names, tuple(registries))
 
 
 def _step(step: JSON) -> StepSpec:

@@ -12,7 +12,12 @@ from buildruntime.cli.exits import EXIT_BAD_INPUT
 from buildruntime.cli.gc import cmd_gc
 from buildruntime.cli.monitor import cmd_monitor
 from buildruntime.cli.ps import cmd_ps
-from buildruntime.cli.run import DEFAULT_API_TIMEOUT, PAUSE_IMAGE_VARIABLE, cmd_run
+from buildruntime.cli.run import (
+    DEFAULT_API_TIMEOUT,
+    PAUSE_IMAGE_VARIABLE,
+    PLACEHOLDER_IMAGE_VARIABLE,
+    cmd_run,
+)
 from buildruntime.images import DEFAULT_PAUSE_IMAGE
 from buildruntime.pipeline import (
     SECRETS_HELP,
@@ -172,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGE",
         help="placeholder image of steps not started yet, for clusters that cannot pull "
         f"the default (default: ${PAUSE_IMAGE_VARIABLE}, else {DEFAULT_PAUSE_IMAGE})",
+    )
+    run.add_argument(
+        "--placeholder-image",
+        metavar="IMAGE",
+        help="buildruntime's own placeholder image (deploy/placeholder) to start steps on "
+        "instead of the pause image, so that a step's commands run whatever its image's "
+        f"ENTRYPOINT (default: ${PLACEHOLDER_IMAGE_VARIABLE}, else none)",
     )
     run.add_argument(
         "--api-timeout",

@@ -548,6 +548,7 @@ def _seconds(value: float) -> str:
 DEFAULT_API_TIMEOUT = 30.0
 """Seconds ``run`` keeps trying an API server it cannot reach before it gives up."""
 PAUSE_IMAGE_VARIABLE = "BUILDRUNTIME_PAUSE_IMAGE"
+PLACEHOLDER_IMAGE_VARIABLE = "BUILDRUNTIME_PLACEHOLDER_IMAGE"
 
 
 @dataclass(frozen=True)
@@ -556,6 +557,7 @@ class RunSettings:
 
     namespace: str = "default"
     pause_image: str | None = None
+    placeholder_image: str | None = None
     api_timeout: float = DEFAULT_API_TIMEOUT
 
 
@@ -566,10 +568,15 @@ async def _run_command(
     runtime_settings: dict[str, Any] = {"api_timeout": settings.api_timeout}
     if settings.pause_image is not None:
         runtime_settings["pause_image"] = settings.pause_image
+    if settings.placeholder_image is not None:
+        runtime_settings["placeholder_image"] = settings.placeholder_image
     async with (
         receiving_signals(console, "removing the build") as interruption,
         open_cluster(
-            target, pause_image=settings.pause_image, api_timeout=settings.api_timeout
+            target,
+            pause_image=settings.pause_image,
+            placeholder_image=settings.placeholder_image,
+            api_timeout=settings.api_timeout,
         ) as cluster,
         AsyncExitStack() as runtime,
     ):
@@ -594,17 +601,28 @@ async def _run_command(
 def run_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> RunSettings:
     """The settings of ``run``'s options, checked: a bad value is a one-line BadInput."""
     env = os.environ if environ is None else environ
-    pause_image: str | None = args.pause_image
-    source = "--pause-image"
-    if pause_image is None and env.get(PAUSE_IMAGE_VARIABLE):
-        pause_image, source = env[PAUSE_IMAGE_VARIABLE], PAUSE_IMAGE_VARIABLE
-    if pause_image is not None:
-        problem = image_problem(pause_image)
-        if problem:
-            raise BadInput(f"{source} {pause_image!r}: {problem}")
     return RunSettings(
-        namespace=args.namespace, pause_image=pause_image, api_timeout=args.api_timeout
+        namespace=args.namespace,
+        pause_image=_image_option(args.pause_image, "--pause-image", PAUSE_IMAGE_VARIABLE, env),
+        placeholder_image=_image_option(
+            args.placeholder_image, "--placeholder-image", PLACEHOLDER_IMAGE_VARIABLE, env
+        ),
+        api_timeout=args.api_timeout,
     )
+
+
+def _image_option(
+    given: str | None, flag: str, variable: str, env: Mapping[str, str]
+) -> str | None:
+    """An image option: the flag, else its environment variable, else None."""
+    image, source = given, flag
+    if image is None and env.get(variable):
+        image, source = env[variable], variable
+    if image is not None:
+        problem = image_problem(image)
+        if problem:
+            raise BadInput(f"{source} {image!r}: {problem}")
+    return image
 
 
 def secrets_masker(spec: BuildSpec) -> Masker | None:

@@ -73,13 +73,13 @@ def choose_target(
     )
 
 
-def _fake_cluster(pause_image: str | None) -> Any:
+def _fake_cluster(pause_image: str | None, placeholder_image: str | None) -> Any:
     from buildruntime.testing import FakeCluster
 
-    settings: dict[str, Any] = {}
+    # The simulated node must know the placeholders for what they are: images that run
+    # nothing (and, for placeholder_image, start as a step's command).
+    settings: dict[str, Any] = {"placeholder_image": placeholder_image}
     if pause_image is not None:
-        # The simulated node must know the placeholder for what it is: an image that
-        # runs nothing and ignores its args.
         settings["pause_image"] = pause_image
     # None: every valid image name is present, as a user of --simulate expects
     # (ubuntu:22.04 is not "not found" because nobody listed it).
@@ -117,12 +117,17 @@ def server_of(cluster: object) -> str | None:
 
 @asynccontextmanager
 async def open_cluster(
-    target: Target, *, pause_image: str | None = None, api_timeout: float | None = None
+    target: Target,
+    *,
+    pause_image: str | None = None,
+    placeholder_image: str | None = None,
+    api_timeout: float | None = None,
 ) -> AsyncIterator[Cluster]:
-    """The cluster of ``target``, closed on exit. ``pause_image``: the placeholder the
-    simulation knows; ``api_timeout``: the bound of one request to a real cluster."""
+    """The cluster of ``target``, closed on exit. ``pause_image``, ``placeholder_image``:
+    the placeholders the simulation knows; ``api_timeout``: the bound of one request to
+    a real cluster."""
     cluster = (
-        _fake_cluster(pause_image)
+        _fake_cluster(pause_image, placeholder_image)
         if target.kind == "simulate"
         else _kube_cluster(target, api_timeout)
     )

@@ -61,7 +61,11 @@ class FakeCluster:
     ``busybox`` is ``docker.io/library/busybox:latest``); any other image fails to pull.
     ``images=None`` makes every valid image reference present (an image is only a name
     here), as ``--simulate`` wants; a reference that does not parse still gets
-    ``InvalidImageName``. The ``pause_image`` is always present and runs nothing.
+    ``InvalidImageName``. The ``pause_image`` is always present and runs nothing; a
+    container on it with a ``command`` fails to start (``StartError``), as runc's exec of
+    a path the image lacks does. ``placeholder_image`` names buildruntime's own
+    placeholder image (deploy/placeholder), present and running nothing too, which
+    starts as any of :data:`~buildruntime.launch.PLACEHOLDER_PATHS`.
 
     ``image_configs`` gives images an :class:`ImageConfig` (``ENTRYPOINT`` and ``CMD``),
     used as a container runtime uses them: ``command`` set runs ``command + args``; only
@@ -109,6 +113,7 @@ class FakeCluster:
         image_configs: Mapping[str, ImageConfig] | None = None,
         image_aliases: Mapping[str, str] | None = None,
         pause_image: str = DEFAULT_PAUSE_IMAGE,
+        placeholder_image: str | None = None,
         node_name: str = "fake-node",
         pull_delay: float = 0.02,
         bookmark_interval: float = 1.0,
@@ -119,7 +124,11 @@ class FakeCluster:
         private_registries: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         store = ImageStore(
-            images, pause_image=pause_image, configs=image_configs, aliases=image_aliases
+            images,
+            pause_image=pause_image,
+            placeholder_image=placeholder_image,
+            configs=image_configs,
+            aliases=image_aliases,
         )
         self.requests: list[Request] = []
         self.node_name = node_name

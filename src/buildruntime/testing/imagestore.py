@@ -13,7 +13,12 @@ container runtime reads to build a command line (:class:`ImageConfig`). What it 
   image's first repo tag, so on a node where ``localhost/pause:3.10`` is also tagged
   ``docker.io/kubernetes/pause:latest``, a container started from either name is
   reported under the alias. ``image_aliases`` maps the tag a pod names to the one
-  reported; images without an alias are reported in normal form.
+  reported; images without an alias are reported in normal form;
+- placeholders: the pause image is one binary that runs as itself only, so a container
+  on it with a ``command`` cannot start; buildruntime's placeholder image (deploy/
+  placeholder) has that binary at every path of
+  :data:`~buildruntime.launch.PLACEHOLDER_PATHS` too, so it starts as any of them. Both
+  run nothing: they sleep until stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from buildruntime.images import image_problem, normalize_image
+from buildruntime.launch import PLACEHOLDER_PATHS
 from buildruntime.testing import objects
 
 
@@ -90,6 +96,7 @@ class ImageStore:
         images: Iterable[str] | None,
         *,
         pause_image: str,
+        placeholder_image: str | None = None,
         configs: Mapping[str, ImageConfig] | None = None,
         aliases: Mapping[str, str] | None = None,
     ) -> None:
@@ -109,12 +116,19 @@ class ImageStore:
                 raise TypeError(f"image_configs[{image!r}] must be an ImageConfig")
             self._configs[self.canonical(_checked(image, "image_configs:"))] = config
         self.pause_image = self.canonical(normalize_image(pause_image))
+        self.placeholder_image = (
+            None
+            if placeholder_image is None
+            else self.canonical(_checked(placeholder_image, "placeholder_image"))
+        )
         self._present: set[str] | None = None
         if images is not None:
             if isinstance(images, str):
                 images = (images,)
             self._present = {self.canonical(normalize_image(i)) for i in images}
             self._present.update(self._configs, self._alias_of, [self.pause_image])
+            if self.placeholder_image is not None:
+                self._present.add(self.placeholder_image)
 
     def canonical(self, image: str) -> str:
         """The normal form of the image's first name (an alias maps to its image)."""
@@ -127,7 +141,18 @@ class ImageStore:
         return self.canonical(image) in self._present
 
     def is_pause(self, image: str) -> bool:
-        return self.canonical(image) == self.pause_image
+        """Whether ``image`` is a placeholder: its containers run nothing."""
+        return self.canonical(image) in (self.pause_image, self.placeholder_image)
+
+    def placeholder_start_problem(self, image: str, command: Sequence[str]) -> str | None:
+        """Why a container of placeholder ``image`` with ``command`` cannot start (runc's
+        exec of a path the image does not have), or None."""
+        if not command:
+            return None
+        if self.canonical(image) == self.placeholder_image and command[0] in PLACEHOLDER_PATHS:
+            return None
+        path = command[0]
+        return f'exec: "{path}": stat {path}: no such file or directory'
 
     def config(self, image: str) -> ImageConfig:
         return self._configs.get(self.canonical(image), NO_CONFIG)

@@ -531,7 +531,13 @@ class PodWorker:
         record.restarting = False
         self._event("Created", f"Created container: {record.name}", container=record.name)
         if instance.pause:
-            instance.start_pause()
+            problem = self.kubelet.images.placeholder_start_problem(
+                image, [str(word) for word in spec.get("command") or []]
+            )
+            if problem is not None:
+                instance.start_failed(problem)
+            else:
+                instance.start_pause()
             return True
         root = self.root
         assert root is not None  # made before the first sync
