@@ -51,12 +51,15 @@ class CountingCluster:
         self.requests: list[Request] = []
 
     def counts(self) -> Counter[str]:
-        """Requests by ``verb`` and by ``verb resource``."""
+        """Requests by ``verb`` and by ``verb resource``: the build's, so the worker's
+        Lease requests (its creation, renewals, the reaper's list, its deletion: per
+        worker, whatever the number of builds) are left out."""
         counter: Counter[str] = Counter()
-        for request in self.requests:
+        per_build = [r for r in self.requests if r.resource != "leases"]
+        for request in per_build:
             counter[request.verb] += 1
             counter[f"{request.verb} {request.resource}"] += 1
-        counter["total"] = len(self.requests)
+        counter["total"] = len(per_build)
         return counter
 
     def reset(self) -> None:
@@ -124,6 +127,28 @@ class CountingCluster:
     ) -> None:
         self.requests.append(Request("delete", "pods"))
         await self.inner.delete_pod(namespace, name, grace_period_seconds=grace_period_seconds)
+
+    async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
+        self.requests.append(Request("create", "leases"))
+        return await self.inner.create_lease(namespace, manifest)
+
+    async def get_lease(self, namespace: str, name: str) -> JSON:
+        self.requests.append(Request("get", "leases"))
+        return await self.inner.get_lease(namespace, name)
+
+    async def patch_lease(self, namespace: str, name: str, patch: JSON) -> JSON:
+        self.requests.append(Request("patch", "leases"))
+        return await self.inner.patch_lease(namespace, name, patch)
+
+    async def delete_lease(
+        self, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> None:
+        self.requests.append(Request("delete", "leases"))
+        await self.inner.delete_lease(namespace, name, resource_version=resource_version)
+
+    async def list_leases(self, namespace: str, *, label_selector: str | None = None) -> JSON:
+        self.requests.append(Request("list", "leases"))
+        return await self.inner.list_leases(namespace, label_selector=label_selector)
 
     def stream_logs(
         self,

@@ -1,11 +1,15 @@
 """The fault matrix as figures: per fault, builds run, log lines expected, lost,
-duplicated, wrong results and leaked streams or threads. Every figure but the first two
-must be 0.
+duplicated, wrong results, leaked streams or threads and orphans (pods or Secrets left
+behind). Every figure but the first two must be 0.
 
     .venv/bin/python bench/fault_matrix.py [--builds 4] [--lines 200] [--append]
+    .venv/bin/python bench/fault_matrix.py --reaper-only --kubeconfig PATH [--append]
 
 Runs on FakeCluster (its faults are exact and repeatable); the same faults on the local
-cluster are the integration suite's (integration/test_faults.py).
+cluster are the integration suite's (integration/test_faults.py). The reaper's row
+(worker processes killed with SIGKILL mid-step, their Leases reaped by a live worker,
+their pods and Secrets collected) also runs on a real cluster with ``--kubeconfig``,
+where the garbage collector and the pods' termination set the time to clean.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
+import signal
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,9 +40,11 @@ from buildruntime import (
     Runtime,
     StepSpec,
 )
+from buildruntime.cluster.port import Cluster
 from buildruntime.informer.reflector import ReflectorSettings
 from buildruntime.labels import managed_selector
 from buildruntime.testing import FakeCluster
+from buildruntime.testing.remote import FakeClusterServer
 from buildruntime.testing.severable import SeverableCluster
 
 RECOVERY = ReflectorSettings(backoff_initial=0.05, backoff_max=0.5)
@@ -52,7 +62,8 @@ class Row:
     wrong_results: int = 0
     leaks: int = 0
     orphans: int = 0
-    """Build pods left in the namespace once every build was removed."""
+    clean: str = "–"
+    """For a fault that leaves something to clean up: how long it took."""
 
 
 def _ticker(name: str, lines: int, pause: float = 0.005) -> StepSpec:
@@ -290,6 +301,7 @@ async def main(builds: int, lines: int) -> list[Row]:
     ]
     rows.append(await _deleted_from_outside(builds))
     rows.append(await _oom(builds))
+    rows.append(await _workers_killed_on_fake(builds, lines))
     rows.append(
         await _handover(
             "worker killed mid-step, another attaches", builds, lines, kill=True, contested=False
@@ -312,16 +324,167 @@ async def main(builds: int, lines: int) -> list[Row]:
     return rows
 
 
+ROOT = Path(__file__).parent.parent
+DEAD_LEASE = 1.0
+"""The killed workers' lease_duration; the reaper's grace is the same."""
+REAP_INTERVAL = 0.25
+
+
+async def _workers_killed(
+    cluster: Cluster,
+    namespace: str,
+    connection: list[str],
+    exists: Callable[[str, str], Awaitable[bool]],
+    builds: int,
+    lines: int,
+    **settings: object,
+) -> Row:
+    """``builds`` worker processes, each with a build holding a Secret and a step
+    running, are killed with SIGKILL at once, while a live worker runs ``builds`` builds
+    and reaps. Time to clean: from the kill until every dead worker's pod and Secret is
+    gone (max, and the part of it past lease duration + grace)."""
+    row = Row("worker SIGKILLed mid-step (a live worker's reaper, then the GC)")
+    run = uuid.uuid4().hex[:6]
+    processes, pods = [], []
+    try:
+        for i in range(builds):
+            process = await anyio.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "integration.worker_process",
+                    *("--namespace", namespace, "--worker-id", f"dead-{run}-{i}"),
+                    *("--build-id", f"dead-{run}-{i}", *connection),
+                    *("--lease-duration", str(DEAD_LEASE), "--renew-interval", "0.25"),
+                ],
+                cwd=ROOT,
+                stderr=None,
+            )
+            processes.append(process)
+        for process in processes:
+            assert process.stdout is not None
+            words: list[str] = []
+            with anyio.fail_after(120):
+                buffer = b""
+                while b"\n" not in buffer:
+                    buffer += await process.stdout.receive()
+                words = buffer.split(b"\n")[0].decode().split()
+            assert words[0] == "RUNNING", words
+            pods.append(words[2])
+        async with (
+            Runtime(
+                cluster,
+                namespace,
+                reflector=RECOVERY,
+                worker_id=f"live-{run}",
+                reap_grace=DEAD_LEASE,
+                reap_interval=REAP_INTERVAL,
+                **settings,  # type: ignore[arg-type]
+            ) as rt,
+            anyio.create_task_group() as tg,
+        ):
+            for i in range(builds):
+                tg.start_soon(_build, rt, f"live-{run}-{i}", lines, row)
+            for process in processes:
+                process.send_signal(signal.SIGKILL)
+                row.injected += 1
+            killed = time.monotonic()
+            left = {
+                (kind, name)
+                for pod in pods
+                for kind, name in (("pod", pod), ("secret", f"{pod}-secrets"))
+            }
+            with anyio.move_on_after(120):
+                while left:
+                    for item in list(left):
+                        if not await exists(*item):
+                            left.discard(item)
+                    await anyio.sleep(0.1)
+            took = time.monotonic() - killed
+            row.orphans = len(left)
+            row.clean = (
+                f"{took:.1f} s from the kill (lease {DEAD_LEASE:g} s + grace {DEAD_LEASE:g} s "
+                f"+ {took - 2 * DEAD_LEASE:.1f} s)"
+            )
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+            await process.wait()
+    return row
+
+
+async def _workers_killed_on_fake(builds: int, lines: int) -> Row:
+    async with FakeCluster(images={"busybox"}, keep_history=False) as cluster:
+        with tempfile.TemporaryDirectory(prefix="br-bench-") as directory:
+            server = FakeClusterServer(cluster, Path(directory) / "api.sock")
+            async with server.serving():
+
+                async def exists(kind: str, name: str) -> bool:
+                    store = "pods" if kind == "pod" else "secrets"
+                    return cluster._server.copy(store, "ci", name) is not None
+
+                row = await _workers_killed(
+                    cluster, "ci", ["--socket", str(server.path)], exists, builds, lines
+                )
+        row.leaks += cluster.open_watches + cluster.open_log_streams
+    return row
+
+
+async def _workers_killed_on_cluster(kubeconfig: str, builds: int, lines: int) -> Row:
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from buildruntime.cluster.kube import KubeCluster
+
+    api = config.new_client_from_config(config_file=kubeconfig)
+    core = client.CoreV1Api(api)
+    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    pause = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
+
+    async def exists(kind: str, name: str) -> bool:
+        read = core.read_namespaced_pod if kind == "pod" else core.read_namespaced_secret
+        try:
+            await anyio.to_thread.run_sync(lambda: read(name, namespace, _preload_content=False))
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    try:
+        with anyio.fail_after(90):  # the namespace's default ServiceAccount
+            while True:
+                try:
+                    core.read_namespaced_service_account("default", namespace)
+                    break
+                except ApiException:
+                    await anyio.sleep(0.2)
+        server = str(api.configuration.host)
+        connection = ["--kubeconfig", kubeconfig, "--server", server, "--pause-image", pause]
+        async with KubeCluster.from_kubeconfig(kubeconfig) as cluster:
+            row = await _workers_killed(
+                cluster, namespace, connection, exists, builds, lines, pause_image=pause
+            )
+            row.leaks += cluster.open_watches + cluster.open_log_streams
+    finally:
+        core.delete_namespace(namespace)
+        api.close()
+    row.fault += " — local cluster"
+    return row
+
+
 def render(rows: list[Row]) -> str:
     head = (
         "| fault | times injected | builds run | lines expected | lines lost | duplicates "
-        "| wrong results | leaks | orphans |"
+        "| wrong results | leaks | orphans | time to clean |"
     )
-    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         out.append(
             f"| {r.fault} | {r.injected} | {r.builds} | {r.expected} | {r.lost} | "
-            f"{r.duplicated} | {r.wrong_results} | {r.leaks} | {r.orphans} |"
+            f"{r.duplicated} | {r.wrong_results} | {r.leaks} | {r.orphans} | {r.clean} |"
         )
     return "\n".join(out)
 
@@ -333,9 +496,18 @@ if __name__ == "__main__":
     parser.add_argument(
         "--append", action="store_true", help="append the table to bench/RESULTS.md"
     )
+    parser.add_argument("--reaper-only", action="store_true", help="only the row of workers killed")
+    parser.add_argument(
+        "--kubeconfig", help="run the reaper's row on this cluster (with --reaper-only)"
+    )
     args = parser.parse_args()
     started = time.monotonic()
-    rows = anyio.run(main, args.builds, args.lines)
+    if args.kubeconfig:
+        rows = [anyio.run(_workers_killed_on_cluster, args.kubeconfig, args.builds, args.lines)]
+    elif args.reaper_only:
+        rows = [anyio.run(_workers_killed_on_fake, args.builds, args.lines)]
+    else:
+        rows = anyio.run(main, args.builds, args.lines)
     table = render(rows)
     print(table)
     bad = sum(r.lost + r.duplicated + r.wrong_results + r.leaks + r.orphans for r in rows)
@@ -344,7 +516,8 @@ if __name__ == "__main__":
         command = "python bench/fault_matrix.py " + " ".join(sys.argv[1:])
         with (Path(__file__).parent / "RESULTS.md").open("a") as results:
             results.write(
-                f"\n## Fault matrix (FakeCluster), {time.strftime('%Y-%m-%d')}\n\n"
+                f"\n## Fault matrix ({'local cluster' if args.kubeconfig else 'FakeCluster'}), "
+                f"{time.strftime('%Y-%m-%d')}\n\n"
                 f"`{command.strip()}`\n\n{table}\n"
             )
     sys.exit(1 if bad else 0)

@@ -3,7 +3,7 @@
 builds and runs their first steps, then is killed with SIGKILL or releases its builds
 and exits cleanly. On the real cluster it talks to the API server; on FakeCluster, whose
 node lives in the test process, to the fake through a
-:class:`~integration.remote_fake.FakeClusterServer` socket, as the worker-death tests do.
+:class:`~buildruntime.testing.remote.FakeClusterServer` socket, as the worker-death tests do.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import anyio
 from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from buildruntime.testing.remote import FakeClusterServer
+
 from .conftest import BUSYBOX, Target
-from .remote_fake import FakeClusterServer
 
 ROOT = Path(__file__).resolve().parent.parent
 START_BOUND = 120.0

@@ -8,6 +8,7 @@ interpreter, connected through a connection of its own (see ``workers.py``)."""
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from buildruntime.workers import lease_name
 
 from .conftest import BUSYBOX, JSON, Target
 from .observe import run_build
-from .workers import Worker, worker_process
+from .workers import ROOT, Worker, worker_process
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +196,28 @@ async def _watch_leases(
 async def _result(worker: Worker) -> JSON:
     with anyio.fail_after(120):
         return await worker.result()
+
+
+async def test_buildruntime_gc_reaps_a_killed_worker_once(target: Target) -> None:
+    """``buildruntime gc`` as a user runs it: the killed worker's Lease goes, the
+    command names it and its pod, and the pod and its Secret follow."""
+    if target.kind == "fake":
+        pytest.skip("the command runs in a process of its own: FakeCluster is in this one")
+    dead_id = f"dead-{_uid()}"
+    async with worker_process(
+        target, dead_id, f"gc-{_uid()}", "--lease-duration", "1", "--renew-interval", "0.25"
+    ) as dead:
+        await dead.started()
+        dead.kill()
+        await dead.process.wait()
+    await anyio.sleep(1.5)  # unrenewed for longer than its 1 s
+    command = [sys.executable, "-m", "buildruntime", "gc", "--namespace", target.namespace]
+    command += ["--kubeconfig", target.kubeconfig, "--grace", "0"]  # type: ignore[attr-defined]
+    done = await anyio.run_process(command, cwd=ROOT, check=False)
+    out = done.stdout.decode()
+    assert done.returncode == 0, (out, done.stderr.decode())
+    assert f"removed Lease {lease_name(dead_id)} of worker {dead_id}" in out
+    assert f"its pods go with it: {dead.pod_name}" in out
+    assert await target.read_lease(lease_name(dead_id)) is None
+    await _until_gone(lambda: target.read_pod(dead.pod_name), CLEANUP_BOUND)
+    await _until_gone(lambda: target.read_secret(f"{dead.pod_name}-secrets"), CLEANUP_BOUND)

@@ -45,7 +45,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def cluster_of(args: argparse.Namespace) -> Any:
     if args.socket:
-        from .remote_fake import RemoteCluster
+        from buildruntime.testing.remote import RemoteCluster
 
         return RemoteCluster(args.socket)
     from kubernetes import client, config

@@ -20,8 +20,9 @@ import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from buildruntime.testing.remote import FakeClusterServer
+
 from .conftest import JSON, Target
-from .remote_fake import FakeClusterServer
 from .tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).parent.parent

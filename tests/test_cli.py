@@ -1765,3 +1765,49 @@ def test_run_help_documents_secrets_registries_and_the_policy_fields(
     ):
         assert words in flat, words
     assert [line for line in epilog.splitlines() if len(line) > 80] == []
+
+
+def test_gc_reports_each_dead_workers_lease_and_the_pods_that_go_with_it() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from buildruntime.cli.gc import reap_and_report
+    from buildruntime.workers import lease_name, micro_time, owner_reference, render_lease
+
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out, err, colour=False)
+
+    async def main() -> int:
+        async with FakeCluster(images={"busybox"}) as cluster:
+            # What a worker killed an hour ago left: its Lease and a build pod it owns.
+            dead = render_lease("gone-worker", "ci", 30)
+            dead["spec"]["renewTime"] = micro_time(datetime.now(UTC) - timedelta(hours=1))
+            lease = await cluster.create_lease("ci", dead)
+            labels = {
+                "app.kubernetes.io/managed-by": "buildruntime",
+                "buildruntime.io/worker": "gone-worker",
+            }
+            await cluster.create_pod(
+                "ci",
+                {
+                    "metadata": {
+                        "name": "gc-1",
+                        "labels": labels,
+                        "ownerReferences": [owner_reference(lease)],
+                    },
+                    "spec": {"containers": [{"name": "s", "image": "busybox"}]},
+                },
+            )
+            await cluster.create_lease("ci", render_lease("alive-worker", "ci", 30))
+            reaped = await reap_and_report(cluster, "ci", 30.0, console)
+            assert cluster.lease("ci", lease_name("gone-worker")) is None
+            assert cluster.lease("ci", lease_name("alive-worker")) is not None
+            return reaped
+
+    assert anyio.run(main) == 1
+    console.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (
+        "removed Lease buildruntime-worker-gone-worker of worker gone-worker "
+        "(unrenewed for 3600 s); its pods go with it: gc-1"
+    )
+    assert lines[1] == "1 dead worker reaped in ci"

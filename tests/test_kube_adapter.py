@@ -383,6 +383,55 @@ async def test_delete_of_a_missing_pod_is_not_found(server: FakeApiServer) -> No
     assert caught.value.message == 'pods "gone" not found'
 
 
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/ci/leases"
+
+
+async def test_lease_calls_go_to_the_coordination_api(server: FakeApiServer) -> None:
+    lease = {"metadata": {"name": "l", "uid": "u", "resourceVersion": "5"}, "spec": {}}
+    listed = {"metadata": {"resourceVersion": "6"}, "items": [lease]}
+    server.route("POST", LEASES, lambda h: send_json(h, 201, lease))
+    server.route("GET", LEASES + "/l", lambda h: send_json(h, 200, lease))
+    server.route("PATCH", LEASES + "/l", lambda h: send_json(h, 200, lease))
+    server.route("GET", LEASES, lambda h: send_json(h, 200, listed))
+    async with make_cluster(server) as cluster:
+        assert await cluster.create_lease("ci", {"metadata": {"name": "l"}}) == lease
+        assert await cluster.get_lease("ci", "l") == lease
+        assert await cluster.patch_lease("ci", "l", {"spec": {"renewTime": "t"}}) == lease
+        assert await cluster.list_leases("ci", label_selector="a=b") == listed
+        assert cluster.requests == [
+            Request("create", "leases"),
+            Request("get", "leases"),
+            Request("patch", "leases"),
+            Request("list", "leases"),
+        ]
+    patch, listing = server.seen[2], server.seen[3]
+    assert patch.headers["Content-Type"] == "application/merge-patch+json"
+    assert json.loads(patch.body) == {"spec": {"renewTime": "t"}}
+    assert listing.query == {"labelSelector": "a=b"}
+
+
+async def test_a_lease_delete_carries_its_resource_version_precondition(
+    server: FakeApiServer,
+) -> None:
+    message = (
+        'Operation cannot be fulfilled on leases.coordination.k8s.io "l": Precondition '
+        "failed: the ResourceVersion in the precondition (5) does not match the "
+        "ResourceVersion in record (6). The object might have been modified"
+    )
+    server.route("DELETE", LEASES + "/l", lambda h: status(h, 409, "Conflict", message))
+    async with make_cluster(server) as cluster:
+        with pytest.raises(ConflictError) as caught:
+            await cluster.delete_lease("ci", "l", resource_version="5")
+        assert cluster.requests == [Request("delete", "leases")]
+    assert caught.value.message == message
+    assert json.loads(server.seen[0].body) == {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "propagationPolicy": "Background",
+        "preconditions": {"resourceVersion": "5"},
+    }
+
+
 @pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
 async def test_overload_and_server_errors_are_unavailable(server: FakeApiServer, code: int) -> None:
     server.route("GET", PODS, lambda h: status(h, code, "TooManyRequests", "slow down"))

@@ -581,19 +581,19 @@ async def _run_command(
         AsyncExitStack() as runtime,
     ):
         server = server_of(cluster)
+        try:
+            rt = await runtime.enter_async_context(
+                Runtime(cluster, settings.namespace, **runtime_settings)
+            )
+        except (ClusterUnavailableError, LeaseError) as error:
+            # The runtime's first request (its worker Lease) found the API server
+            # unusable: said as any other request that finds it so.
+            console.error(_Explainer(settings.api_timeout, server)(error))
+            return EXIT_FAILED
         # A signal cancels the run only: its cleanup removes the build while the
         # runtime's watches still run, so that it sees the pod go. Cancelling the
         # runtime as well would stop those watches and leave a terminating pod behind.
         with interruption.cancels():
-            try:
-                rt = await runtime.enter_async_context(
-                    Runtime(cluster, settings.namespace, **runtime_settings)
-                )
-            except (ClusterUnavailableError, LeaseError) as error:
-                # The runtime's first request (its worker Lease) found the API server
-                # unusable: said as any other request that finds it so.
-                console.error(_Explainer(settings.api_timeout, server)(error))
-                return EXIT_FAILED
             status = await run_build(rt, plan, console, server=server)
     return interruption.status or status
 

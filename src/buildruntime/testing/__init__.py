@@ -22,6 +22,8 @@ images the node has, what they run, how they are reported), ``imagepull``,
 ``environment`` (a step's env and command line), ``rootfs`` (each pod's own directory
 tree: where working directories and HOME are), ``process``, ``podstatus`` and ``logs``
 (the node), ``faults``, ``tasks`` (background work on the caller's event loop),
+``leases`` (Leases, and the garbage collection of the pods they own), ``remote`` (a
+FakeCluster served to other processes over a Unix socket),
 ``cluster`` (the facade).
 """
 

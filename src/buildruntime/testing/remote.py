@@ -1,6 +1,6 @@
-"""A FakeCluster reachable from another process, over a Unix socket: the integration
-suite's worker processes (killed with SIGKILL on purpose) use it on the fake target as
-they use the real API server on the cluster target.
+"""A FakeCluster reachable from another process, over a Unix socket: worker processes
+that tests and benchmarks kill with SIGKILL on purpose use it as they would use a real
+API server.
 
 :class:`FakeClusterServer` serves the port's calls of a FakeCluster in the test's
 process, one connection per call (a watch or a log stream keeps its connection for as
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import json
 import time
@@ -42,7 +43,7 @@ from buildruntime.cluster.port import (
     error_for_status,
 )
 from buildruntime.cluster.watch_events import WatchDecoder, decode_event, decode_typed_event
-from buildruntime.testing import FakeCluster
+from buildruntime.testing.cluster import FakeCluster
 
 _UNARY = frozenset(
     {
@@ -148,10 +149,14 @@ class FakeClusterServer:
             try:
                 with scope:
                     await self._serve(stream)
-            # The client went away (it exited, or was killed) while something was sent
-            # to it, maybe from inside a stream's task group.
-            except* (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
-                pass
+            except* (
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                OSError,
+            ):
+                pass  # the client went away (it closed its stream, or it was killed)
             finally:
                 self._connections.discard(scope)
 
@@ -198,12 +203,14 @@ class RemoteCluster:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.requests: list[Request] = []
+        self.requests: builtins.list[Request] = []
 
     async def aclose(self) -> None:
         return None
 
-    async def _connect(self, call: str, args: list[Any], kwargs: JSON) -> anyio.abc.SocketStream:
+    async def _connect(
+        self, call: str, args: builtins.list[Any], kwargs: JSON
+    ) -> anyio.abc.SocketStream:
         try:
             stream = await anyio.connect_unix(self.path)
         except OSError as error:
@@ -317,7 +324,7 @@ class RemoteCluster:
     async def _stream(
         self,
         call: str,
-        args: list[Any],
+        args: builtins.list[Any],
         kwargs: JSON,
         tag: bytes,
         item: Callable[[bytes], Any],
