@@ -39,6 +39,12 @@ def _ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{suffix}-{i}" for i in range(count)]
 
 
+def _worker_ids() -> tuple[str, str, str]:
+    """Worker ids of one test's own: a Lease a killed worker left is no other test's."""
+    suffix = uuid.uuid4().hex[:6]
+    return f"worker-a-{suffix}", f"worker-b-{suffix}", f"worker-c-{suffix}"
+
+
 def _expected() -> dict[str, tuple[list[bytes], int]]:
     return {
         step: (expected_lines(step, LINES), LAST_EXIT if step == STEPS[-1] else 0) for step in STEPS
@@ -60,10 +66,11 @@ async def _finish(rt: Runtime, build: Build) -> dict[str, tuple[list[bytes], int
 
 
 async def test_a_worker_killed_mid_step_hands_its_build_to_a_new_worker(target: Target) -> None:
+    worker_a, worker_b, _ = _worker_ids()
     [build_id] = _ids("killed", 1)
     async with anyio.create_task_group() as tg:
         async with start_worker(
-            target, tg, "worker-a", [build_id], lines=LINES, pause=PAUSE, mode="kill"
+            target, tg, worker_a, [build_id], lines=LINES, pause=PAUSE, mode="kill"
         ) as worker:
             await worker.wait_lines(build_id, 3)
             await worker.kill()
@@ -74,10 +81,10 @@ async def test_a_worker_killed_mid_step_hands_its_build_to_a_new_worker(target: 
     assert before_kill == expected_lines(STEPS[0], LINES)[: len(before_kill)]
     left = await target.read_pod(build_id)
     assert left is not None
-    assert left["metadata"]["labels"]["buildruntime.io/worker"] == "worker-a"
+    assert left["metadata"]["labels"]["buildruntime.io/worker"] == worker_a
     await anyio.sleep(GAP)  # the step prints on, with no worker attached
 
-    async with target.runtime(worker_id="worker-b") as rt:
+    async with target.runtime(worker_id=worker_b) as rt:
         with anyio.fail_after(120):
             build = await rt.attach_build(build_id)
             assert [s.name for s in build.spec.steps] == list(STEPS)
@@ -89,18 +96,19 @@ async def test_a_worker_killed_mid_step_hands_its_build_to_a_new_worker(target: 
     assert seen == _expected()
     assert pod is not None
     assert pod["metadata"]["uid"] == left["metadata"]["uid"]
-    assert pod["metadata"]["labels"]["buildruntime.io/worker"] == "worker-b"
+    assert pod["metadata"]["labels"]["buildruntime.io/worker"] == worker_b
     # Owned by the new worker's Lease only: the dead worker's reaped Lease cannot take it.
     owners = [(ref["kind"], ref["name"]) for ref in pod["metadata"]["ownerReferences"]]
-    assert owners == [("Lease", "buildruntime-worker-worker-b")]
+    assert owners == [("Lease", f"buildruntime-worker-{worker_b}")]
     assert await target.read_pod(build_id) is None
 
 
 async def test_a_rolling_upgrade_hands_every_running_build_over(target: Target) -> None:
+    worker_a, worker_b, _ = _worker_ids()
     build_ids = _ids("rolling", 3)
     async with anyio.create_task_group() as tg:
         async with start_worker(
-            target, tg, "worker-a", build_ids, lines=LINES, pause=PAUSE, mode="release"
+            target, tg, worker_a, build_ids, lines=LINES, pause=PAUSE, mode="release"
         ) as worker:
             for build_id in build_ids:
                 await worker.wait_lines(build_id, 2)
@@ -111,11 +119,11 @@ async def test_a_rolling_upgrade_hands_every_running_build_over(target: Target) 
     for build_id in build_ids:
         pod = await target.read_pod(build_id)
         assert pod is not None, "a released build's pod was deleted"
-        assert pod["metadata"]["annotations"]["buildruntime.io/released-by"] == "worker-a"
+        assert pod["metadata"]["annotations"]["buildruntime.io/released-by"] == worker_a
 
     seen: dict[str, dict[str, tuple[list[bytes], int | None]]] = {}
     after: dict[str, dict[str, object] | None] = {}
-    async with target.runtime(worker_id="worker-b") as rt:
+    async with target.runtime(worker_id=worker_b) as rt:
 
         async def adopt(build_id: str) -> None:
             build = await rt.attach_build(build_id)
@@ -142,7 +150,8 @@ async def test_a_rolling_upgrade_hands_every_running_build_over(target: Target) 
 
 
 async def test_attaching_a_build_whose_pod_is_gone_says_so(target: Target) -> None:
-    async with target.runtime(worker_id="worker-b") as rt:
+    worker_b = _worker_ids()[1]
+    async with target.runtime(worker_id=worker_b) as rt:
         with pytest.raises(PodGoneError) as raised:
             await rt.attach_build("no-such-build")
     assert "no build pod named no-such-build" in str(raised.value)
@@ -150,8 +159,9 @@ async def test_attaching_a_build_whose_pod_is_gone_says_so(target: Target) -> No
 
 
 async def test_two_workers_adopting_one_build_exactly_one_wins(target: Target) -> None:
+    worker_a, worker_b, worker_c = _worker_ids()
     [build_id] = _ids("contested", 1)
-    async with target.runtime(worker_id="worker-a") as a:
+    async with target.runtime(worker_id=worker_a) as a:
         build = await a.setup_build(
             three_steps(build_id, lines=LINES, pause=PAUSE, busybox=BUSYBOX)
         )
@@ -164,8 +174,8 @@ async def test_two_workers_adopting_one_build_exactly_one_wins(target: Target) -
     # sees it alive (renewing) within a second.
     lease = {"lease_duration": 4.0, "lease_renew_interval": 1.0}
     async with (
-        target.runtime(worker_id="worker-b", **lease) as b,
-        target.runtime(worker_id="worker-c", **lease) as c,
+        target.runtime(worker_id=worker_b, **lease) as b,
+        target.runtime(worker_id=worker_c, **lease) as c,
     ):
 
         async def adopt(rt: Runtime, name: str) -> None:
@@ -175,8 +185,8 @@ async def test_two_workers_adopting_one_build_exactly_one_wins(target: Target) -
                 outcomes[name] = error
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(adopt, b, "worker-b")
-            tg.start_soon(adopt, c, "worker-c")
+            tg.start_soon(adopt, b, worker_b)
+            tg.start_soon(adopt, c, worker_c)
         winners = [name for name, got in outcomes.items() if isinstance(got, Build)]
         losers = [got for got in outcomes.values() if isinstance(got, BuildAdoptedError)]
         assert len(winners) == 1, outcomes
@@ -187,7 +197,7 @@ async def test_two_workers_adopting_one_build_exactly_one_wins(target: Target) -
         assert error.build_id == build_id
         assert winner in str(error)
         assert build_id in str(error)
-        rt = b if winner == "worker-b" else c
+        rt = b if winner == worker_b else c
         won = outcomes[winner]
         assert isinstance(won, Build)
         seen = await _finish(rt, won)
@@ -200,10 +210,11 @@ async def test_ps_lists_a_released_build_and_attach_carries_it_to_its_end(
 ) -> None:
     """The command line, as a separate process: only the real cluster can be reached
     from one (FakeCluster's node lives in the test process)."""
+    worker_a = _worker_ids()[0]
     if target.kind == "fake":
         pytest.skip("the command line reaches no FakeCluster of another process")
     [build_id] = _ids("cli", 1)
-    async with target.runtime(worker_id="worker-a") as a:
+    async with target.runtime(worker_id=worker_a) as a:
         build = await a.setup_build(
             three_steps(build_id, lines=LINES, pause=PAUSE / 5, busybox=BUSYBOX)
         )
@@ -215,8 +226,9 @@ async def test_ps_lists_a_released_build_and_attach_carries_it_to_its_end(
     [header, row] = [
         line for line in ps.stdout.splitlines() if line.startswith(("BUILD", build_id))
     ]
-    assert header.split() == ["BUILD", "WORKER", "AGE", "STEPS"]
-    assert "worker-a (released)" in row
+    assert header.split() == ["BUILD", "WORKER", "LEASE", "AGE", "STEPS"]
+    assert f"{worker_a} (released)" in row
+    assert row.split()[3] == "alive"  # the released build's worker exited a moment ago
     assert f"{STEPS[1]}:waiting {STEPS[2]}:waiting" in row
     attached = await _command("attach", build_id, *common)
     assert attached.returncode == LAST_EXIT, attached.stderr
