@@ -17,11 +17,21 @@ import sys
 import uuid
 
 import anyio
+import anyio.abc
 import pytest
 
-from buildruntime import Build, BuildAdoptedError, PodGoneError, Runtime, StepResult
+from buildruntime import (
+    Build,
+    BuildAdoptedError,
+    BuildSpec,
+    PodGoneError,
+    Runtime,
+    StepResult,
+    StepSpec,
+)
+from buildruntime.testing.severable import SeverableCluster
 
-from .conftest import BUSYBOX, Target
+from .conftest import BUSYBOX, RECOVERY, Target, role_allows, service_account_cluster
 from .handover_worker import LAST_EXIT, STEPS, expected_lines, three_steps
 from .handover_workers import container_status, start_worker
 
@@ -253,3 +263,84 @@ async def _command(*args: str) -> subprocess.CompletedProcess[str]:
                 check=False,
             )
         )
+
+
+async def test_a_hand_over_needs_only_the_shipped_role(
+    target: Target, cluster_namespace: tuple[str, str] | None
+) -> None:
+    """A worker adopts a dead worker's build (with a secret) as deploy/rbac.yaml's
+    service account: it reads the dead worker's Lease and the build's Secret, moves the
+    pod, runs the rest and removes it. The dead worker is one in this process whose
+    connections were severed (see :mod:`buildruntime.testing.severable`)."""
+    worker_a, worker_b, _ = _worker_ids()
+    build_id = _ids("rbac-handover", 1)[0]
+    token = "handover-token-2026"
+    spec = BuildSpec(
+        build_id=build_id,
+        steps=[
+            StepSpec(
+                name="one",
+                image=BUSYBOX,
+                commands=["echo one $TOKEN", "sleep 4"],
+                secrets={"TOKEN": "token"},
+            ),
+            StepSpec(
+                name="two", image=BUSYBOX, commands=["echo two $TOKEN"], secrets={"TOKEN": "token"}
+            ),
+        ],
+        secrets={"token": token},
+    )
+    dying = SeverableCluster(target.cluster)
+    async with anyio.create_task_group() as tg:
+
+        async def first_worker(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            async with Runtime(
+                dying,  # type: ignore[arg-type]
+                target.namespace,
+                pause_image=target.pause_image or "registry.k8s.io/pause:3.10",
+                worker_id=worker_a,
+                lease_duration=2,
+                lease_renew_interval=0.5,
+                api_timeout=0.5,
+                delete_timeout=1,
+            ) as a:
+                build = await a.setup_build(spec)
+                await a.assemble_build(build)
+                await a.run_container(build, "one")
+                task_status.started()
+                await anyio.sleep_forever()
+
+        await tg.start(first_worker)
+        dying.sever()
+        tg.cancel_scope.cancel()
+    assert await target.read_pod(build_id) is not None
+
+    if cluster_namespace is None:
+        cluster = target.cluster  # FakeCluster has no RBAC: check the requests instead
+    else:
+        cluster = await service_account_cluster(*cluster_namespace)
+    before = len(cluster.requests)
+    try:
+        async with Runtime(
+            cluster,
+            target.namespace,
+            pause_image=target.pause_image or "registry.k8s.io/pause:3.10",
+            reflector=RECOVERY,
+            worker_id=worker_b,
+        ) as b:
+            with anyio.fail_after(60):
+                build = await b.attach_build(build_id)
+                seen = {}
+                for step in ("one", "two"):
+                    if (await b.inspect_container(build, step)).state == "waiting":
+                        await b.run_container(build, step)
+                    lines = [line async for line in b.tail_container(build, step)]
+                    seen[step] = (lines, (await b.wait_container(build, step)).exit_code)
+                await b.remove_build(build)
+    finally:
+        if cluster is not target.cluster:
+            await cluster.aclose()
+    assert seen == {"one": ([b"one ********"], 0), "two": ([b"two ********"], 0)}
+    used = {(r.verb, r.resource) for r in cluster.requests[before:]}
+    assert {("get", "leases"), ("get", "secrets"), ("patch", "pods")} <= used
+    assert all(role_allows(verb, resource) for verb, resource in used), used
