@@ -216,6 +216,9 @@ async def _first_worker(
         worker_id="worker-a",
         api_timeout=0.5,
         delete_timeout=1.0,
+        # A killed worker's Lease lapses soon, so that the next attaches soon.
+        lease_duration=2.0,
+        lease_renew_interval=0.5,
     ) as rt:
         for build_id in build_ids:
             steps = [_ticker(name, lines, HANDOVER_PAUSE) for name in ("a", "b")]
@@ -228,10 +231,11 @@ async def _first_worker(
 
 
 async def _handover(name: str, builds: int, lines: int, *, kill: bool, contested: bool) -> Row:
-    """Worker A starts the builds' first steps and is killed mid-step (its connections
-    severed, its task cancelled: the FakeCluster's node lives in this process, so A
-    cannot be a process of its own) or releases them; then worker B (and, contested,
-    worker C at the same time) attaches each and runs it to its end."""
+    """Worker A starts the builds' first steps and is killed mid-step or releases them;
+    then worker B (and, contested, worker C at the same time) attaches each and runs it
+    to its end. A is a runtime of this process: "killed", its connections are severed
+    and its task cancelled, so nothing of its exit reaches the cluster
+    (integration/test_handover.py kills a worker process with SIGKILL instead)."""
     row = Row(name)
     build_ids = [f"handover-{i}" for i in range(builds)]
     async with FakeCluster(images={"busybox"}, keep_history=False) as cluster:
@@ -246,9 +250,12 @@ async def _handover(name: str, builds: int, lines: int, *, kill: bool, contested
             else:
                 release.set()
             row.injected += 1
+        # Leases renewed every second: a loser that finds the winner holding the build
+        # sees it alive within a second.
+        lease = {"lease_duration": 4.0, "lease_renew_interval": 1.0}
         async with (
-            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-b") as b,
-            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-c") as c,
+            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-b", **lease) as b,
+            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-c", **lease) as c,
         ):
 
             async def adopt(build_id: str) -> None:
