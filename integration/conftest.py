@@ -40,21 +40,31 @@ from .tcp_proxy import TcpProxy
 BUSYBOX = "busybox"
 LOCAL_PAUSE_IMAGE = os.environ.get("BUILDRUNTIME_PAUSE_IMAGE", "localhost/pause:3.10")
 PAUSE_ALIAS = "docker.io/kubernetes/pause:latest"
+"""The second tag integration/cluster/up gives the pause image (FakeTarget's node too)."""
 PLACEHOLDER_IMAGE = "localhost/buildruntime-placeholder:1"
 """buildruntime's placeholder (deploy/placeholder) as integration/cluster/up builds it."""
 ENTRYPOINT_IMAGE = "localhost/entrypoint-echo:1"
 """busybox with ENTRYPOINT ["/bin/echo", "entrypoint-ran"] and CMD ["with-default-cmd"]."""
 ENTRYPOINT_CONFIG = (("/bin/echo", "entrypoint-ran"), ("with-default-cmd",))
-PRIVATE_REGISTRY = "registry.private.test"
-PRIVATE_REGISTRY_LOGIN = ("ci", "pull-pass-2026")
-"""A registry that serves busybox only to pods with these credentials (FakeTarget's)."""
-"""The second tag integration/cluster/up gives the pause image (FakeTarget's node too)."""
 RECOVERY = ReflectorSettings(backoff_initial=0.1, backoff_max=1.0)
 CLUSTER_SCRIPTS = Path(__file__).parent / "cluster"
 APISERVER_START = 2.5
 """Seconds the local kube-apiserver takes from its start to a ready /readyz; FakeCluster
 stays unreachable that much longer when "restarted"."""
 JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PrivateRegistry:
+    """A registry that serves busybox (as ``<host>/library/busybox:latest``) only to
+    pulls carrying this user and password."""
+
+    host: str
+    username: str
+    password: str
+
+
+FAKE_PRIVATE_REGISTRY = PrivateRegistry("registry.private.test", "ci", "pull-pass-2026")
 
 
 def target_kind() -> str:
@@ -76,6 +86,8 @@ class Target:
     cluster: Any
     namespace: str
     pause_image: str | None
+    private_registry: PrivateRegistry | None
+    """None where the target has no registry behind authentication."""
 
     def runtime(self, **settings: Any) -> Runtime:
         if self.pause_image:
@@ -169,6 +181,14 @@ class Target:
         """Create a Lease as another worker (or a dead one) would have; returns it."""
         raise NotImplementedError
 
+    async def node_log(self, pod: str, container: str) -> list[bytes] | None:
+        """The lines of the container's latest instance as the node itself stores them
+        (the container runtime's log file, before the kubelet or the API server serve
+        it), partial records joined; a last record the runtime never finished is the
+        last line, as it stands. Read it before the pod is deleted. None where the
+        node's files are out of reach (a cluster other than the local one)."""
+        raise NotImplementedError
+
     async def pod_gone(self, name: str) -> None:
         """Poll the ground truth until the pod no longer exists (bound it with
         ``anyio.fail_after``): a deletion takes the pod's grace period."""
@@ -211,8 +231,14 @@ class FakeTarget(Target):
             image_aliases={DEFAULT_PAUSE_IMAGE: PAUSE_ALIAS},
             # What the local cluster's node offers on the 2-core machine.
             node_allocatable={"cpu": "2", "memory": "24Gi"},
-            private_registries={PRIVATE_REGISTRY: PRIVATE_REGISTRY_LOGIN},
+            private_registries={
+                FAKE_PRIVATE_REGISTRY.host: (
+                    FAKE_PRIVATE_REGISTRY.username,
+                    FAKE_PRIVATE_REGISTRY.password,
+                )
+            },
         )
+        self.private_registry = FAKE_PRIVATE_REGISTRY
         self.cluster = self.fake
         self.namespace = "integration"
         self.pause_image = None
@@ -292,6 +318,18 @@ class FakeTarget(Target):
         lease: JSON = await self.fake.create_lease(self.namespace, manifest)
         return lease
 
+    async def node_log(self, pod: str, container: str) -> list[bytes] | None:
+        # The simulated node's record of the instance (every file, rotated ones too).
+        log = self.fake._kubelet.log_for(self.namespace, pod, container)
+        lines: list[bytes] = []
+        pending = b""
+        for record in log.lines:
+            pending += record.text
+            if record.complete:
+                lines.append(pending)
+                pending = b""
+        return [*lines, pending] if pending else lines
+
     async def create_runtime_class(self, name: str, handler: str) -> None:
         # The simulated node runs every pod the same way, whatever its class.
         return None
@@ -321,6 +359,7 @@ class ClusterTarget(Target):
         self.cluster = KubeCluster(client.ApiClient(configuration))
         self.namespace = namespace
         self.pause_image = LOCAL_PAUSE_IMAGE
+        self.private_registry = _local_private_registry() if self.local else None
         self._outside = KubeCluster.from_kubeconfig(kubeconfig)
         self._admin = config.new_client_from_config(config_file=kubeconfig)
         self._volumes: list[str] = []
@@ -540,6 +579,20 @@ class ClusterTarget(Target):
         await anyio.to_thread.run_sync(lambda: node.create_runtime_class(body))
         self._runtime_classes.append(name)
 
+    async def node_log(self, pod: str, container: str) -> list[bytes] | None:
+        if not self.local:
+            return None
+        current = await self.read_pod(pod)
+        assert current is not None, f"pod {pod} does not exist"
+        uid = current["metadata"]["uid"]
+        directory = _state_root() / "pod-logs" / f"{self.namespace}_{pod}_{uid}" / container
+        # <restart count>.log, and <restart count>.log.<time> for the files the kubelet
+        # rotated away while the instance ran.
+        latest = max(int(f.name.split(".")[0]) for f in directory.glob("*.log"))
+        files = [*sorted(directory.glob(f"{latest}.log.*")), directory / f"{latest}.log"]
+        data = b"".join([await anyio.Path(f).read_bytes() for f in files])
+        return cri_log_lines(data)
+
     async def read_secret(self, name: str) -> JSON | None:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -587,12 +640,42 @@ class ClusterTarget(Target):
         self._admin.close()
 
 
+def cri_log_lines(data: bytes) -> list[bytes]:
+    """The lines of a CRI log file: ``<time> <stream> <P|F> <text>`` records, a line
+    longer than the runtime's maximum split into P(artial) records ended by an F(ull)
+    one. A file cut inside a record keeps what it has of it as its last line."""
+    lines: list[bytes] = []
+    pending = b""
+    records = data.split(b"\n")
+    for number, record in enumerate(records):
+        if not record and number == len(records) - 1:
+            break
+        fields = record.split(b" ", 3)
+        if len(fields) < 4:  # cut inside the record's header: no text of it stored
+            break
+        pending += fields[3]
+        if fields[2] == b"F":
+            lines.append(pending)
+            pending = b""
+    return [*lines, pending] if pending else lines
+
+
 def _state_root() -> Path:
     return Path(os.environ.get("BUILDRUNTIME_CLUSTER_STATE", "/var/lib/buildruntime-cluster"))
 
 
 def _run_root() -> Path:
     return Path(os.environ.get("BUILDRUNTIME_CLUSTER_RUN", "/run/buildruntime-cluster"))
+
+
+def _local_private_registry() -> PrivateRegistry | None:
+    """The local cluster's registry behind basic auth, as integration/cluster/up
+    describes it (None on a cluster started before it had one)."""
+    try:
+        described = json.loads((_state_root() / "private-registry.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return PrivateRegistry(described["host"], described["username"], described["password"])
 
 
 def _apiserver_pid() -> int | None:

@@ -314,9 +314,10 @@ async def test_a_real_410_gone_after_etcd_is_compacted_while_the_watches_are_hel
         "b": (0, None),
     }
     # The proof that a real 410 happened: the events watch that resumed from a
-    # compacted version was answered 410 Gone, and the runtime listed events again.
+    # compacted version was answered 410 Gone, and the runtime listed events (its events
+    # watch starts unlisted at the pod's creation: any list is a relist).
     assert recorder.expired_on("events"), recorder.expired
-    assert seen.requests.count(Request("list", "events")) >= 2
+    assert seen.requests.count(Request("list", "events")) >= 1
     # Nothing missed, nothing twice: the event posted during the hold, found by the
     # relist, is reported once; each step started and completed once.
     warnings = [(e.step, e.reason, e.message) for e in seen.events if e.kind == "warning"]

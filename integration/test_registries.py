@@ -10,31 +10,37 @@ import pytest
 
 from buildruntime import BuildSpec, ImagePullError, RegistryCredentials, StepSpec
 
-from .conftest import PRIVATE_REGISTRY, PRIVATE_REGISTRY_LOGIN, Target
+from .conftest import PrivateRegistry, Target
 
 pytestmark = pytest.mark.anyio
 
-IMAGE = f"{PRIVATE_REGISTRY}/library/busybox:latest"
 
-
-def _spec(prefix: str, **build: object) -> BuildSpec:
+def _spec(registry: PrivateRegistry, prefix: str, **build: object) -> BuildSpec:
+    image = f"{registry.host}/library/busybox:latest"
     return BuildSpec(
         build_id=f"{prefix}-{uuid.uuid4().hex[:6]}",
         # Always: an image already on the node is not pulled, so needs no credentials.
-        steps=[StepSpec(name="s", image=IMAGE, commands=["echo pulled"], pull_policy="Always")],
+        steps=[StepSpec(name="s", image=image, commands=["echo pulled"], pull_policy="Always")],
         **build,  # type: ignore[arg-type]
     )
 
 
-@pytest.fixture(autouse=True)
-def _only_where_the_registry_asks(target: Target) -> None:
-    if target.kind != "fake":
-        pytest.skip("the local cluster's registry has no authentication yet (README: Known limits)")
+@pytest.fixture
+def registry(target: Target) -> PrivateRegistry:
+    if target.private_registry is None:
+        pytest.skip("this cluster has no registry behind authentication to pull from")
+    return target.private_registry
 
 
-async def test_an_image_pulls_with_the_builds_credentials(target: Target) -> None:
-    user, password = PRIVATE_REGISTRY_LOGIN
-    spec = _spec("private", registries={PRIVATE_REGISTRY: RegistryCredentials(user, password)})
+async def test_an_image_pulls_with_the_builds_credentials(
+    target: Target, registry: PrivateRegistry
+) -> None:
+    password = registry.password
+    spec = _spec(
+        registry,
+        "private",
+        registries={registry.host: RegistryCredentials(registry.username, password)},
+    )
     async with target.runtime() as rt:
         build = await rt.setup_build(spec)
         assert password not in str(build.pod_manifest)
@@ -54,8 +60,10 @@ async def test_an_image_pulls_with_the_builds_credentials(target: Target) -> Non
     assert await target.read_secret(f"{spec.pod_name}-registries") is None
 
 
-async def test_without_credentials_the_pull_is_refused_and_says_so(target: Target) -> None:
-    spec = _spec("refused")
+async def test_without_credentials_the_pull_is_refused_and_says_so(
+    target: Target, registry: PrivateRegistry
+) -> None:
+    spec = _spec(registry, "refused")
     async with target.runtime() as rt:
         build = await rt.setup_build(spec)
         await rt.assemble_build(build)
@@ -66,4 +74,26 @@ async def test_without_credentials_the_pull_is_refused_and_says_so(target: Targe
             await rt.remove_build(build)
     assert info.value.step == "s"
     assert info.value.message is not None
-    assert "401 Unauthorized" in info.value.message
+    # The kubelet's words (containerd 2's): refused for want of credentials.
+    assert "pull access denied" in info.value.message
+    assert "no basic auth credentials" in info.value.message
+    assert f"{registry.host}/library/busybox:latest" in info.value.message
+
+
+async def test_wrong_credentials_are_refused_by_the_registry(
+    target: Target, registry: PrivateRegistry
+) -> None:
+    wrong = RegistryCredentials(registry.username, "not-" + registry.password)
+    spec = _spec(registry, "wrong", registries={registry.host: wrong})
+    async with target.runtime() as rt:
+        build = await rt.setup_build(spec)
+        await rt.assemble_build(build)
+        try:
+            with anyio.fail_after(60), pytest.raises(ImagePullError) as info:
+                await rt.run_container(build, "s")
+        finally:
+            await rt.remove_build(build)
+    assert info.value.step == "s"
+    assert info.value.message is not None
+    assert "/library/busybox/manifests/latest: 401 Unauthorized" in info.value.message
+    assert registry.password not in str(info.value)

@@ -27,7 +27,24 @@ ENTRYPOINT_IMAGE=localhost/entrypoint-echo:1
 BUSYBOX_IMAGES="localhost/busybox:latest docker.io/library/busybox:latest localhost/busybox:1.35 docker.io/library/busybox:1.35"
 # images/build output lives in $CACHE_ROOT/images-<hash of its inputs> (set by `up`).
 REGISTRY_ADDR=127.0.0.1:5055
+# The same registry behind HTTP basic auth, named by its own address: images named
+# 127.0.0.1:5056/... pull only with these credentials (an image pull Secret). `up`
+# writes both to $STATE_ROOT/private-registry.json for the integration suite.
+PRIVATE_REGISTRY_ADDR=127.0.0.1:5056
+PRIVATE_REGISTRY_USER=ci
+PRIVATE_REGISTRY_PASSWORD=pull-pass-2026
 
 # kube-controller-manager runs only what pods, ServiceAccounts, namespaces, RBAC
 # aggregation and ResourceQuota need.
 KCM_CONTROLLERS=persistentvolume-binder-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,node-lifecycle-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,resourcequota-controller
+
+# The node's container runtime, built from Go modules by build-node (Debian's containerd
+# 1.6 / runc 1.1 cut a fast-exiting container's last output). Both still support this
+# machine's cgroup v1 (deprecated: containerd until at least May 2029, runc since 1.4).
+CONTAINERD_VERSION=v2.4.2
+RUNC_VERSION=v1.5.3
+# runc's seccomp support links libseccomp (cgo); libpathrs (a Rust library) is left out:
+# runc then uses its pure-Go path resolution.
+RUNC_BUILDTAGS="seccomp urfave_cli_no_docs"
+NODE_BIN="$CACHE_ROOT/node-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION/bin"
+NODE_COMPONENTS="containerd containerd-shim-runc-v2 ctr runc"

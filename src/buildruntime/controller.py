@@ -216,7 +216,12 @@ class BuildController:
                     owned_by_pod(self.spec.pod_name, uid),
                 ),
             )
-        self.informer.watch_events(self._events_selector(uid))
+        # Events name the pod's uid, so none exists before its creation: the events
+        # watch starts there, with no list (see Reflector's empty_at).
+        self.informer.watch_events(
+            self._events_selector(uid),
+            empty_at=(created.get("metadata") or {}).get("resourceVersion") or None,
+        )
         await self._wait_scheduled()
         await self._wait_placeholders()
         with anyio.move_on_after(self.settings.api_timeout):

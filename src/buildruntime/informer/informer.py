@@ -72,13 +72,14 @@ class Informer:
         finally:
             self._task_group = None
 
-    def watch_events(self, field_selector: str) -> None:
-        """Start the events reflector with ``field_selector`` (once; the informer runs)."""
+    def watch_events(self, field_selector: str, *, empty_at: str | None = None) -> None:
+        """Start the events reflector with ``field_selector`` (once; the informer runs).
+        ``empty_at``: a resourceVersion at which no Event matched (see :class:`Reflector`)."""
         assert self._task_group is not None, "the informer is not running"
         assert self.event_reflector is None, "events are already watched"
-        self._start_events(field_selector)
+        self._start_events(field_selector, empty_at)
 
-    def _start_events(self, field_selector: str) -> None:
+    def _start_events(self, field_selector: str, empty_at: str | None = None) -> None:
         assert self._task_group is not None
         self.event_reflector = Reflector(
             self.cluster,
@@ -89,6 +90,7 @@ class Informer:
             replace=self._replace_events,
             apply=self._apply_event,
             settings=self._settings,
+            empty_at=empty_at,
         )
         self._task_group.start_soon(self.event_reflector.run)
 

@@ -86,6 +86,7 @@ class Reflector(Generic[S]):
         label_selector: str | None = None,
         field_selector: str | None = None,
         settings: ReflectorSettings | None = None,
+        empty_at: str | None = None,
     ) -> None:
         self._cluster = cluster
         self._resource: Resource = resource
@@ -98,6 +99,7 @@ class Reflector(Generic[S]):
         self._settings = settings or ReflectorSettings()
         self._resource_version: str | None = None
         self._relist_from: str | None = "0"  # "0": the first list may come from the watch cache
+        self._empty_at = empty_at
         self.synced = anyio.Event()
         self.last_error: BaseException | None = None
         self._last_heard = 0.0
@@ -111,7 +113,21 @@ class Reflector(Generic[S]):
         return self._resource_version
 
     async def run(self) -> None:
-        """List and watch until cancelled, backing off on every transient failure."""
+        """List and watch until cancelled, backing off on every transient failure.
+
+        With ``empty_at`` (a resourceVersion at which the caller knows that nothing
+        matched: a pod's Events at the pod's creation, since they name its uid) the first
+        list is skipped and the first watch starts there. Events are not in the API
+        server's watch cache, so that list would be an etcd range read of every Event in
+        the namespace, filtered by the field selector: a cost that grows with the builds
+        sharing the namespace, to learn nothing. The watch from ``empty_at`` replays
+        whatever came after it; a 410 (compacted) relists as always.
+        """
+        if self._empty_at is not None:
+            self._replace([])
+            self._resource_version = self._relist_from = self._empty_at
+            self.synced.set()
+            await self._watch_until_relist()
         while True:
             await self._retrying(self._list_and_replace)
             await self._watch_until_relist()

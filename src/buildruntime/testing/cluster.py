@@ -81,7 +81,9 @@ class FakeCluster:
     pull takes; ``bookmark_interval`` how often watches get a BOOKMARK.
     ``private_registries`` maps a registry host to the (user, password) it wants: its
     images are pulled only for pods whose ``imagePullSecrets`` hold them, and are
-    refused ``401 Unauthorized`` otherwise (an image already on the node is not pulled
+    refused otherwise ("pull access denied ... no basic auth credentials" without
+    credentials for the host, ``401 Unauthorized`` with wrong ones, in containerd 2's
+    words) (an image already on the node is not pulled
     under IfNotPresent, credentials or not, as on a real node).
     ``node_allocatable`` is what the node offers pods (default ``{"cpu": "4", "memory":
     "16Gi"}``): a pod whose requests do not fit what is left is Unschedulable

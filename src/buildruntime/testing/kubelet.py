@@ -352,14 +352,15 @@ class PodWorker:
                 loops.start_soon(self._readiness_loop, container["name"])
 
     def _pull_refused(self, image: str) -> str | None:
-        """A private registry's answer to this pod's pull: 401 unless one of the pod's
-        ``imagePullSecrets`` holds the registry's user and password (as the kubelet
-        hands them to the container runtime)."""
+        """A private registry's answer to this pod's pull, in containerd 2's words: no
+        credentials for its host in the pod's ``imagePullSecrets`` (as the kubelet hands
+        them to the container runtime) is "pull access denied", wrong ones a 401."""
         host = registry_host(image)
         wanted = self.kubelet.private_registries.get(host)
         if wanted is None:
             return None
         pod = self.pod() or {}
+        offered: tuple[str, str] | None = None
         for ref in pod.get("spec", {}).get("imagePullSecrets") or []:
             data = (
                 self.kubelet.secret_data(self.namespace, ref.get("name", ""))
@@ -367,15 +368,26 @@ class PodWorker:
                 else None
             )
             config = json.loads((data or {}).get(".dockerconfigjson") or "{}")
-            auth = (config.get("auths") or {}).get(host) or {}
-            if (auth.get("username"), auth.get("password")) == wanted:
-                return None
+            auth = (config.get("auths") or {}).get(host)
+            if auth:
+                offered = (auth.get("username"), auth.get("password"))
+                if offered == wanted:
+                    return None
         normalized = normalize_image(image)
-        tag = normalized.rsplit(":", 1)[-1] if "@" not in normalized else normalized.split("@")[1]
-        return (
+        prefix = (
             f'rpc error: code = Unknown desc = failed to pull and unpack image "{normalized}": '
-            f'failed to resolve reference "{normalized}": pulling from host {host} failed '
-            f"with status code [manifests {tag}]: 401 Unauthorized"
+            "failed to resolve image: "
+        )
+        if offered is None:
+            return (
+                prefix + "pull access denied, repository does not exist or may require "
+                "authorization: authorization failed: no basic auth credentials"
+            )
+        name = normalized.removeprefix(f"{host}/")
+        repository, _, reference = name.partition("@") if "@" in name else name.rpartition(":")
+        return (
+            prefix + f"unexpected status from HEAD request to "
+            f"https://{host}/v2/{repository}/manifests/{reference}: 401 Unauthorized"
         )
 
     async def _readiness_loop(self, name: str) -> None:

@@ -5,9 +5,13 @@
 // for docker.io and localhost, so that pods naming "busybox" pull successfully even
 // with imagePullPolicy Always, and any other image of those registries gets a fast
 // 404 (ErrImagePull) instead of a network time-out.
+//
+// With -basic-auth user:password it answers every request without those credentials
+// 401 with a Basic challenge, as a private registry does (plain HTTP: loopback only).
 package main
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -33,6 +37,7 @@ type index struct {
 var (
 	layout = flag.String("layout", "", "OCI image layout directory to serve")
 	listen = flag.String("listen", "127.0.0.1:5000", "address to listen on (loopback only)")
+	login  = flag.String("basic-auth", "", "user:password every request must carry (HTTP basic auth); empty: none")
 	refs   = map[string]descriptor{} // "ns/repo:tag" -> manifest descriptor
 	mtypes = map[string]string{}     // digest -> manifest media type
 	pathRe = regexp.MustCompile(`^/v2/(.+)/(manifests|blobs)/([^/]+)$`)
@@ -41,6 +46,9 @@ var (
 
 func main() {
 	flag.Parse()
+	if *login != "" && !strings.Contains(*login, ":") {
+		log.Fatal("-basic-auth: want user:password")
+	}
 	raw, err := os.ReadFile(filepath.Join(*layout, "index.json"))
 	if err != nil {
 		log.Fatal(err)
@@ -69,6 +77,11 @@ func fail(w http.ResponseWriter, status int, code, msg string) {
 func handle(w http.ResponseWriter, r *http.Request) {
 	log.Printf("%s %s", r.Method, r.URL)
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if !authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="buildruntime-cluster"`)
+		fail(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		fail(w, http.StatusMethodNotAllowed, "UNSUPPORTED", "read-only registry")
 		return
@@ -127,6 +140,16 @@ func handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+// authorized tells whether the request carries the -basic-auth credentials (any request
+// does when there are none).
+func authorized(r *http.Request) bool {
+	if *login == "" {
+		return true
+	}
+	user, password, ok := r.BasicAuth()
+	return ok && subtle.ConstantTimeCompare([]byte(user+":"+password), []byte(*login)) == 1
 }
 
 // sniff reads the mediaType field of a manifest blob addressed by digest.

@@ -1,0 +1,366 @@
+"""Server cost: what running builds costs the control plane, buildruntime versus a
+per-step runtime, on the local cluster (integration/cluster/up).
+
+For each concurrency B (builds at once, S ``echo`` steps each, driven as a CI executor
+does: assemble, then per step run → tail → wait, then remove), three runs one after the
+other in fresh namespaces:
+
+- ``buildruntime``: one Runtime, B builds at once;
+- ``baseline``: ``bench/baseline_runtime.py`` (per-step watches, GETs, log retries);
+- ``kubelet only``: the same pods created, their step images patched in one after the
+  other at the pace the runtimes ran them, and deleted, with no watch and no log read:
+  what the kubelet's own status writes and the writes every runtime must make cost.
+
+Figures per run: wall time; CPU seconds of kube-apiserver, etcd and the kubelet from
+``/proc/<pid>/stat`` (utime + stime) minus what the idle control plane burns in the same
+time (measured first, in the same run); requests by verb (both runtimes go through the
+same counting wrapper); step latency p50/p99 (``run_container`` → ``wait_container``
+returning) and assemble latency p50/p99. "runtime CPU" is apiserver + etcd CPU above
+idle minus the kubelet-only run's: what the runtime's own reads, watches and log
+streams cost the control plane.
+
+The breakdown reads the apiserver's ``/metrics`` before and after each run: server time
+by verb and resource (``apiserver_request_duration_seconds_sum``), watch events sent by
+resource (``apiserver_watch_events_total``) and etcd time by operation
+(``etcd_request_duration_seconds_sum``). Events are not in the apiserver's watch cache:
+each per-build events watch is an etcd watch whose field selector the apiserver checks
+against every event of the namespace, so its cost may grow with the builds sharing a
+namespace; the per-build columns show whether it does.
+
+    KUBECONFIG=/var/lib/buildruntime-cluster/admin.kubeconfig \\
+        .venv/bin/python bench/server_cost.py --builds 1,10,30,50,100 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _common
+import anyio
+from baseline_runtime import BaselineRuntime
+
+from buildruntime import BuildSpec, Runtime, StepSpec
+from buildruntime.spec import render_pod
+
+COMPONENTS = ("kube-apiserver", "etcd", "kubelet")
+PIDS = Path(os.environ.get("BUILDRUNTIME_CLUSTER_RUN", "/run/buildruntime-cluster")) / "pids"
+TICKS = os.sysconf("SC_CLK_TCK")
+METRIC_FAMILIES = (
+    "apiserver_request_duration_seconds_sum",
+    "apiserver_watch_events_total",
+    "apiserver_watch_events_sizes_sum",
+    "etcd_request_duration_seconds_sum",
+)
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def cpu_seconds() -> dict[str, float]:
+    """utime + stime of each control-plane process, in seconds."""
+    out: dict[str, float] = {}
+    for name in COMPONENTS:
+        pid = (PIDS / f"{name}.pid").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
+def scrape(api: Any) -> Counter[str]:
+    """The apiserver's /metrics, the families of METRIC_FAMILIES only, keyed
+    ``family verb resource`` (or ``family operation type`` for etcd)."""
+    response = api.call_api("GET", api.configuration.host + "/metrics")
+    response.read()
+    text = response.data.decode()
+    samples: Counter[str] = Counter()
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match.group(1) not in METRIC_FAMILIES:
+            continue
+        labels = dict(_LABEL.findall(match.group(2) or ""))
+        if match.group(1).startswith("etcd"):
+            key = f"{labels.get('operation', '')} {labels.get('type', '')}"
+        elif "watch_events" in match.group(1):
+            key = labels.get("resource", labels.get("kind", ""))
+        else:
+            key = f"{labels.get('verb', '')} {labels.get('resource', '')}"
+            if labels.get("subresource"):
+                key += "/" + labels["subresource"]
+        samples[f"{match.group(1)} {key}"] += float(match.group(3))
+    return samples
+
+
+def spec(build_id: str, steps: int) -> BuildSpec:
+    return BuildSpec(
+        build_id=build_id,
+        steps=[
+            StepSpec(name=f"s{i}", image="busybox", commands=[f"echo step {i} of {build_id}"])
+            for i in range(steps)
+        ],
+    )
+
+
+@dataclass
+class Run:
+    """One run's measurements."""
+
+    runtime: str
+    builds: int
+    steps: int
+    wall: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+    requests: Counter[str] = field(default_factory=Counter)
+    step_latency: list[float] = field(default_factory=list)
+    assemble_latency: list[float] = field(default_factory=list)
+    wrong_logs: int = 0
+    metrics: Counter[str] = field(default_factory=Counter)
+
+
+async def drive(runtime: Any, build_spec: BuildSpec, run: Run) -> None:
+    """A CI executor's calls for one build, timed."""
+    build = await runtime.setup_build(build_spec)
+    started = time.perf_counter()
+    await runtime.assemble_build(build)
+    run.assemble_latency.append(time.perf_counter() - started)
+    try:
+        for step in build_spec.steps:
+            started = time.perf_counter()
+            await runtime.run_container(build, step.name)
+            lines = [line async for line in runtime.tail_container(build, step.name)]
+            await runtime.wait_container(build, step.name)
+            run.step_latency.append(time.perf_counter() - started)
+            if lines != [f"step {step.name[1:]} of {build_spec.build_id}".encode()]:
+                run.wrong_logs += 1
+    finally:
+        await runtime.remove_build(build)
+
+
+async def kubelet_only(
+    cluster: _common.CountingCluster,
+    namespace: str,
+    build_spec: BuildSpec,
+    run: Run,
+    assemble: float,
+    step: float,
+) -> None:
+    """The writes alone, paced like a runtime's build: create, patch each step in after
+    ``step`` seconds, delete. No watch, no log read."""
+    manifest = render_pod(build_spec, namespace=namespace, pause_image=_common.LOCAL_PAUSE_IMAGE)
+    await cluster.create_pod(namespace, manifest)
+    await anyio.sleep(assemble)
+    for each in build_spec.steps:
+        patch = {"spec": {"containers": [{"name": each.name, "image": each.image}]}}
+        await cluster.patch_pod(namespace, build_spec.pod_name, patch)
+        await anyio.sleep(step)
+    await cluster.delete_pod(namespace, build_spec.pod_name)
+
+
+async def measure(
+    kubeconfig: str, api: Any, which: str, builds: int, steps: int, pace: tuple[float, float]
+) -> Run:
+    run = Run(which, builds, steps)
+    with _common.fresh_namespace(kubeconfig, f"cost-{which[:4]}") as ns:
+        cluster = _common.kube_cluster(kubeconfig)
+        counting = _common.CountingCluster(cluster)
+        specs = [spec(f"{which[:4]}-{builds}-{i}", steps) for i in range(builds)]
+        metrics_before = scrape(api)
+        cpu_before = cpu_seconds()
+        started = time.perf_counter()
+        try:
+            if which == "buildruntime":
+                async with Runtime(
+                    counting, ns.name, pause_image=_common.LOCAL_PAUSE_IMAGE
+                ) as runtime:
+                    await _all(specs, lambda s: drive(runtime, s, run))
+            elif which == "baseline":
+                baseline = BaselineRuntime(counting, ns.name, pause_image=_common.LOCAL_PAUSE_IMAGE)
+                await _all(specs, lambda s: drive(baseline, s, run))
+            else:
+                await _all(
+                    specs, lambda s: kubelet_only(counting, ns.name, s, run, pace[0], pace[1])
+                )
+        finally:
+            await cluster.aclose()
+        run.wall = time.perf_counter() - started
+        after = cpu_seconds()
+        run.cpu = {name: after[name] - cpu_before[name] for name in COMPONENTS}
+        run.metrics = scrape(api)
+        run.metrics.subtract(metrics_before)
+        run.requests = counting.counts()
+        # Let the namespace's pods go before the next run's clock starts.
+        await _pods_gone(api, ns.name)
+    return run
+
+
+async def _all(specs: list[BuildSpec], one: Callable[[BuildSpec], Awaitable[None]]) -> None:
+    async with anyio.create_task_group() as tg:
+        for each in specs:
+            tg.start_soon(one, each)
+
+
+async def _pods_gone(api: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    with anyio.move_on_after(120):
+        while (await anyio.to_thread.run_sync(core.list_namespaced_pod, namespace)).items:
+            await anyio.sleep(0.5)
+
+
+async def idle_rate(seconds: float) -> dict[str, float]:
+    """CPU seconds per second of each component with nothing running."""
+    before = cpu_seconds()
+    await anyio.sleep(seconds)
+    after = cpu_seconds()
+    return {name: (after[name] - before[name]) / seconds for name in COMPONENTS}
+
+
+HEADERS = [
+    "builds × steps",
+    "runtime",
+    "wall s",
+    "apiserver CPU s",
+    "etcd CPU s",
+    "kubelet CPU s",
+    "runtime CPU s",
+    "runtime CPU ms/build",
+    "requests",
+    "by verb",
+    "step p50 s",
+    "step p99 s",
+    "assemble p50 s",
+    "assemble p99 s",
+    "wrong logs",
+]
+
+
+def rows_of(runs: list[Run], idle: dict[str, float]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    alone = {r.builds: r for r in runs if r.runtime == "kubelet only"}
+    for run in runs:
+        above = {name: run.cpu[name] - idle[name] * run.wall for name in COMPONENTS}
+        plane = above["kube-apiserver"] + above["etcd"]
+        base = alone.get(run.builds)
+        own: float | str = ""
+        if base is not None and run.runtime != "kubelet only":
+            base_plane = sum(base.cpu[n] - idle[n] * base.wall for n in COMPONENTS[:2])
+            own = plane - base_plane
+        verbs = ", ".join(
+            f"{verb} {run.requests[verb]}"
+            for verb in ("create", "list", "watch", "get", "patch", "log", "delete")
+            if run.requests[verb]
+        )
+        rows.append(
+            [
+                f"{run.builds} × {run.steps}",
+                run.runtime,
+                run.wall,
+                above["kube-apiserver"],
+                above["etcd"],
+                above["kubelet"],
+                own,
+                own * 1000 / run.builds if isinstance(own, float) else "",
+                run.requests["total"],
+                verbs,
+                _common.percentile(run.step_latency, 50) if run.step_latency else "",
+                _common.percentile(run.step_latency, 99) if run.step_latency else "",
+                _common.percentile(run.assemble_latency, 50) if run.assemble_latency else "",
+                _common.percentile(run.assemble_latency, 99) if run.assemble_latency else "",
+                run.wrong_logs if run.runtime != "kubelet only" else "",
+            ]
+        )
+    return rows
+
+
+def breakdown(runs: list[Run], top: int) -> str:
+    """Per run, the largest server-side costs from /metrics (seconds, or events)."""
+    out: list[list[object]] = []
+    for run in runs:
+        for family, label in (
+            ("apiserver_request_duration_seconds_sum", "server s"),
+            ("apiserver_watch_events_total", "watch events"),
+            ("etcd_request_duration_seconds_sum", "etcd s"),
+        ):
+            items = [
+                (key.split(" ", 1)[1], value)
+                for key, value in run.metrics.items()
+                if key.startswith(family + " ")
+                and value > 0
+                # A watch's or log stream's "duration" is how long it stayed open.
+                and not key.split(" ", 2)[1].startswith(("WATCH", "CONNECT"))
+            ]
+            items.sort(key=lambda kv: -kv[1])
+            shown = ", ".join(
+                f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+                for name, value in items[:top]
+            )
+            out.append([f"{run.builds} × {run.steps}", run.runtime, label, shown])
+    return _common.table(["builds × steps", "runtime", "what", "largest"], out)
+
+
+async def main_async(args: argparse.Namespace, kubeconfig: str) -> tuple[str, str, str]:
+    from kubernetes import config
+
+    api: Any = config.new_client_from_config(config_file=kubeconfig)
+    idle = await idle_rate(args.idle)
+    idle_line = (
+        f"Idle control plane, {args.idle:g} s at the start: "
+        + ", ".join(f"{n} {idle[n] * 20:.2f} s CPU per 20 s" for n in COMPONENTS)
+        + "."
+    )
+    print(idle_line, flush=True)
+    runs: list[Run] = []
+    for builds in [int(b) for b in args.builds.split(",")]:
+        measured: list[Run] = []
+        for which in ("buildruntime", "baseline"):
+            run = await measure(kubeconfig, api, which, builds, args.steps, (0.0, 0.0))
+            measured.append(run)
+            print(_common.table(HEADERS, rows_of([run], idle)).splitlines()[-1], flush=True)
+        # The writes alone, paced like the slower of the two runtimes.
+        slow = max(measured, key=lambda r: _common.percentile(r.step_latency, 50))
+        pace = (
+            _common.percentile(slow.assemble_latency, 50),
+            _common.percentile(slow.step_latency, 50),
+        )
+        alone = await measure(kubeconfig, api, "kubelet only", builds, args.steps, pace)
+        measured.append(alone)
+        print(_common.table(HEADERS, rows_of([alone], idle)).splitlines()[-1], flush=True)
+        runs += measured
+    api.close()
+    return idle_line, _common.table(HEADERS, rows_of(runs, idle)), breakdown(runs, args.top)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--builds", default="1,10,30,50,100", help="concurrent builds")
+    parser.add_argument("--steps", type=int, default=3, help="echo steps per build")
+    parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
+    parser.add_argument("--top", type=int, default=4, help="breakdown entries per family")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    kubeconfig = _common.require_kubeconfig("cluster")
+    assert kubeconfig is not None
+    idle_line, result, detail = anyio.run(main_async, args, kubeconfig)
+    print()
+    print(result)
+    print()
+    print(detail)
+    if not args.no_record:
+        _common.append_results(
+            "server_cost.py",
+            "Control-plane cost of concurrent builds on the local cluster (CPU above the "
+            "idle rate; 'runtime CPU' = apiserver + etcd above idle minus the kubelet-only "
+            f"run's).\n\n{idle_line}\n\n{result}\n\nFrom the apiserver's /metrics:\n\n"
+            f"{detail}\n",
+        )
+
+
+if __name__ == "__main__":
+    main()
