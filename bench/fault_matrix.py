@@ -282,6 +282,25 @@ async def _handover(name: str, builds: int, lines: int, *, kill: bool, contested
     return row
 
 
+async def _handovers(builds: int, lines: int) -> list[Row]:
+    """The hand-over rows: a killed worker's builds, a rolling upgrade, two adopters."""
+    return [
+        await _handover(
+            "worker killed mid-step, another attaches", builds, lines, kill=True, contested=False
+        ),
+        await _handover(
+            "rolling upgrade: released, another attaches",
+            builds,
+            lines,
+            kill=False,
+            contested=False,
+        ),
+        await _handover(
+            "two workers adopt each build at once", builds, lines, kill=False, contested=True
+        ),
+    ]
+
+
 async def main(builds: int, lines: int) -> list[Row]:
     scenarios: list[tuple[str, Callable[[Row], Fault]]] = [
         ("none (baseline)", lambda row: _once(3600, lambda c: None, row)),
@@ -309,25 +328,7 @@ async def main(builds: int, lines: int) -> list[Row]:
     rows.append(await _deleted_from_outside(builds))
     rows.append(await _oom(builds))
     rows.append(await _workers_killed_on_fake(builds, lines))
-    rows.append(
-        await _handover(
-            "worker killed mid-step, another attaches", builds, lines, kill=True, contested=False
-        )
-    )
-    rows.append(
-        await _handover(
-            "rolling upgrade: released, another attaches",
-            builds,
-            lines,
-            kill=False,
-            contested=False,
-        )
-    )
-    rows.append(
-        await _handover(
-            "two workers adopt each build at once", builds, lines, kill=False, contested=True
-        )
-    )
+    rows += await _handovers(builds, lines)
     return rows
 
 
@@ -507,12 +508,17 @@ if __name__ == "__main__":
     parser.add_argument(
         "--kubeconfig", help="run the reaper's row on this cluster (with --reaper-only)"
     )
+    parser.add_argument(
+        "--handover-only", action="store_true", help="only the rows of builds handed over"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     if args.kubeconfig:
         rows = [anyio.run(_workers_killed_on_cluster, args.kubeconfig, args.builds, args.lines)]
     elif args.reaper_only:
         rows = [anyio.run(_workers_killed_on_fake, args.builds, args.lines)]
+    elif args.handover_only:
+        rows = anyio.run(_handovers, args.builds, args.lines)
     else:
         rows = anyio.run(main, args.builds, args.lines)
     table = render(rows)
