@@ -139,7 +139,7 @@ async def test_a_step_that_ends_in_time_is_untouched(target: Target) -> None:
             assert [line async for line in rt.tail_container(build, "quick")] == [b"quick"]
             result = await rt.wait_container(build, "quick")
             assert (result.exit_code, result.failure) == (0, None)
-            patches = [r for r in target.requests if r.verb == "patch"]
+            patches = [r for r in target.requests if r == ("patch", "pods")]
             assert len(patches) == 1, "a step that ended in time is never stopped"
         finally:
             await rt.remove_build(build)

@@ -126,10 +126,10 @@ async def test_inspect_reports_each_phase(runtime: Runtime) -> None:
 
 async def test_remove_build_is_idempotent(runtime: Runtime, cluster: FakeCluster) -> None:
     outcome = await run_build(runtime, BuildSpec(build_id="idem-1", steps=[step("s", "true")]))
-    deletes = [r for r in cluster.requests if r.verb == "delete"]
+    deletes = [r for r in cluster.requests if r == ("delete", "pods")]
     await runtime.remove_build(outcome.build)
     await runtime.remove_build(outcome.build)
-    assert [r for r in cluster.requests if r.verb == "delete"] == deletes
+    assert [r for r in cluster.requests if r == ("delete", "pods")] == deletes
 
 
 async def test_a_pod_without_the_runtimes_labels_is_never_touched(
@@ -148,7 +148,9 @@ async def test_a_pod_without_the_runtimes_labels_is_never_touched(
     await runtime.remove_build(build)
     still_there = await cluster.list("pods", "ci", field_selector="metadata.name=taken-1")
     assert [p["metadata"]["labels"] for p in still_there["items"]] == [{"app": "someone-else"}]
-    touched = [r.verb for r in cluster.requests if r.verb in ("patch", "delete")]
+    touched = [
+        r.verb for r in cluster.requests if r.verb in ("patch", "delete") and r.resource == "pods"
+    ]
     assert touched == []
     await cluster.delete_pod("ci", "taken-1")
 

@@ -159,10 +159,12 @@ class Reaper:
         holder = str(spec.get("holderIdentity") or labels.get(WORKER) or "")
         try:
             await self.cluster.delete_lease(self.namespace, name, resource_version=version)
-        except (ConflictError, NotFoundError):
-            # Renewed at the last moment, or another reaper was first: either way not
-            # this reaper's to delete.
-            self._seen.pop(name, None)
+        except ConflictError:
+            # Renewed at the last moment (the next list shows its new version and its
+            # clock starts again), or deleted and made anew: not this reaper's to delete.
+            return None
+        except NotFoundError:
+            self._seen.pop(name, None)  # another reaper was first
             return None
         self._seen.pop(name, None)
         log.warning(

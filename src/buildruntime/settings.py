@@ -47,8 +47,10 @@ class RuntimeSettings:
     workspace_path: str = DEFAULT_WORKSPACE_PATH
     """Where every step finds the build's workspace, unless the build says otherwise."""
     worker_id: str = field(default_factory=default_worker_id)
-    """This worker's identity (a DNS-1123 label): its Lease's holder and the
-    ``buildruntime.io/worker`` label of its pods. Default: host name and process id."""
+    """This worker's identity (a DNS-1123 label, unique among the live workers of the
+    namespace: two live workers under one id would share one Lease): its Lease's holder
+    and the ``buildruntime.io/worker`` label of its pods. Default: host name and
+    process id."""
     lease_duration: float = 30.0
     """How long the worker's Lease lasts unrenewed (its ``leaseDurationSeconds``)."""
     lease_renew_interval: float = 10.0

@@ -41,7 +41,7 @@ from buildruntime.testing.events import EventRecorder
 from buildruntime.testing.faults import Faults
 from buildruntime.testing.imagestore import ImageConfig, ImageStore
 from buildruntime.testing.kubelet import Kubelet
-from buildruntime.testing.leases import LeasesApi, orphaned_pods
+from buildruntime.testing.leases import LeasesApi, is_orphaned, orphaned_pods
 from buildruntime.testing.logs import LogContext, LogStream
 from buildruntime.testing.patch import apply_patch
 from buildruntime.testing.podspec import create_pod_object, validate_update
@@ -343,16 +343,19 @@ class FakeCluster:
         Lease is deleted (or a pod is created owned by one that does not exist), the
         pods left without any owner are deleted in the background, gracefully, as
         kube-controller-manager deletes them."""
-        if not (
-            (resource == "leases" and type == "DELETED") or (resource == "pods" and type == "ADDED")
-        ):
-            return
         namespace = obj["metadata"].get("namespace", "")
-        for name in orphaned_pods(self._server, namespace):
+        if resource == "leases" and type == "DELETED":
+            names = list(orphaned_pods(self._server, namespace))
+        elif resource == "pods" and type == "ADDED" and is_orphaned(self._server, obj):
+            names = [obj["metadata"]["name"]]
+        else:
+            return
+        for name in names:
             self._tasks.spawn(self._delete_orphan, namespace, name, name=f"gc {name}")
 
     async def _delete_orphan(self, namespace: str, name: str) -> None:
-        if name in orphaned_pods(self._server, namespace):
+        pod = self._server.get("pods", namespace, name)
+        if pod is not None and is_orphaned(self._server, pod):
             self._delete_pod(namespace, name, None)
 
     def secret(self, namespace: str, name: str) -> JSON | None:

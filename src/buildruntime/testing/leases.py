@@ -98,12 +98,19 @@ class LeasesApi:
 
 def orphaned_pods(server: APIServer, namespace: str) -> Iterator[str]:
     """The names of the pods in ``namespace`` that have owners, none of which exists
-    any more (by uid, as the garbage collector checks: a new object under the old name
-    is not the owner)."""
+    any more."""
     for (ns, name), pod in list(server.pods.objects.items()):
-        refs = pod["metadata"].get("ownerReferences") or []
-        if ns == namespace and refs and not any(_owner_exists(server, ns, ref) for ref in refs):
+        if ns == namespace and is_orphaned(server, pod):
             yield name
+
+
+def is_orphaned(server: APIServer, obj: JSON) -> bool:
+    """Whether ``obj`` has owners and none of them exists any more (by uid, as the
+    garbage collector checks: a new object under the old name is not the owner)."""
+    meta = obj["metadata"]
+    refs = meta.get("ownerReferences") or []
+    namespace = meta.get("namespace", "")
+    return bool(refs) and not any(_owner_exists(server, namespace, ref) for ref in refs)
 
 
 def _owner_exists(server: APIServer, namespace: str, ref: JSON) -> bool:
