@@ -155,7 +155,10 @@ class Runtime:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
             await self.lease.acquire()
-            self._task_group.start_soon(self._keep_lease)
+            # Made here, not in the task: an exit that comes before the task has started
+            # must still be able to stop it.
+            self._lease_tasks = anyio.CancelScope()
+            self._task_group.start_soon(self._keep_lease, self._lease_tasks)
         except BaseException:
             await stack.aclose()
             raise
@@ -183,10 +186,9 @@ class Runtime:
                 raise leaves[0] from None
             raise
 
-    async def _keep_lease(self) -> None:
-        """Renew the Lease and reap, until the runtime exits."""
-        self._lease_tasks = anyio.CancelScope()
-        with self._lease_tasks:
+    async def _keep_lease(self, scope: anyio.CancelScope) -> None:
+        """Renew the Lease and reap, until the runtime exits (``scope`` is cancelled)."""
+        with scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.lease.keep)
                 tg.start_soon(
