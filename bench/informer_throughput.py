@@ -299,19 +299,28 @@ async def _buildruntime_store(url: str, limit: int) -> Rate:
     return Rate("buildruntime: KubeCluster.watch → Store.apply_pod", count, elapsed, 0)
 
 
-async def _buildruntime_informer(url: str, limit: int) -> Rate:
+async def _buildruntime_informer(url: str, limit: int, telemetry_wired: bool = True) -> Rate:
     """The whole informer of a build: Informer (Reflector, list + watch → Store) →
     PodFanout → BuildView, with one fan-out and view per pod (each pod of the stream is
-    one build's pod)."""
+    one build's pod). Its telemetry is wired as a build's controller wires it (requests
+    counted at the port, the reflector and the views reporting to it), recording through
+    OpenTelemetry's no-op API: what a runtime costs when no SDK is configured
+    (``telemetry_wired=False``: none of it, for bench/telemetry_overhead.py)."""
+    from buildruntime import BuildSpec, StepSpec
     from buildruntime.build_view import BuildView
     from buildruntime.cluster.kube import KubeCluster
     from buildruntime.informer.fanout import PodFanout
     from buildruntime.informer.informer import Informer
     from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
     from buildruntime.informer.store import Delta
+    from buildruntime.telemetry import BuildTelemetry, instruments_for
 
     fanouts: dict[str, PodFanout] = {}
     steps = [f"step-{i}" for i in range(podgen.STEPS)]
+    spec = BuildSpec(
+        build_id="bench", steps=[StepSpec(name=s, image="busybox", commands=[]) for s in steps]
+    )
+    telemetry = BuildTelemetry(instruments_for(None, None), spec, NAMESPACE)
     count = 0
     done = anyio.Event()
 
@@ -321,7 +330,7 @@ async def _buildruntime_informer(url: str, limit: int) -> Rate:
         assert pod is not None
         fanout = fanouts.get(pod.name)
         if fanout is None:
-            view = BuildView(pod.name, steps)
+            view = BuildView(pod.name, steps, publish=[telemetry] if telemetry_wired else [])
             fanout = fanouts[pod.name] = PodFanout(steps, podgen.PLACEHOLDER, view)
         fanout.on_pod(delta)
         count += 1
@@ -332,7 +341,18 @@ async def _buildruntime_informer(url: str, limit: int) -> Rate:
         raise AssertionError("no events are watched here")
 
     async with KubeCluster(_api_client(url)) as cluster:
-        informer = Informer(cluster, NAMESPACE, pod_labels=None, on_pod=on_pod, on_event=on_event)
+        informer = (
+            Informer(
+                telemetry.cluster(cluster),
+                NAMESPACE,
+                pod_labels=None,
+                on_pod=on_pod,
+                on_event=on_event,
+                observer=telemetry,
+            )
+            if telemetry_wired
+            else Informer(cluster, NAMESPACE, pod_labels=None, on_pod=on_pod, on_event=on_event)
+        )
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             await tg.start(informer.run)
@@ -348,8 +368,8 @@ def buildruntime_store(url: str, limit: int) -> Rate:
     return anyio.run(_buildruntime_store, url, limit)
 
 
-def buildruntime_informer(url: str, limit: int) -> Rate:
-    return anyio.run(_buildruntime_informer, url, limit)
+def buildruntime_informer(url: str, limit: int, telemetry_wired: bool = True) -> Rate:
+    return anyio.run(_buildruntime_informer, url, limit, telemetry_wired)
 
 
 def official_watch(url: str, limit: int, *, deserialize: bool = True) -> Rate:

@@ -151,7 +151,7 @@ async def test_a_passing_pipeline(target: Target, tmp_path: Path) -> None:
     ]
     rows = _summary(run.out)
     assert [r[:3] for r in rows.values()] == [["greet", "ok", "0"], ["count", "ok", "0"]]
-    assert all(re.fullmatch(r"\d+(\.\d+)?s", r[3]) for r in rows.values()), rows
+    assert all(re.fullmatch(r"\d+(\.\d+)?s|<\d+s", r[3]) for r in rows.values()), rows
     assert "Traceback" not in run.err
     assert "error:" not in run.err
 
@@ -170,10 +170,42 @@ async def test_a_failing_pipeline_exits_with_the_steps_code(target: Target, tmp_
     rows = _summary(run.out)
     assert rows["build"][:3] == ["build", "ok", "0"]
     assert rows["test"][:3] == ["test", "failed", "3"]
-    assert rows["test"][4] == "APP_ERROR: Error"
-    assert rows["publish"] == ["publish", "skipped", "-", "-"]
+    assert rows["test"][5] == "APP_ERROR: Error"
+    assert rows["publish"] == ["publish", "skipped", "-", "-", "-"]
     assert "[test] failed: exit code 3 (APP_ERROR: Error)" in run.err.splitlines()
     assert "Traceback" not in run.err
+
+
+async def test_the_summary_shows_each_step_s_run_time_and_overhead(
+    target: Target, tmp_path: Path
+) -> None:
+    # A step shorter than its status takes to reach the watch is first seen ended: its
+    # run time is then the kubelet's (whole seconds), never the instant the tail took
+    # (on the local cluster, the kubelet's 1 s status relist makes that the usual case
+    # for a step under a second).
+    pipeline = tmp_path / "timed.yaml"
+    pipeline.write_text(
+        f"build_id: {_id('cli-timed')}\nsteps:\n"
+        f"  - {{name: nap, image: {BUSYBOX}, commands: ['sleep 0.6', 'echo woke']}}\n"
+        f"  - {{name: rest, image: {BUSYBOX}, commands: ['sleep 2.5', 'echo rested']}}\n"
+    )
+    run = await _run_to_end("run", str(pipeline), *_where(target))
+    assert run.status == 0, run.err
+    rows = _summary(run.out)
+    header = next(line for line in run.out.splitlines() if line.startswith("STEP "))
+    assert header.split() == ["STEP", "RESULT", "EXIT", "DURATION", "OVERHEAD", "FAILURE"]
+    for name, least in (("nap", 0.6), ("rest", 2.5)):
+        duration, overhead = rows[name][3], rows[name][4]
+        assert re.fullmatch(r"\d+\.\d+s", overhead), rows[name]
+        measured = re.fullmatch(r"(\d+\.\d+)s", duration)
+        if measured:
+            # Seen running: from there to its end, both seen through the watch. With
+            # the overhead it spans the patch to the end, which holds the whole run.
+            assert float(measured.group(1)) + float(overhead[:-1]) >= least, rows[name]
+        else:
+            bound = re.fullmatch(r"<(\d+)s", duration)
+            assert bound is not None, rows[name]
+            assert int(bound.group(1)) >= least, rows[name]
 
 
 async def test_sigterm_removes_the_build(target: Target, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ pytestmark = pytest.mark.anyio
 
 CPU_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
 """cgroup v1 (this machine's): 100000 per CPU of limit over the 100 ms period."""
+CPU_MAX = "/sys/fs/cgroup/cpu.max"
+"""cgroup v2 (a kind node on a current Linux): the quota, then the period."""
 
 
 async def test_ten_one_cpu_steps_schedule_on_a_two_cpu_node(target: Target) -> None:
@@ -25,7 +27,10 @@ async def test_ten_one_cpu_steps_schedule_on_a_two_cpu_node(target: Target) -> N
             StepSpec(
                 name=f"s{i}",
                 image=BUSYBOX,
-                commands=[f"cat {CPU_QUOTA} 2>/dev/null || echo no-cgroup"],
+                commands=[
+                    f"cat {CPU_QUOTA} 2>/dev/null || cut -d' ' -f1 {CPU_MAX} 2>/dev/null"
+                    " || echo no-cgroup"
+                ],
                 resources={"requests": {"cpu": "1"}, "limits": {"cpu": "1", "memory": "64Mi"}},
             )
             for i in range(10)

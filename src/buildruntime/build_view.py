@@ -10,9 +10,10 @@ captures and the namespace monitor read it; nothing writes to it but the fan-out
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from buildruntime import diagnosis
 from buildruntime.events import BuildEvent, EventKind
@@ -35,6 +36,12 @@ class StepView(ContainerView):
         return self.ended or self.failure is not None
 
 
+class EventSink(Protocol):
+    """Where else the build's domain events go (the runtime's stream, its telemetry)."""
+
+    def publish(self, item: BuildEvent, /) -> None: ...
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -47,7 +54,7 @@ class BuildView:
         build_id: str,
         steps: list[str],
         *,
-        publish: list[Topic[BuildEvent]] | None = None,
+        publish: Sequence[EventSink] = (),
         mask: Callable[[str], str] | None = None,
     ) -> None:
         self.build_id = build_id
@@ -63,7 +70,7 @@ class BuildView:
         # Readers want the latest pod or wait for one condition: a few snapshots do.
         self.pods: Topic[PodSnapshot | None] = Topic(retain=4)
         """Every snapshot of the pod, None once it is deleted."""
-        self._also_publish = publish or []
+        self._also_publish = publish
         self._emitted: set[tuple[str | None, str]] = set()
         self._warned: set[tuple[str | None, str, str]] = set()
         self._failures: dict[str, diagnosis.StepFailure] = {}

@@ -52,6 +52,7 @@ from buildruntime.results import Failure, StepResult
 from buildruntime.secrets import Masker, owned_by_pod, render_pull_secret, render_secret
 from buildruntime.settings import RuntimeSettings
 from buildruntime.spec import PAUSE_ANNOTATION, BuildSpec, StepSpec
+from buildruntime.telemetry import BuildTelemetry, instruments_for
 
 log = logging.getLogger("buildruntime")
 
@@ -91,7 +92,10 @@ class BuildController:
         runtime_events: Topic[BuildEvent],
         adopted: bool = False,
     ) -> None:
-        self.cluster = cluster
+        self.telemetry = BuildTelemetry(
+            instruments_for(settings.tracer_provider, settings.meter_provider), spec, namespace
+        )
+        self.cluster = cluster = self.telemetry.cluster(cluster)
         self.spec = spec
         self.namespace = namespace
         self.manifest = manifest
@@ -108,7 +112,7 @@ class BuildController:
         self.view = BuildView(
             spec.build_id,
             steps,
-            publish=[runtime_events],
+            publish=[runtime_events, self.telemetry],
             mask=self.masker.text if self.masker else None,
         )
         self.fanout = PodFanout(
@@ -124,6 +128,7 @@ class BuildController:
             on_pod=self.fanout.on_pod,
             on_event=self.fanout.on_event,
             settings=settings.reflector,
+            observer=self.telemetry,
         )
         self.steps = {name: StepRecord() for name in steps}
         mask = self.masker.lines if self.masker else None
@@ -148,6 +153,7 @@ class BuildController:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the informer, the capture starters and the timeout keepers until removed."""
+        self.telemetry.build_started()
         try:
             with self._cancel:
                 async with anyio.create_task_group() as tg:
@@ -167,6 +173,7 @@ class BuildController:
             leaves = exception_groups.leaves(error) if isinstance(error, ExceptionGroup) else []
             crash = leaves[0] if len(leaves) == 1 else error
             self.crash = crash if isinstance(crash, Exception) else error
+            self.telemetry.build_failed(self.crash)
             log.error(
                 "build %s: its watches stopped on an unexpected error",
                 self.build_id,
@@ -176,6 +183,7 @@ class BuildController:
             for buffer in self.buffers.values():
                 buffer.finish()
             self.view.close()
+            self.telemetry.build_ended()
             self.finished.set()
 
     def stop(self) -> None:
@@ -420,6 +428,7 @@ class BuildController:
         if not record.patched:
             if self.view.gone:
                 raise self.gone_error(step)
+            self.telemetry.step_patched(spec)
             await self._patch_image(step, spec.image, f"start step {step}")
             record.patched = True
         try:
@@ -666,6 +675,7 @@ class BuildController:
             buffer,
             step_ended=lambda timeout: self.step_ended(step, timeout),
             pod_gone=lambda: self.view.gone,
+            observer=self.telemetry,
         )
         await capture.run()
 

@@ -290,7 +290,8 @@ class Runtime:
         try:
             with controller.masking_errors():
                 await controller.assemble()
-        except BaseException:
+        except BaseException as error:
+            controller.telemetry.build_failed(error)
             with anyio.CancelScope(shield=True):
                 await controller.abandon()
                 self._forget(controller)

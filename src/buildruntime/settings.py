@@ -13,6 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TypedDict
 
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+
 from buildruntime.errors import SpecError
 from buildruntime.images import DEFAULT_PAUSE_IMAGE, image_problem
 from buildruntime.informer.reflector import ReflectorSettings
@@ -46,6 +49,11 @@ class RuntimeSettings:
     """Watch timing and backoff, the resync period included."""
     workspace_path: str = DEFAULT_WORKSPACE_PATH
     """Where every step finds the build's workspace, unless the build says otherwise."""
+    tracer_provider: TracerProvider | None = None
+    """Where the runtime's spans go; None: OpenTelemetry's global provider (a no-op
+    until the application sets one). See :mod:`buildruntime.telemetry`."""
+    meter_provider: MeterProvider | None = None
+    """Where the runtime's metrics go; None: OpenTelemetry's global provider."""
     worker_id: str = field(default_factory=default_worker_id)
     """This worker's identity (a DNS-1123 label, unique among the live workers of the
     namespace: two live workers under one id would share one Lease): its Lease's holder
@@ -114,6 +122,12 @@ class RuntimeSettings:
         object.__setattr__(
             self, "workspace_path", check_path(self.workspace_path, "workspace_path")
         )
+        for name, kind in (("tracer_provider", TracerProvider), ("meter_provider", MeterProvider)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise SpecError(
+                    name, f"must be an OpenTelemetry {kind.__name__}, not {type(value).__name__}"
+                )
 
     @property
     def resync_period(self) -> float:
@@ -132,6 +146,8 @@ class RuntimeOptions(TypedDict, total=False):
     log_memory_limit: int
     reflector: ReflectorSettings
     workspace_path: str
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
     worker_id: str
     lease_duration: float
     lease_renew_interval: float

@@ -84,6 +84,12 @@ class Row:
     ended: float | None = None
     step_result: StepResult | None = None
     failure: str = ""
+    overhead: float | None = None
+    """From ``run_container``'s call to its return: the image patch until the cache shows
+    the step's container running (or, for a step shorter than its status took to come,
+    already ended)."""
+    ended_unseen: bool = False
+    """The cache first showed the step already ended: no local clock saw it run."""
 
     @property
     def service(self) -> bool:
@@ -91,11 +97,17 @@ class Row:
         return self.step.detach
 
     @property
-    def duration(self) -> float | None:
-        """Measured here, from the step's start (or its attempt to start) to its end: the
-        API's timestamps have whole seconds only."""
+    def duration(self) -> str | None:
+        """The step's run time. Measured here, from the cache showing it running to its
+        end (the API's timestamps have whole seconds only), unless the cache first
+        showed it already ended: then only the kubelet's whole-second timestamps say
+        how long it ran, and the summary says "under so many seconds"."""
+        result = self.step_result
+        if self.ended_unseen and result and result.started_at and result.finished_at:
+            whole = int((result.finished_at - result.started_at).total_seconds())
+            return f"<{max(whole, 0) + 1}s"
         if self.started is not None and self.ended is not None:
-            return self.ended - self.started
+            return _seconds(self.ended - self.started)
         return None
 
     def overlaps(self, other: Row) -> bool:
@@ -324,11 +336,13 @@ async def _run_step(
     row.started = time.monotonic()
     try:
         await rt.run_container(build, name)
-        row.started = time.monotonic()  # from here on, the step's own run time
+        now = time.monotonic()
+        row.started, row.overhead = now, now - row.started  # from here on, its own run time
         if row.service:
             row.result = SERVICE
             services.follow(rt, build, row, outcome, console)
             return
+        row.ended_unseen = (await rt.inspect_container(build, name)).state == "terminated"
         async for raw in rt.tail_container(build, name):
             console.log(name, raw)
         result = await rt.wait_container(build, name)
@@ -489,7 +503,7 @@ async def _progress(build: Build, console: Console) -> None:
 
 
 def _summary(rows: list[Row], console: Console) -> None:
-    header = ["STEP", "RESULT", "EXIT", "DURATION", "FAILURE"]
+    header = ["STEP", "RESULT", "EXIT", "DURATION", "OVERHEAD", "FAILURE"]
     together = _parallel(rows)
     if any(together.values()):
         # Only when steps ran at the same time: a pipeline in file order keeps its table.
@@ -501,7 +515,8 @@ def _summary(rows: list[Row], console: Console) -> None:
             row.step.name,
             row.result,
             "-" if row.exit_code is None else str(row.exit_code),
-            "-" if duration is None else _seconds(duration),
+            duration or "-",
+            "-" if row.overhead is None or row.service else _seconds(row.overhead),
             row.failure,
         ]
         if len(header) > len(cells):

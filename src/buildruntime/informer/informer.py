@@ -16,7 +16,12 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from buildruntime.cluster.port import Cluster
 from buildruntime.informer.decoders import EVENT_SNAPSHOTS, POD_SNAPSHOTS
-from buildruntime.informer.reflector import Reflector, ReflectorSettings
+from buildruntime.informer.reflector import (
+    UNOBSERVED,
+    Reflector,
+    ReflectorSettings,
+    WatchObserver,
+)
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta, Store
 
@@ -38,6 +43,7 @@ class Informer:
         on_event: EventHandler,
         settings: ReflectorSettings | None = None,
         event_fields: str | None = None,
+        observer: WatchObserver = UNOBSERVED,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
@@ -45,6 +51,7 @@ class Informer:
         self._on_pod = on_pod
         self._on_event = on_event
         self._settings = settings
+        self._observer = observer
         self.pod_reflector = Reflector(
             cluster,
             "pods",
@@ -54,6 +61,7 @@ class Informer:
             replace=self._replace_pods,
             apply=self._apply_pod,
             settings=settings,
+            observer=observer,
         )
         self.event_reflector: Reflector[EventSnapshot] | None = None
         self._event_fields = event_fields
@@ -91,6 +99,7 @@ class Informer:
             apply=self._apply_event,
             settings=self._settings,
             empty_at=empty_at,
+            observer=self._observer,
         )
         self._task_group.start_soon(self.event_reflector.run)
 

@@ -21,7 +21,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Any, Generic, Literal, Protocol
 
 import anyio
 from tenacity import (
@@ -66,6 +66,29 @@ class ReflectorSettings:
     """A watch that delivers nothing, not even a bookmark, for this long is broken."""
 
 
+RelistCause = Literal["initial", "resync", "expired"]
+RestartCause = Literal["closed", "error", "stalled"]
+
+
+class WatchObserver(Protocol):
+    """Told of every list and every re-watch (never of single events), for metrics."""
+
+    def relisted(self, resource: Resource, cause: RelistCause) -> None: ...
+
+    def rewatched(self, resource: Resource, cause: RestartCause) -> None: ...
+
+
+class _Unobserved:
+    def relisted(self, resource: Resource, cause: RelistCause) -> None:
+        pass
+
+    def rewatched(self, resource: Resource, cause: RestartCause) -> None:
+        pass
+
+
+UNOBSERVED: WatchObserver = _Unobserved()
+
+
 class Reflector(Generic[S]):
     """List and watch one resource for one selector, feeding ``apply``/``replace``.
 
@@ -87,8 +110,10 @@ class Reflector(Generic[S]):
         field_selector: str | None = None,
         settings: ReflectorSettings | None = None,
         empty_at: str | None = None,
+        observer: WatchObserver = UNOBSERVED,
     ) -> None:
         self._cluster = cluster
+        self._observer = observer
         self._resource: Resource = resource
         self._namespace = namespace
         self._decoder = decoder
@@ -100,6 +125,7 @@ class Reflector(Generic[S]):
         self._resource_version: str | None = None
         self._relist_from: str | None = "0"  # "0": the first list may come from the watch cache
         self._empty_at = empty_at
+        self._relist_cause: RelistCause = "initial"
         self.synced = anyio.Event()
         self.last_error: BaseException | None = None
         self._last_heard = 0.0
@@ -126,6 +152,7 @@ class Reflector(Generic[S]):
         if self._empty_at is not None:
             self._replace([])
             self._resource_version = self._relist_from = self._empty_at
+            self._relist_cause = "resync"  # its first list will be a relist
             self.synced.set()
             await self._watch_until_relist()
         while True:
@@ -177,12 +204,15 @@ class Reflector(Generic[S]):
         except ExpiredError:
             # The version asked for is compacted already: a consistent read never is.
             self._relist_from = None
+            self._relist_cause = "expired"
             listing = await self._list()
         self._replace([self._decoder.from_item(item) for item in listing.get("items") or ()])
         self._resource_version = (listing.get("metadata") or {}).get("resourceVersion") or "0"
         # Later relists ask for at least what was seen, like client-go's relistResourceVersion.
         self._relist_from = self._resource_version
         self.relists += 1
+        self._observer.relisted(self._resource, self._relist_cause)
+        self._relist_cause = "resync"
         self.last_error = None
         self.synced.set()
 
@@ -203,6 +233,7 @@ class Reflector(Generic[S]):
                 # (consistent) list can tell what changed since.
                 log.info("%s watch expired in %s; relisting", self._resource, self._namespace)
                 self._relist_from = None
+                self._relist_cause = "expired"
                 return
             self.rewatches += 1
 
@@ -230,15 +261,20 @@ class Reflector(Generic[S]):
                 failure = error
             guard.cancel_scope.cancel()
         if failure is not None:
+            if not isinstance(failure, ExpiredError):  # a relist follows, not a re-watch
+                self._observer.rewatched(self._resource, "error")
             raise failure
         if self._stalled:
+            self._observer.rewatched(self._resource, "stalled")
             raise UnavailableError(
                 f"{self._resource} watch silent for {self._settings.watch_idle_timeout:g}s"
             )
         if not seen_any and anyio.current_time() - opened < self._settings.min_watch_duration:
             # An immediately closed, empty watch is a failure in disguise (a proxy
             # resetting us, an overloaded server): back off rather than spin.
+            self._observer.rewatched(self._resource, "error")
             raise UnavailableError(f"{self._resource} watch closed at once with no events")
+        self._observer.rewatched(self._resource, "closed")
 
     async def _follow_watch(self, timeout_seconds: int) -> bool:
         """Apply every event of one watch; True if it delivered any."""

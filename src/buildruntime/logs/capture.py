@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 
@@ -47,6 +48,24 @@ STALL_BURST_BYTES = 1024 * 1024
 BURST_PAUSE = 0.25  # a gap between chunks that ends a burst
 
 
+class CaptureObserver(Protocol):
+    """Told of every batch of lines delivered (never of single lines), for metrics."""
+
+    def captured(self, lines: int, size: int) -> None:
+        """``lines`` lines of ``size`` bytes (newlines not counted) went to the buffer."""
+
+    def missing(self, *, certain: bool) -> None:
+        """A notice that lines are (``certain``) or may be missing went to the buffer."""
+
+
+class _Unobserved:
+    def captured(self, lines: int, size: int) -> None:
+        pass
+
+    def missing(self, *, certain: bool) -> None:
+        pass
+
+
 class LogCapture:
     """Reads one step's log into its buffer, resuming after cuts, until the step ends.
 
@@ -77,6 +96,7 @@ class LogCapture:
         retry_delay: float = 0.2,
         max_retry_delay: float = 5.0,
         end_grace: float = 5.0,
+        observer: CaptureObserver | None = None,
     ) -> None:
         self._cluster = cluster
         self._namespace = namespace
@@ -88,6 +108,7 @@ class LogCapture:
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self._end_grace = end_grace
+        self._observer: CaptureObserver = observer or _Unobserved()
         self._judge = ResumeJudge()
         # At least the bytes the node's files hold of what was read: whether they can
         # have been rotated at all, and so whether the extra reads are worth a request.
@@ -215,6 +236,13 @@ class LogCapture:
         """Append a judgement's lines to the buffer, and say what it found amiss."""
         for _ in range(judgement.unstamped):
             log.warning("log line of %s/%s without a timestamp", self._pod, self._container)
-        if judgement.rotation is not None:
-            log.warning("%s/%s: %s", self._pod, self._container, judgement.rotation.reason)
-        self.buffer.append(judgement.lines)
+        lines = judgement.lines
+        count, size = len(lines), sum(map(len, lines))
+        rotation = judgement.rotation
+        if rotation is not None:
+            log.warning("%s/%s: %s", self._pod, self._container, rotation.reason)
+            self._observer.missing(certain=rotation.certain)
+            count, size = count - 1, size - len(rotation.notice)  # the notice is ours
+        if count:
+            self._observer.captured(count, size)
+        self.buffer.append(lines)
