@@ -92,7 +92,9 @@ async def test_working_dir_is_inside_the_pod_root_and_shared(
             "ws",
             step("tmp", f"echo tmp > {marker}; pwd", workingDir="/tmp"),
             step("real", f"echo real > {marker}; pwd", workingDir=str(host_dir)),
-            step("reader", f"cat {marker}; cat ../{marker}", workingDir=str(host_dir)),
+            # 2>&1: both cats' output in one stream, so in order (stdout and stderr are
+            # two pipes, read and logged in whatever order their lines come).
+            step("reader", f"cat {marker}; cat ../{marker} 2>&1", workingDir=str(host_dir)),
             step("home", "pwd; echo $HOME; cd; pwd; ls -d ~"),
         ),
     )
@@ -111,7 +113,9 @@ async def test_working_dir_is_inside_the_pod_root_and_shared(
     # ... the files are in the pod's root, where a later container of the pod sees them.
     assert (root / "tmp" / marker).read_text() == "tmp\n"
     await swap_in(cluster, "ws", "reader")
-    assert (await lines(cluster, "ws", "reader"))[0] == "real"
+    reader = await lines(cluster, "ws", "reader")
+    assert reader[0] == "real"
+    assert len(reader) == 2 and "No such file" in reader[1]  # not in the parent directory
 
     # No working dir: the container's "/" is the pod root; HOME is its /root.
     await swap_in(cluster, "ws", "home")
