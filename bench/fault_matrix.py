@@ -15,6 +15,7 @@ where the garbage collector and the pods' termination set the time to clean.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -28,12 +29,23 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
-from buildruntime import BuildSpec, Failure, PodGoneError, Runtime, StepSpec
+from buildruntime import (
+    Build,
+    BuildAdoptedError,
+    BuildSpec,
+    Failure,
+    PodGoneError,
+    Runtime,
+    StepSpec,
+)
 from buildruntime.cluster.port import Cluster
 from buildruntime.informer.reflector import ReflectorSettings
+from buildruntime.labels import managed_selector
 from buildruntime.testing import FakeCluster
 from buildruntime.testing.remote import FakeClusterServer
+from buildruntime.testing.severable import SeverableCluster
 
 RECOVERY = ReflectorSettings(backoff_initial=0.05, backoff_max=0.5)
 Fault = Callable[[FakeCluster], Awaitable[None]]
@@ -54,8 +66,8 @@ class Row:
     """For a fault that leaves something to clean up: how long it took."""
 
 
-def _ticker(name: str, lines: int) -> StepSpec:
-    script = f"i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo {name}-$i; sleep 0.005; done"
+def _ticker(name: str, lines: int, pause: float = 0.005) -> StepSpec:
+    script = f"i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo {name}-$i; sleep {pause}; done"
     return StepSpec(name=name, image="busybox", commands=[script])
 
 
@@ -82,8 +94,15 @@ async def _build(rt: Runtime, build_id: str, lines: int, row: Row) -> None:
     spec = BuildSpec(build_id=build_id, steps=[_ticker("a", lines), _ticker("b", lines)])
     build = await rt.setup_build(spec)
     await rt.assemble_build(build)
-    for step in spec.steps:
-        await rt.run_container(build, step.name)
+    await _finish(rt, build, lines, row)
+
+
+async def _finish(rt: Runtime, build: Build, lines: int, row: Row) -> None:
+    """Each step of ``build`` (started here unless it ran already) tailed and awaited,
+    its lines counted against what it printed; then the build removed."""
+    for step in build.spec.steps:
+        if (await rt.inspect_container(build, step.name)).state == "waiting":
+            await rt.run_container(build, step.name)
         got = [line async for line in rt.tail_container(build, step.name)]
         result = await rt.wait_container(build, step.name)
         want = [f"{step.name}-{i}".encode() for i in range(1, lines + 1)]
@@ -176,6 +195,112 @@ async def _oom(builds: int) -> Row:
     return row
 
 
+HANDOVER_PAUSE = 0.01
+"""Seconds between a hand-over build's lines: its first step still runs at the hand-over."""
+
+
+async def _first_worker(
+    port: SeverableCluster,
+    build_ids: list[str],
+    lines: int,
+    release: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[None],
+) -> None:
+    """A worker that starts ``build_ids``' first steps, then releases them when
+    ``release`` is set (or is killed: its port severed, its task cancelled)."""
+    async with Runtime(
+        port,  # type: ignore[arg-type]
+        namespace="ci",
+        reflector=RECOVERY,
+        worker_id="worker-a",
+        api_timeout=0.5,
+        delete_timeout=1.0,
+        # A killed worker's Lease lapses soon, so that the next attaches soon.
+        lease_duration=2.0,
+        lease_renew_interval=0.5,
+    ) as rt:
+        for build_id in build_ids:
+            steps = [_ticker(name, lines, HANDOVER_PAUSE) for name in ("a", "b")]
+            build = await rt.setup_build(BuildSpec(build_id=build_id, steps=steps))
+            await rt.assemble_build(build)
+            await rt.run_container(build, "a")
+        task_status.started()
+        await release.wait()
+        await rt.release_builds()
+
+
+async def _handover(name: str, builds: int, lines: int, *, kill: bool, contested: bool) -> Row:
+    """Worker A starts the builds' first steps and is killed mid-step or releases them;
+    then worker B (and, contested, worker C at the same time) attaches each and runs it
+    to its end. A is a runtime of this process: "killed", its connections are severed
+    and its task cancelled, so nothing of its exit reaches the cluster
+    (integration/test_handover.py kills a worker process with SIGKILL instead)."""
+    row = Row(name)
+    build_ids = [f"handover-{i}" for i in range(builds)]
+    async with FakeCluster(images={"busybox"}, keep_history=False) as cluster:
+        port = SeverableCluster(cluster)
+        release = anyio.Event()
+        async with anyio.create_task_group() as first:
+            await first.start(_first_worker, port, build_ids, lines, release)
+            await anyio.sleep(lines * HANDOVER_PAUSE / 3)
+            if kill:
+                port.sever()
+                first.cancel_scope.cancel()
+            else:
+                release.set()
+            row.injected += 1
+        # Leases renewed every second: a loser that finds the winner holding the build
+        # sees it alive within a second.
+        lease = {"lease_duration": 4.0, "lease_renew_interval": 1.0}
+        async with (
+            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-b", **lease) as b,
+            Runtime(cluster, "ci", reflector=RECOVERY, worker_id="worker-c", **lease) as c,
+        ):
+
+            async def adopt(build_id: str) -> None:
+                adopters = [b, c] if contested else [b]
+                won: list[tuple[Runtime, Build]] = []
+
+                async def attach(rt: Runtime) -> None:
+                    with contextlib.suppress(BuildAdoptedError):
+                        won.append((rt, await rt.attach_build(build_id)))
+
+                async with anyio.create_task_group() as tg:
+                    for rt in adopters:
+                        tg.start_soon(attach, rt)
+                row.wrong_results += int(len(won) != 1)
+                for rt, build in won[:1]:
+                    await _finish(rt, build, lines, row)
+
+            async with anyio.create_task_group() as tg:
+                for build_id in build_ids:
+                    tg.start_soon(adopt, build_id)
+        left = await cluster.list("pods", "ci", label_selector=managed_selector())
+        row.orphans += len(left["items"])
+        row.leaks += cluster.open_watches + cluster.open_log_streams
+    return row
+
+
+async def _handovers(builds: int, lines: int) -> list[Row]:
+    """The hand-over rows: a killed worker's builds, a rolling upgrade, two adopters."""
+    return [
+        await _handover(
+            "worker killed mid-step, another attaches", builds, lines, kill=True, contested=False
+        ),
+        await _handover(
+            "rolling upgrade: released, another attaches",
+            builds,
+            lines,
+            kill=False,
+            contested=False,
+        ),
+        await _handover(
+            "two workers adopt each build at once", builds, lines, kill=False, contested=True
+        ),
+    ]
+
+
 async def main(builds: int, lines: int) -> list[Row]:
     scenarios: list[tuple[str, Callable[[Row], Fault]]] = [
         ("none (baseline)", lambda row: _once(3600, lambda c: None, row)),
@@ -203,6 +328,7 @@ async def main(builds: int, lines: int) -> list[Row]:
     rows.append(await _deleted_from_outside(builds))
     rows.append(await _oom(builds))
     rows.append(await _workers_killed_on_fake(builds, lines))
+    rows += await _handovers(builds, lines)
     return rows
 
 
@@ -382,12 +508,17 @@ if __name__ == "__main__":
     parser.add_argument(
         "--kubeconfig", help="run the reaper's row on this cluster (with --reaper-only)"
     )
+    parser.add_argument(
+        "--handover-only", action="store_true", help="only the rows of builds handed over"
+    )
     args = parser.parse_args()
     started = time.monotonic()
     if args.kubeconfig:
         rows = [anyio.run(_workers_killed_on_cluster, args.kubeconfig, args.builds, args.lines)]
     elif args.reaper_only:
         rows = [anyio.run(_workers_killed_on_fake, args.builds, args.lines)]
+    elif args.handover_only:
+        rows = anyio.run(_handovers, args.builds, args.lines)
     else:
         rows = anyio.run(main, args.builds, args.lines)
     table = render(rows)

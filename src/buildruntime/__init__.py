@@ -4,6 +4,7 @@ with every step API served from an informer cache."""
 from buildruntime.build import Build
 from buildruntime.errors import (
     AdmissionError,
+    BuildAdoptedError,
     BuildRuntimeError,
     ClusterUnavailableError,
     ContainerCreateError,
@@ -27,6 +28,7 @@ from buildruntime.volumes import Workspace
 __all__ = [
     "AdmissionError",
     "Build",
+    "BuildAdoptedError",
     "BuildEvent",
     "BuildRuntimeError",
     "BuildSpec",

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
@@ -89,6 +90,7 @@ class BuildController:
         settings: RuntimeSettings,
         *,
         runtime_events: Topic[BuildEvent],
+        adopted: bool = False,
     ) -> None:
         self.telemetry = BuildTelemetry(
             instruments_for(settings.tracer_provider, settings.meter_provider), spec, namespace
@@ -98,8 +100,11 @@ class BuildController:
         self.namespace = namespace
         self.manifest = manifest
         self.settings = settings
-        # What render_pod chose (the build's, the runtime's own, or the pause image).
+        # What render_pod chose (the build's, the runtime's own, or the pause image);
+        # for an adopted build, what its first worker's chose.
         self.placeholder: str = manifest["metadata"]["annotations"][PAUSE_ANNOTATION]
+        self.adopted = adopted
+        """Adopted from another worker (``attach_build``) rather than assembled here."""
         steps = [s.name for s in spec.steps]
         self.masker = Masker(
             [*spec.secret_values.values(), *(c.secret for c in spec.registries.values())]
@@ -133,6 +138,8 @@ class BuildController:
         """The build's own Secrets created so far (the pod owns them once it exists)."""
         self.started = False
         self.removed = False
+        self.released = False
+        """Left to another worker (``release_builds``): its handle answers no more."""
         self.finished = anyio.Event()
         self.crash: Exception | None = None
         """What stopped the build's watches and captures, if not its removal: a bug, not
@@ -197,16 +204,7 @@ class BuildController:
     async def assemble(self) -> None:
         """Create the pod once the informer has listed, bind the fan-out to it, watch
         its Events, and wait until it is scheduled and its placeholders run."""
-        with anyio.move_on_after(self.settings.api_timeout):
-            await self.informer.pod_reflector.synced.wait()
-        if not self.informer.pod_reflector.synced.is_set():
-            raise ClusterUnavailableError(
-                "cannot list pods",
-                build_id=self.build_id,
-                message=str(
-                    self.informer.pod_reflector.last_error or "no answer from the API server"
-                ),
-            )
+        await self._wait_listed()
         for manifest in self._secret_manifests():
             name = manifest["metadata"]["name"]
             await self._send(None, f"create the Secret {name}", self._create_secret_once(manifest))
@@ -236,6 +234,53 @@ class BuildController:
         await self._wait_placeholders()
         with anyio.move_on_after(self.settings.api_timeout):
             await self.informer.wait_synced()
+
+    async def _wait_listed(self) -> None:
+        with anyio.move_on_after(self.settings.api_timeout):
+            await self.informer.pod_reflector.synced.wait()
+        if not self.informer.pod_reflector.synced.is_set():
+            raise ClusterUnavailableError(
+                "cannot list pods",
+                build_id=self.build_id,
+                message=str(
+                    self.informer.pod_reflector.last_error or "no answer from the API server"
+                ),
+            )
+
+    async def adopt(self, pod_uid: str, secrets: list[str]) -> None:
+        """Take over a pod another worker created (``attach_build``): bind the fan-out
+        to it, watch its Events, and take the steps its spec already names as started.
+
+        Each step's capture starts from the cache as for a build assembled here, so a
+        step that runs or ran has its log read from its first line (the node holds it
+        until the pod goes); a running step's timeout counts from its ``startedAt``.
+        """
+        self.fanout.bind(pod_uid)
+        self._secrets_created.extend(secrets)
+        await self._wait_listed()
+        self.informer.watch_events(self._events_selector(pod_uid))
+        with anyio.move_on_after(self.settings.api_timeout):
+            await self.informer.wait_synced()
+        if self.view.pod is None or self.view.gone:
+            raise self.gone_error(None)
+        for name, record in self.steps.items():
+            view = self.view.states[name].latest
+            if view is not None and (view.patched or view.is_step):
+                # The previous worker started it: run_container must not patch again.
+                record.patched = True
+                record.timed_out = view.stopped
+
+    def _first_seen_running(self, view: StepView) -> float:
+        """The event-loop time to count a step's timeout from: now, for a step this
+        worker saw start; for an adopted build, the container's own ``startedAt``
+        (whole seconds), however long ago that was."""
+        now = anyio.current_time()
+        container = view.step_container
+        started = diagnosis.parse_time(container.started_at) if container else None
+        if not self.adopted or started is None:
+            return now
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        return now - max(elapsed, 0.0)
 
     def _secret_manifests(self) -> list[JSON]:
         """The Secrets the build owns: its values, its registry credentials."""
@@ -388,8 +433,9 @@ class BuildController:
             record.patched = True
         try:
             await self._wait_started(spec)
-            if record.started_at is None:
-                record.started_at = anyio.current_time()
+            latest = self.view.states[step].latest
+            if record.started_at is None and latest is not None:
+                record.started_at = self._first_seen_running(latest)
             if spec.detach and spec.ports:
                 await self._wait_ready(spec)
         except (ImagePullError, ContainerCreateError) as error:
@@ -569,7 +615,7 @@ class BuildController:
         if not view.started:
             return  # it never ran: a failed pull or create, or the pod went
         if record.started_at is None:
-            record.started_at = anyio.current_time()
+            record.started_at = self._first_seen_running(view)
         remaining = limit - (anyio.current_time() - record.started_at)
         with anyio.move_on_after(max(remaining, 0.0)):
             with contextlib.suppress(anyio.EndOfStream):

@@ -85,6 +85,15 @@ class StepTimeoutError(BuildRuntimeError):
     """A step ran longer than its ``timeout``."""
 
 
+class BuildAdoptedError(BuildRuntimeError):
+    """``attach_build`` found the build held by another worker: one that adopted it
+    first, or one that still runs it. ``worker`` names the holder."""
+
+    def __init__(self, summary: str, *, build_id: str, worker: str | None) -> None:
+        self.worker = worker
+        super().__init__(summary, build_id=build_id, reason="Adopted")
+
+
 class ClusterUnavailableError(BuildRuntimeError):
     """The API server could not be reached for longer than the runtime waits."""
 
@@ -96,6 +105,7 @@ class LeaseError(BuildRuntimeError):
 
 __all__ = [
     "AdmissionError",
+    "BuildAdoptedError",
     "BuildRuntimeError",
     "ClusterUnavailableError",
     "ContainerCreateError",

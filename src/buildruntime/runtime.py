@@ -24,7 +24,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from buildruntime import exception_groups
+from buildruntime import adoption, exception_groups, spec_record
 from buildruntime.build import Build
 from buildruntime.cluster.port import Cluster
 from buildruntime.controller import BuildController
@@ -37,6 +37,7 @@ from buildruntime.errors import (
 from buildruntime.events import BuildEvent
 from buildruntime.informer.topic import Topic
 from buildruntime.labels import WORKER
+from buildruntime.names import dns1123_label_problem
 from buildruntime.reaper import Reaper
 from buildruntime.results import StepResult
 from buildruntime.settings import RuntimeOptions, RuntimeSettings, resolve
@@ -82,6 +83,8 @@ class Runtime:
         self.lease = WorkerLease(cluster, namespace, self.settings, on_lapse=self.reaper.lost_sight)
         self.reaper.own_lease = self.lease.name
         self._lease_tasks: anyio.CancelScope | None = None
+        self._released = False
+        """Some builds were released for another worker (``release_builds``)."""
 
     @property
     def worker_id(self) -> str:
@@ -209,7 +212,17 @@ class Runtime:
             self._events.close()
             if self._lease_tasks is not None:
                 self._lease_tasks.cancel()
-            await self.lease.release(within=deadline - anyio.current_time())
+            if self._released:
+                # Builds released for another worker are still owned by this Lease
+                # until adopted: deleting it would have the garbage collector delete
+                # them. It lapses instead, and one nobody adopts goes with it once it
+                # is reaped.
+                log.info(
+                    "worker %s: its Lease is left to lapse: it owns builds it released",
+                    self.worker_id,
+                )
+            else:
+                await self.lease.release(within=deadline - anyio.current_time())
         self._task_group = None
 
     async def _remove_quietly(self, build: BuildController) -> None:
@@ -240,6 +253,7 @@ class Runtime:
             workspace_path=self.settings.workspace_path,
         )
         manifest["metadata"]["labels"][WORKER] = self.worker_id
+        spec_record.annotate(manifest, spec)
         controller = BuildController(
             self.cluster,
             spec,
@@ -282,6 +296,103 @@ class Runtime:
                 await controller.abandon()
                 self._forget(controller)
             raise
+
+    async def attach_build(self, build_id: str) -> Build:
+        """Adopt a build pod still in the namespace, from a worker that died or released
+        it, and return its handle, its steps in the state the cache shows.
+
+        One patch moves the pod to this worker (``settings.worker_id``), conditional on
+        the pod as read, so of two workers adopting the same build exactly one succeeds;
+        the other gets :class:`BuildAdoptedError` naming the winner. Then the build's
+        watches start, as for a build assembled here: a step that runs or ran is tailed
+        from its first line (the node still holds its log), ``wait_container`` waits for
+        a running step, ``run_container`` starts the next, a running step's timeout is
+        enforced from its start. The build's spec comes from its pod's annotation
+        (secret values from its Secret). Raises :class:`PodGoneError` when the pod is gone.
+        """
+        problem = dns1123_label_problem(build_id)
+        if problem:
+            raise SpecError("build_id", problem)
+        existing = self._builds.get(build_id)
+        if existing is not None and not existing.removed:
+            raise UsageError("the build is already in this runtime", build_id=build_id)
+        task_group = self._require_entered()
+        api_timeout = self.settings.api_timeout
+        pod = await adoption.adopt(
+            self.cluster,
+            self.namespace,
+            build_id,
+            self.worker_id,
+            self.lease.owner_reference(),
+            api_timeout=api_timeout,
+        )
+        recorded = spec_record.read(pod)
+        if recorded.secret_names or recorded.registry_hosts:
+            try:
+                values, passwords = await adoption.secret_values(
+                    self.cluster, self.namespace, recorded, api_timeout=api_timeout
+                )
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(BuildRuntimeError):
+                    await adoption.release(
+                        self.cluster,
+                        self.namespace,
+                        build_id,
+                        self.settings.worker_id,
+                        api_timeout=api_timeout,
+                    )
+                raise
+            recorded = spec_record.read(pod, secret_values=values, registry_passwords=passwords)
+        controller = BuildController(
+            self.cluster,
+            recorded.spec,
+            self.namespace,
+            pod,
+            self.settings,
+            runtime_events=self._events,
+            adopted=True,
+        )
+        self._builds[build_id] = controller
+        self._mine.add(controller)
+        await task_group.start(controller.run)
+        try:
+            with controller.masking_errors():
+                await controller.adopt(pod["metadata"]["uid"], recorded.secret_objects)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                controller.stop()
+                await controller.finished.wait()
+                self._forget(controller)
+            raise
+        return Build(
+            spec=recorded.spec, namespace=self.namespace, pod_manifest=pod, _controller=controller
+        )
+
+    async def release_builds(self) -> list[str]:
+        """Leave every build of this runtime to another worker (a rolling upgrade): mark
+        each pod released, stop its watches and log captures, delete nothing. The pods
+        and their steps run on; another worker's ``attach_build`` adopts them. The
+        released builds' handles answer no more step calls. Returns the released ids."""
+        released: list[str] = []
+        with anyio.CancelScope(shield=True):
+            for controller in list(self._builds.values()):
+                if not controller.started or controller.removed:
+                    continue
+                with contextlib.suppress(BuildRuntimeError):
+                    await adoption.release(
+                        self.cluster,
+                        self.namespace,
+                        controller.build_id,
+                        self.settings.worker_id,
+                        api_timeout=self.settings.api_timeout,
+                    )
+                controller.stop()
+                await controller.finished.wait()
+                controller.released = True
+                self._released = True
+                self._forget(controller)
+                released.append(controller.build_id)
+        return released
 
     async def run_container(self, build: Build, step: str) -> None:
         """Swap the step's placeholder for the step image; return once it runs or has
@@ -333,7 +444,10 @@ class Runtime:
 
     async def remove_build(self, build: Build) -> None:
         """Let every capture drain, delete the pod, and wait until the deletion is seen
-        (bounded by ``delete_timeout``). Idempotent; a pod already gone counts as done."""
+        (bounded by ``delete_timeout``). Idempotent; a pod already gone counts as done.
+        A build released for another worker is left alone (its ``finally`` may call this)."""
+        if isinstance(build, Build) and build._controller.released:
+            return
         controller = self._controller(build)
         if controller.removed:
             return
@@ -376,6 +490,10 @@ class Runtime:
         controller = build._controller
         if controller not in self._mine:
             raise UsageError("the build does not belong to this runtime", build_id=build.build_id)
+        if controller.released:
+            raise UsageError(
+                "the build was released for another worker to attach", build_id=build.build_id
+            )
         return controller
 
     def _forget(self, controller: BuildController) -> None:

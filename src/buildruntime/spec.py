@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 from buildruntime.cluster.port import JSON
 from buildruntime.errors import SpecError
 from buildruntime.images import image_problem
-from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE
+from buildruntime.labels import BUILD_ID, MANAGED_BY, MANAGED_BY_VALUE, WORKER
 from buildruntime.launch import step_process
 from buildruntime.names import DNS1123_SUBDOMAIN, dns1123_label_problem
 from buildruntime.pod_policy import POD_FIELDS, apply_overrides, check_policy_value
@@ -56,7 +56,7 @@ _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _RESOURCE_KEYS = ("requests", "limits")
-_RESERVED_LABELS = (MANAGED_BY, BUILD_ID)
+_RESERVED_LABELS = (MANAGED_BY, BUILD_ID, WORKER)
 
 
 def _require(value: object, field_name: str, kind: type, *, build_id: str | None = None) -> None:

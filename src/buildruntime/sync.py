@@ -424,6 +424,16 @@ class Runtime:
         rt, b = self.runtime, self._unwrap(build)
         self._call(lambda: rt.assemble_build(b))
 
+    def attach_build(self, build_id: str) -> Build:
+        """Adopt a build pod still in the namespace (from a worker that died or released
+        it); its handle, its steps in the state the cache shows."""
+        rt = self.runtime
+        return Build(self, self._call(lambda: rt.attach_build(build_id)))
+
+    def release_builds(self) -> list[str]:
+        """Leave every build to another worker: stop watching, delete nothing."""
+        return self._call(self.runtime.release_builds)
+
     def run_container(self, build: Build | AsyncBuild, step: str) -> None:
         """Swap the step's placeholder for the step image; return once it runs or ran."""
         rt, b = self.runtime, self._unwrap(build)

@@ -7,9 +7,11 @@ import sys
 import textwrap
 from typing import NoReturn
 
+from buildruntime.cli.attach import cmd_attach
 from buildruntime.cli.exits import EXIT_BAD_INPUT
 from buildruntime.cli.gc import cmd_gc
 from buildruntime.cli.monitor import cmd_monitor
+from buildruntime.cli.ps import cmd_ps
 from buildruntime.cli.run import (
     DEFAULT_API_TIMEOUT,
     PAUSE_IMAGE_VARIABLE,
@@ -206,6 +208,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch two demo builds on an in-process simulated cluster, then exit",
     )
     monitor.set_defaults(handler=cmd_monitor)
+
+    ps = commands.add_parser(
+        "ps",
+        help="list the namespace's builds",
+        description="List the namespace's builds: id, the worker that holds it, age, "
+        "each step's state.",
+    )
+    common_options(ps)
+    ps.set_defaults(handler=cmd_ps)
+
+    attach = commands.add_parser(
+        "attach",
+        help="adopt a build another worker left and run it to its end",
+        description="Adopt a build whose worker died or released it, follow the step that "
+        "runs from its first line, run the remaining steps in order (the first failure "
+        "skips the rest), print the summary and remove the build. Exit status as run's.",
+    )
+    attach.add_argument("build_id", metavar="BUILD_ID", help="the build to adopt")
+    common_options(attach)
+    attach.add_argument(
+        "--api-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_API_TIMEOUT,
+        help="how long to keep trying an API server that cannot be reached before "
+        f"failing (default: {DEFAULT_API_TIMEOUT:g})",
+    )
+    attach.set_defaults(handler=cmd_attach)
 
     gc = commands.add_parser(
         "gc",

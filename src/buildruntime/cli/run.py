@@ -160,8 +160,23 @@ async def run_build(
     after a success), always removing the build. ``server``: the API server's address,
     for the message when it cannot be reached."""
     plan = pipeline if isinstance(pipeline, PipelinePlan) else PipelinePlan(pipeline)
+    build = await rt.setup_build(plan.spec)
+    return await drive_build(rt, build, plan, console, server=server, assemble=True)
+
+
+async def drive_build(
+    rt: Runtime,
+    build: Build,
+    plan: PipelinePlan,
+    console: Console,
+    *,
+    server: str | None,
+    assemble: bool,
+) -> int:
+    """Run ``build``'s steps by ``plan``'s rules, assembling it first when ``assemble``
+    (an adopted build runs already: its steps that ran or run are followed from their
+    first line, the others started at their turn), always removing the build."""
     spec = plan.spec
-    build = await rt.setup_build(spec)
     outcome = Outcome([Row(step, plan.rules[step.name]) for step in spec.steps])
     explain = _Explainer(rt.api_timeout, server)
     try:
@@ -169,7 +184,9 @@ async def run_build(
             tg.start_soon(_progress, build, console)
             services = _Services(tg)
             try:
-                await _run_steps(rt, build, plan, outcome, console, explain, services)
+                await _run_steps(
+                    rt, build, plan, outcome, console, explain, services, assemble=assemble
+                )
             finally:
                 with anyio.CancelScope(shield=True):
                     outcome.removing = True
@@ -239,9 +256,12 @@ async def _run_steps(
     console: Console,
     explain: _Explainer,
     services: _Services,
+    *,
+    assemble: bool,
 ) -> None:
     try:
-        await rt.assemble_build(build)
+        if assemble:
+            await rt.assemble_build(build)
     except BuildRuntimeError as error:
         console.error(explain(error))
         outcome.gone = True

@@ -204,6 +204,11 @@ class Cluster(Protocol):
         """Delete a Secret. Raises :class:`NotFoundError` when it does not exist."""
         ...
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        """Read a Secret (a worker adopting a build reads back the values it masks).
+        Raises :class:`NotFoundError` when it does not exist."""
+        ...
+
     async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
         """Create a ``coordination.k8s.io/v1`` Lease; returns the created object (with
         its uid and resourceVersion). Raises :class:`ConflictError` when the name is

@@ -102,6 +102,10 @@ class MeteredCluster:
         self._count("delete", "secrets")
         await self.cluster.delete_secret(namespace, name)
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        self._count("get", "secrets")
+        return await self.cluster.get_secret(namespace, name)
+
     async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
         self._count("create", "leases")
         return await self.cluster.create_lease(namespace, manifest)

@@ -303,6 +303,13 @@ class FakeCluster:
         await self._request("delete", "secrets")
         self._secrets.delete(namespace, name)
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        await self._request("get", "secrets")
+        secret = self._server.copy("secrets", namespace, name)
+        if secret is None:
+            raise NotFoundError(f'secrets "{name}" not found')
+        return secret
+
     async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
         await self._request("create", "leases")
         return self._leases.create(namespace, manifest)

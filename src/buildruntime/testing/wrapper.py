@@ -42,6 +42,9 @@ class ClusterWrapper:
     ) -> None:
         await self.inner.delete_pod(namespace, name, grace_period_seconds=grace_period_seconds)
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        return await self.inner.get_secret(namespace, name)
+
     def stream_logs(
         self, namespace: str, pod: str, container: str, **kwargs: Any
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:

@@ -267,6 +267,16 @@ class KubeCluster:
             decode=False,
         )
 
+    async def get_secret(self, namespace: str, name: str) -> JSON:
+        """``GET`` a Secret (404 raises :class:`NotFoundError`)."""
+        self.requests.append(Request("get", "secrets"))
+        return await self._request_json(
+            f"read secret {namespace}/{name}",
+            "GET",
+            "/api/v1/namespaces/{namespace}/secrets/{name}",
+            {"namespace": namespace, "name": name},
+        )
+
     async def create_lease(self, namespace: str, manifest: JSON) -> JSON:
         """``POST`` a coordination.k8s.io/v1 Lease."""
         self.requests.append(Request("create", "leases"))
