@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 
 from buildruntime.cli.console import Console
-from buildruntime.cli.exits import EXIT_FAILED, BadInput
+from buildruntime.cli.exits import EXIT_FAILED
 from buildruntime.cli.interrupts import receiving_signals
 from buildruntime.cli.run import drive_build, secrets_masker
-from buildruntime.cli.target import Target, choose_target, open_cluster, server_of
+from buildruntime.cli.target import Target, configured_cluster, open_cluster, server_of
 from buildruntime.pipeline import PipelinePlan
 from buildruntime.runtime import Runtime
 
@@ -53,14 +53,9 @@ async def _attach_command(
 
 
 def cmd_attach(args: argparse.Namespace, console: Console) -> int:
-    target = choose_target(
-        simulate=False, kubeconfig=args.kubeconfig, context=args.context, fallback=False
+    target = configured_cluster(
+        args.kubeconfig, args.context, otherwise=": there is no build to attach"
     )
-    if target is None:
-        raise BadInput(
-            "no Kubernetes cluster configured (no --kubeconfig, KUBECONFIG, ~/.kube/config "
-            "or service account): there is no build to attach"
-        )
     return anyio.run(
         _attach_command, target, args.namespace, args.build_id, args.api_timeout, console
     )

@@ -15,8 +15,8 @@ import argparse
 import anyio
 
 from buildruntime.cli.console import Console
-from buildruntime.cli.exits import EXIT_OK, BadInput
-from buildruntime.cli.target import Target, choose_target, open_cluster
+from buildruntime.cli.exits import EXIT_OK
+from buildruntime.cli.target import Target, configured_cluster, open_cluster
 from buildruntime.cluster.port import ApiError, Cluster, UnavailableError
 from buildruntime.errors import ClusterUnavailableError, LeaseError
 from buildruntime.labels import WORKER, managed_selector
@@ -66,12 +66,5 @@ async def _gc(target: Target, namespace: str, grace: float, console: Console) ->
 
 
 def cmd_gc(args: argparse.Namespace, console: Console) -> int:
-    target = choose_target(
-        simulate=False, kubeconfig=args.kubeconfig, context=args.context, fallback=False
-    )
-    if target is None:
-        raise BadInput(
-            "no Kubernetes cluster configured (no --kubeconfig, KUBECONFIG, ~/.kube/config "
-            "or service account)"
-        )
+    target = configured_cluster(args.kubeconfig, args.context)
     return anyio.run(_gc, target, args.namespace, args.grace, console)

@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 
 from buildruntime.cli.console import Console
-from buildruntime.cli.exits import EXIT_OK, BadInput
+from buildruntime.cli.exits import EXIT_OK
 from buildruntime.cli.interrupts import receiving_signals
 from buildruntime.cli.run import run_build
-from buildruntime.cli.target import Target, choose_target, open_cluster
+from buildruntime.cli.target import Target, configured_cluster, open_cluster
 from buildruntime.cluster.port import Cluster
 from buildruntime.events import BuildEvent
 from buildruntime.runtime import Runtime
@@ -109,15 +109,13 @@ def _json_default(value: object) -> str:
 
 
 def cmd_monitor(args: argparse.Namespace, console: Console) -> int:
-    if args.simulate_demo:
-        target: Target | None = Target("simulate")
-    else:
-        target = choose_target(
-            simulate=False, kubeconfig=args.kubeconfig, context=args.context, fallback=False
+    target = (
+        Target("simulate")
+        if args.simulate_demo
+        else configured_cluster(
+            args.kubeconfig,
+            args.context,
+            otherwise="; --simulate-demo watches simulated builds instead",
         )
-    if target is None:
-        raise BadInput(
-            "no Kubernetes cluster configured (no --kubeconfig, KUBECONFIG, ~/.kube/config "
-            "or service account); --simulate-demo watches simulated builds instead"
-        )
+    )
     return anyio.run(_monitor_command, target, args.namespace, console, args.simulate_demo)

@@ -12,8 +12,8 @@ import anyio
 
 from buildruntime.adoption import holder, released_by
 from buildruntime.cli.console import Console
-from buildruntime.cli.exits import EXIT_OK, BadInput
-from buildruntime.cli.target import Target, choose_target, open_cluster
+from buildruntime.cli.exits import EXIT_OK
+from buildruntime.cli.target import Target, configured_cluster, open_cluster
 from buildruntime.cluster.port import JSON
 from buildruntime.diagnosis import parse_time
 from buildruntime.labels import managed_selector
@@ -118,12 +118,5 @@ async def _ps_command(target: Target, namespace: str, console: Console) -> int:
 
 
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:
-    target = choose_target(
-        simulate=False, kubeconfig=args.kubeconfig, context=args.context, fallback=False
-    )
-    if target is None:
-        raise BadInput(
-            "no Kubernetes cluster configured (no --kubeconfig, KUBECONFIG, ~/.kube/config "
-            "or service account)"
-        )
+    target = configured_cluster(args.kubeconfig, args.context)
     return anyio.run(_ps_command, target, args.namespace, console)

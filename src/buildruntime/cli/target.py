@@ -29,6 +29,20 @@ class Target:
     """Said on stderr before running (the fallback to the simulation)."""
 
 
+def configured_cluster(
+    kubeconfig: str | None, context: str | None, *, otherwise: str = ""
+) -> Target:
+    """The configured cluster of a command that needs a real one (no simulation to fall
+    back to); BadInput naming what was looked for, then ``otherwise``, when there is none."""
+    target = choose_target(simulate=False, kubeconfig=kubeconfig, context=context, fallback=False)
+    if target is None:
+        raise BadInput(
+            "no Kubernetes cluster configured (no --kubeconfig, KUBECONFIG, ~/.kube/config "
+            f"or service account){otherwise}"
+        )
+    return target
+
+
 def choose_target(
     *,
     simulate: bool,
