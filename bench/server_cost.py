@@ -5,7 +5,9 @@ For each concurrency B (builds at once, S ``echo`` steps each, driven as a CI ex
 does: assemble, then per step run → tail → wait, then remove), three runs one after the
 other in fresh namespaces:
 
-- ``buildruntime``: one Runtime, B builds at once;
+- ``buildruntime``: one Runtime, B builds at once, its one events watch shared by them
+  (the default);
+- ``buildruntime, events watch per build``: the same with ``shared_event_watch=False``;
 - ``baseline``: ``bench/baseline_runtime.py`` (per-step watches, GETs, log retries);
 - ``kubelet only``: the same pods created, their step images patched in one after the
   other at the pace the runtimes ran them, and deleted, with no watch and no log read:
@@ -51,6 +53,7 @@ from buildruntime import BuildSpec, Runtime, StepSpec
 from buildruntime.spec import render_pod
 
 COMPONENTS = ("kube-apiserver", "etcd", "kubelet")
+PER_BUILD = "buildruntime, events watch per build"
 PIDS = Path(os.environ.get("BUILDRUNTIME_CLUSTER_RUN", "/run/buildruntime-cluster")) / "pids"
 TICKS = os.sysconf("SC_CLK_TCK")
 METRIC_FAMILIES = (
@@ -174,9 +177,12 @@ async def measure(
         cpu_before = cpu_seconds()
         started = time.perf_counter()
         try:
-            if which == "buildruntime":
+            if which.startswith("buildruntime"):
                 async with Runtime(
-                    counting, ns.name, pause_image=_common.LOCAL_PAUSE_IMAGE
+                    counting,
+                    ns.name,
+                    pause_image=_common.LOCAL_PAUSE_IMAGE,
+                    shared_event_watch=which == "buildruntime",
                 ) as runtime:
                     await _all(specs, lambda s: drive(runtime, s, run))
             elif which == "baseline":
@@ -319,7 +325,7 @@ async def main_async(args: argparse.Namespace, kubeconfig: str) -> tuple[str, st
     runs: list[Run] = []
     for builds in [int(b) for b in args.builds.split(",")]:
         measured: list[Run] = []
-        for which in ("buildruntime", "baseline"):
+        for which in ("buildruntime", PER_BUILD, "baseline"):
             run = await measure(kubeconfig, api, which, builds, args.steps, (0.0, 0.0))
             measured.append(run)
             print(_common.table(HEADERS, rows_of([run], idle)).splitlines()[-1], flush=True)

@@ -44,6 +44,7 @@ from buildruntime.errors import (
 from buildruntime.events import BuildEvent
 from buildruntime.informer.fanout import PodFanout
 from buildruntime.informer.informer import Informer
+from buildruntime.informer.shared_events import SharedEventWatch
 from buildruntime.informer.snapshots import PodSnapshot
 from buildruntime.informer.topic import Topic
 from buildruntime.labels import build_selector
@@ -91,6 +92,7 @@ class BuildController:
         *,
         runtime_events: Topic[BuildEvent],
         adopted: bool = False,
+        shared_events: SharedEventWatch | None = None,
     ) -> None:
         self.telemetry = BuildTelemetry(
             instruments_for(settings.tracer_provider, settings.meter_provider), spec, namespace
@@ -105,6 +107,8 @@ class BuildController:
         self.placeholder: str = manifest["metadata"]["annotations"][PAUSE_ANNOTATION]
         self.adopted = adopted
         """Adopted from another worker (``attach_build``) rather than assembled here."""
+        self._shared_events = shared_events
+        """The runtime's watch of the namespace's pod Events, if it has one."""
         steps = [s.name for s in spec.steps]
         self.masker = Masker(
             [*spec.secret_values.values(), *(c.secret for c in spec.registries.values())]
@@ -226,10 +230,11 @@ class BuildController:
             )
         # Events name the pod's uid, so none exists before its creation: the events
         # watch starts there, with no list (see Reflector's empty_at).
-        self.informer.watch_events(
-            self._events_selector(uid),
-            empty_at=(created.get("metadata") or {}).get("resourceVersion") or None,
-        )
+        created_at = (created.get("metadata") or {}).get("resourceVersion") or None
+        if self._shared_events is not None:
+            self.informer.follow_events(self._shared_events, uid, created_at=created_at)
+        else:
+            self.informer.watch_events(self._events_selector(uid), empty_at=created_at)
         await self._wait_scheduled()
         await self._wait_placeholders()
         with anyio.move_on_after(self.settings.api_timeout):

@@ -1,7 +1,9 @@
 """The Runtime: the step APIs a CI executor calls, per build, in order.
 
-``setup_build`` renders the pod; ``assemble_build`` starts the build's pod and events
-watches, creates the pod and waits until it can run steps; from then on the step APIs
+``setup_build`` renders the pod; ``assemble_build`` starts the build's pod watch, creates
+the pod, follows its Events (through the runtime's one events watch of the namespace, or
+a watch of the build's own, see ``shared_event_watch``) and waits until it can run
+steps; from then on the step APIs
 read the build's view of the informer cache, and the only requests they cause are one
 patch per step (the image swap; one more for a step stopped at its timeout) and one log
 stream per step (started in the background when the step starts). ``remove_build``
@@ -35,6 +37,7 @@ from buildruntime.errors import (
     UsageError,
 )
 from buildruntime.events import BuildEvent
+from buildruntime.informer.shared_events import SharedEventWatch
 from buildruntime.informer.topic import Topic
 from buildruntime.labels import WORKER
 from buildruntime.names import dns1123_label_problem
@@ -42,6 +45,7 @@ from buildruntime.reaper import Reaper
 from buildruntime.results import StepResult
 from buildruntime.settings import RuntimeOptions, RuntimeSettings, resolve
 from buildruntime.spec import BuildSpec, StepSpec, render_pod
+from buildruntime.telemetry import MeteredCluster, WatchTelemetry, instruments_for
 from buildruntime.worker_lease import WorkerLease
 
 log = logging.getLogger("buildruntime")
@@ -85,6 +89,16 @@ class Runtime:
         self._lease_tasks: anyio.CancelScope | None = None
         self._released = False
         """Some builds were released for another worker (``release_builds``)."""
+        self._shared_events: SharedEventWatch | None = None
+        if self.settings.shared_event_watch:
+            resolved = self.settings
+            instruments = instruments_for(resolved.tracer_provider, resolved.meter_provider)
+            self._shared_events = SharedEventWatch(
+                MeteredCluster(cluster, instruments.requests),
+                namespace,
+                settings=self.settings.reflector,
+                observer=WatchTelemetry(instruments),
+            )
 
     @property
     def worker_id(self) -> str:
@@ -154,6 +168,9 @@ class Runtime:
                     stack.push_async_callback(closer)
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
+            if self._shared_events is not None:
+                self._shared_events.open(self._task_group)
+                stack.callback(self._shared_events.close)
             await self.lease.acquire()
             # Made here, not in the task: an exit that comes before the task has started
             # must still be able to stop it.
@@ -261,6 +278,7 @@ class Runtime:
             manifest,
             self.settings,
             runtime_events=self._events,
+            shared_events=self._shared_events,
         )
         self._builds[spec.build_id] = controller
         self._mine.add(controller)

@@ -71,6 +71,14 @@ class RuntimeSettings:
     skew when a Lease is judged from its renewTime (see :mod:`buildruntime.reaper`)."""
     reap_interval: float | None = 30.0
     """How often the runtime reaps dead workers' Leases; None: only once, at start."""
+    shared_event_watch: bool = True
+    """One watch of the namespace's pod Events for all the runtime's builds, split by pod
+    uid (True), or one watch per build, of its own pod's Events (False). Events are not
+    in the API server's watch cache, so each events watch costs the API server a decode
+    of every Event of the namespace: one watch per build makes that cost grow with the
+    square of the concurrent builds (bench/RESULTS.md). Both need the same permissions
+    (``list`` and ``watch`` on ``events``); a build adopted with ``attach_build`` always
+    has a watch of its own, as it must list its pod's past Events."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.pause_image, str):
@@ -104,6 +112,10 @@ class RuntimeSettings:
                 f"{self.lease_renew_interval!r}: the Lease would lapse between renewals",
             )
         check_worker_id(self.worker_id)
+        if not isinstance(self.shared_event_watch, bool):
+            raise SpecError(
+                "shared_event_watch", f"must be True or False, not {self.shared_event_watch!r}"
+            )
         _require_positive("resync_period", self.reflector.resync_period)
         limit = self.log_memory_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -153,6 +165,7 @@ class RuntimeOptions(TypedDict, total=False):
     lease_renew_interval: float
     reap_grace: float
     reap_interval: float | None
+    shared_event_watch: bool
 
 
 def resolve(settings: RuntimeSettings | None, options: RuntimeOptions) -> RuntimeSettings:

@@ -2,9 +2,11 @@
 go to handlers (client-go's ``SharedIndexInformer``: reflector + store + handlers).
 
 A build has one over its own pod (by its build-id label) and, once the pod exists, the
-Events about exactly that pod (by uid); the namespace monitor has one over every pod the
-runtime labelled and the namespace's pod Events. The store is the cache; handlers are
-called with each difference in the order the reflectors applied them, and must not block.
+Events about exactly that pod (by uid): from a watch of its own, or from its share of the
+runtime's one watch of the namespace's pod Events (:mod:`.shared_events`). The namespace
+monitor has one over every pod the runtime labelled and the namespace's pod Events. The
+store is the cache; handlers are called with each difference in the order the reflectors
+applied them, and must not block.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from buildruntime.informer.reflector import (
     ReflectorSettings,
     WatchObserver,
 )
+from buildruntime.informer.shared_events import EventFollowing, SharedEventWatch
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta, Store
 
@@ -64,6 +67,8 @@ class Informer:
             observer=observer,
         )
         self.event_reflector: Reflector[EventSnapshot] | None = None
+        """The reflector the Events come from: the informer's own, or the shared one."""
+        self._following: EventFollowing | None = None
         self._event_fields = event_fields
         self._task_group: TaskGroup | None = None
 
@@ -79,6 +84,8 @@ class Informer:
                 await anyio.sleep_forever()
         finally:
             self._task_group = None
+            if self._following is not None:
+                self._following.close()
 
     def watch_events(self, field_selector: str, *, empty_at: str | None = None) -> None:
         """Start the events reflector with ``field_selector`` (once; the informer runs).
@@ -86,6 +93,19 @@ class Informer:
         assert self._task_group is not None, "the informer is not running"
         assert self.event_reflector is None, "events are already watched"
         self._start_events(field_selector, empty_at)
+
+    def follow_events(
+        self, shared: SharedEventWatch, pod_uid: str, *, created_at: str | None
+    ) -> None:
+        """Take the Events of pod ``pod_uid`` from ``shared`` (once; the informer runs)
+        instead of a watch of the informer's own. ``created_at``: the pod's creation
+        resourceVersion (see :meth:`SharedEventWatch.follow`)."""
+        assert self._task_group is not None, "the informer is not running"
+        assert self.event_reflector is None, "events are already watched"
+        self._following = shared.follow(
+            pod_uid, created_at=created_at, replace=self._replace_events, apply=self._apply_event
+        )
+        self.event_reflector = self._following.reflector
 
     def _start_events(self, field_selector: str, empty_at: str | None = None) -> None:
         assert self._task_group is not None

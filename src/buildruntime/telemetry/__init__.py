@@ -27,6 +27,7 @@ from buildruntime.telemetry.names import (
     WATCH_RELISTS_METRIC,
     WATCH_RESTARTS_METRIC,
 )
+from buildruntime.telemetry.watches import WatchTelemetry
 
 __all__ = [
     "BUILDS_RUNNING_METRIC",
@@ -43,5 +44,6 @@ __all__ = [
     "BuildTelemetry",
     "Instruments",
     "MeteredCluster",
+    "WatchTelemetry",
     "instruments_for",
 ]

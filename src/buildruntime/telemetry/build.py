@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from buildruntime.cluster.port import Cluster, Resource
+from buildruntime.cluster.port import Cluster
 from buildruntime.events import BuildEvent
 from buildruntime.results import Failure
 from buildruntime.spec import BuildSpec, StepSpec
 from buildruntime.telemetry import names
 from buildruntime.telemetry.cluster import MeteredCluster
 from buildruntime.telemetry.instruments import Instruments
+from buildruntime.telemetry.watches import WatchTelemetry
 
 _POD_GONE = {
     "Evicted": Failure.EVICTED,
@@ -41,11 +42,11 @@ class _Step:
     running: bool = False
 
 
-class BuildTelemetry:
+class BuildTelemetry(WatchTelemetry):
     """The build's span, its steps' spans, and what it adds to the runtime's metrics."""
 
     def __init__(self, instruments: Instruments, spec: BuildSpec, namespace: str) -> None:
-        self._instruments = instruments
+        super().__init__(instruments)
         self._spec = spec
         self._namespace = namespace
         self._span: Span | None = None
@@ -151,15 +152,7 @@ class BuildTelemetry:
         )
         span.end()
 
-    # -- the reflectors and the log captures ------------------------------------------
-
-    def relisted(self, resource: Resource, cause: str) -> None:
-        self._instruments.watch_relists.add(1, {names.WATCH_RESOURCE: resource, names.CAUSE: cause})
-
-    def rewatched(self, resource: Resource, cause: str) -> None:
-        self._instruments.watch_restarts.add(
-            1, {names.WATCH_RESOURCE: resource, names.CAUSE: cause}
-        )
+    # -- the log captures (the reflectors: see WatchTelemetry) ---------------------------
 
     def captured(self, lines: int, size: int) -> None:
         self._instruments.log_lines.add(lines)
