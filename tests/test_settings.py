@@ -38,6 +38,7 @@ def test_the_resync_period_has_one_home() -> None:
         ({"pause_image": "not an image"}, "pause_image"),
         ({"placeholder_image": "not an image"}, "placeholder_image"),
         ({"placeholder_image": 3}, "placeholder_image"),
+        ({"shared_event_watch": "yes"}, "shared_event_watch"),
         ({"delete_timout": 3}, "delete_timout"),
     ],
 )

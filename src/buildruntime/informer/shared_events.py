@@ -102,7 +102,7 @@ class SharedEventWatch:
         self._settings = settings
         self._observer = observer
         self._task_group: TaskGroup | None = None
-        self._scope = anyio.CancelScope()
+        self._scope: anyio.CancelScope | None = None
         self.reflector: Reflector[EventSnapshot] | None = None
         self._followers: dict[str, _Follower] = {}
         self._held: TTLCache[str, list[tuple[str, EventSnapshot]]] = TTLCache(
@@ -122,8 +122,9 @@ class SharedEventWatch:
     def close(self) -> None:
         """Stop the watch and forget the task group: a later :meth:`open` starts
         afresh."""
-        self._scope.cancel()
-        self._scope = anyio.CancelScope()
+        if self._scope is not None:
+            self._scope.cancel()
+        self._scope = None
         self._task_group = None
         self.reflector = None
         self._followers.clear()
@@ -166,6 +167,9 @@ class SharedEventWatch:
             empty_at=created_at,
             observer=self._observer,
         )
+        # Made here, on the event loop (the runtime is built outside one), not in the
+        # task: a close() before the task has started must still stop it.
+        self._scope = anyio.CancelScope()
         self._task_group.start_soon(self._run, self.reflector, self._scope)
 
     @staticmethod
