@@ -110,11 +110,6 @@ class SharedEventWatch:
         )
         """Events of pods nobody follows (yet), by pod uid, in the order they came."""
 
-    @property
-    def followed(self) -> int:
-        """How many pods' Events are being routed to a build."""
-        return len(self._followers)
-
     def open(self, task_group: TaskGroup) -> None:
         """Where the watch will run once a build follows a pod."""
         self._task_group = task_group
