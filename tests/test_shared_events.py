@@ -105,3 +105,31 @@ async def test_a_relist_gives_each_follower_its_own_pods_events(cluster: FakeClu
             assert "Scheduled" in replaced[name][-1]
         tg.cancel_scope.cancel()
         watch.close()
+
+
+async def test_a_pod_created_earlier_but_followed_later_gets_its_events(
+    cluster: FakeCluster,
+) -> None:
+    # Creates run concurrently: the pod followed first may be the newer one. The watch
+    # then starts again from the older pod's creation.
+    watch = SharedEventWatch(cluster, "ci")
+    older: list[str] = []
+    newer: list[str] = []
+    async with anyio.create_task_group() as tg:
+        watch.open(tg)
+        older_uid, older_rv = await _create(cluster, "created-first")
+        with anyio.fail_after(10):
+            while "Started" not in await _listed_reasons(cluster, older_uid):
+                await anyio.sleep(0.01)
+        newer_uid, newer_rv = await _create(cluster, "created-second")
+        watch.follow(
+            newer_uid, created_at=newer_rv, replace=lambda items: None, apply=_collect(newer)
+        )
+        await _until(lambda: "Started" in newer)
+        watch.follow(
+            older_uid, created_at=older_rv, replace=lambda items: None, apply=_collect(older)
+        )
+        await _until(lambda: "Started" in older)
+        assert older == await _listed_reasons(cluster, older_uid)
+        tg.cancel_scope.cancel()
+        watch.close()

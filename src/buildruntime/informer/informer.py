@@ -67,7 +67,8 @@ class Informer:
             observer=observer,
         )
         self.event_reflector: Reflector[EventSnapshot] | None = None
-        """The reflector the Events come from: the informer's own, or the shared one."""
+        """The informer's own events reflector, if it has one (not when it follows a
+        shared watch)."""
         self._following: EventFollowing | None = None
         self._event_fields = event_fields
         self._task_group: TaskGroup | None = None
@@ -102,10 +103,10 @@ class Informer:
         resourceVersion (see :meth:`SharedEventWatch.follow`)."""
         assert self._task_group is not None, "the informer is not running"
         assert self.event_reflector is None, "events are already watched"
+        assert self._following is None, "events are already followed"
         self._following = shared.follow(
             pod_uid, created_at=created_at, replace=self._replace_events, apply=self._apply_event
         )
-        self.event_reflector = self._following.reflector
 
     def _start_events(self, field_selector: str, empty_at: str | None = None) -> None:
         assert self._task_group is not None
@@ -126,14 +127,20 @@ class Informer:
     @property
     def synced(self) -> bool:
         """Both reflectors (those started) have listed once."""
-        events = self.event_reflector
-        return self.pod_reflector.synced.is_set() and (events is None or events.synced.is_set())
+        events = self._events_synced()
+        return self.pod_reflector.synced.is_set() and (events is None or events.is_set())
 
     async def wait_synced(self) -> None:
         """Wait until the reflectors started so far have listed once."""
         await self.pod_reflector.synced.wait()
-        if self.event_reflector is not None:
-            await self.event_reflector.synced.wait()
+        events = self._events_synced()
+        if events is not None:
+            await events.wait()
+
+    def _events_synced(self) -> anyio.Event | None:
+        if self._following is not None:
+            return self._following.synced
+        return self.event_reflector.synced if self.event_reflector is not None else None
 
     # -- store → handlers ---------------------------------------------------------------
 

@@ -9,9 +9,13 @@ Kubernetes behaviour handled here:
   namespace (bench/RESULTS.md, "Server cost"). One watch of the namespace, split here by
   ``involvedObject.uid``, costs one decode per Event.
 - No Event can name a pod before the pod exists: the watch starts, with no list, at the
-  resourceVersion of the first pod created through it (``created_at``), as a build's own
-  events watch does (see :class:`~buildruntime.informer.reflector.Reflector`'s
-  ``empty_at``). Every later pod is newer, so its Events come after that point.
+  creation resourceVersion of the pod that is followed first (``created_at``), as a
+  build's own events watch does (see :class:`~buildruntime.informer.reflector.Reflector`'s
+  ``empty_at``). Creates run concurrently, so a pod created earlier can be followed later:
+  the watch is then started again from that pod's older creation. What comes twice is
+  dropped by each build's store, which keeps an Event only if it is newer. The watch stops
+  when no pod is followed (nothing is left open between builds) and starts again, still
+  unlisted, with the next.
 - An Event can reach the watch before the call that created its pod has returned (the
   scheduler's ``Scheduled`` races the create response under load): Events of a pod uid
   nobody follows are held for ``hold`` seconds, and a build that follows the uid
@@ -62,18 +66,13 @@ class _Follower:
 class EventFollowing:
     """One build's share of the watch: its pod's Events, until :meth:`close`."""
 
-    __slots__ = ("_pod_uid", "_watch")
+    __slots__ = ("_pod_uid", "_watch", "synced")
 
-    def __init__(self, watch: SharedEventWatch, pod_uid: str) -> None:
+    def __init__(self, watch: SharedEventWatch, pod_uid: str, synced: anyio.Event) -> None:
         self._watch = watch
         self._pod_uid = pod_uid
-
-    @property
-    def reflector(self) -> Reflector[EventSnapshot]:
-        """The shared reflector (its ``synced`` event, its ``last_error``)."""
-        reflector = self._watch.reflector
-        assert reflector is not None
-        return reflector
+        self.synced = synced
+        """Set once the watch has started (it lists nothing when it starts unlisted)."""
 
     def close(self) -> None:
         """Stop receiving the pod's Events. Safe to call more than once."""
@@ -103,6 +102,9 @@ class SharedEventWatch:
         self._observer = observer
         self._task_group: TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
+        self._synced: anyio.Event | None = None
+        self._since: str | None = None
+        """The resourceVersion the running watch started from (None: it listed)."""
         self.reflector: Reflector[EventSnapshot] | None = None
         self._followers: dict[str, _Follower] = {}
         self._held: TTLCache[str, list[tuple[str, EventSnapshot]]] = TTLCache(
@@ -117,12 +119,17 @@ class SharedEventWatch:
     def close(self) -> None:
         """Stop the watch and forget the task group: a later :meth:`open` starts
         afresh."""
+        self._stop()
+        self._task_group = None
+        self._followers.clear()
+
+    def _stop(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
         self._scope = None
-        self._task_group = None
+        self._synced = None
+        self._since = None
         self.reflector = None
-        self._followers.clear()
         self._held.clear()
 
     def follow(
@@ -137,19 +144,27 @@ class SharedEventWatch:
         held first. ``created_at``: the pod's creation resourceVersion, where the watch
         starts if this is its first pod (None: it lists first)."""
         assert pod_uid not in self._followers, "this pod's Events are already followed"
-        self._start(created_at)
+        if self.reflector is None or _older(created_at, self._since):
+            self._start(created_at)
         self._followers[pod_uid] = _Follower(replace, apply)
         for kind, event in self._held.pop(pod_uid, ()):
             apply(kind, event)
-        return EventFollowing(self, pod_uid)
+        assert self._synced is not None
+        return EventFollowing(self, pod_uid, self._synced)
 
     def unfollow(self, pod_uid: str) -> None:
-        self._followers.pop(pod_uid, None)
+        if self._followers.pop(pod_uid, None) is not None and not self._followers:
+            self._stop()
 
     def _start(self, created_at: str | None) -> None:
-        if self.reflector is not None:
-            return
+        """(Re)start the watch from ``created_at``; a restart keeps what is held (the
+        new watch delivers it again, and stores drop the repeats)."""
         assert self._task_group is not None, "the shared events watch is not open"
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._synced is None:
+            self._synced = anyio.Event()
+        self._since = created_at
         self.reflector = Reflector(
             self._cluster,
             "events",
@@ -165,12 +180,17 @@ class SharedEventWatch:
         # Made here, on the event loop (the runtime is built outside one), not in the
         # task: a close() before the task has started must still stop it.
         self._scope = anyio.CancelScope()
-        self._task_group.start_soon(self._run, self.reflector, self._scope)
+        self._task_group.start_soon(self._run, self.reflector, self._scope, self._synced)
 
     @staticmethod
-    async def _run(reflector: Reflector[EventSnapshot], scope: anyio.CancelScope) -> None:
+    async def _run(
+        reflector: Reflector[EventSnapshot], scope: anyio.CancelScope, synced: anyio.Event
+    ) -> None:
         with scope:
-            await reflector.run()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reflector.run)
+                await reflector.synced.wait()
+                synced.set()
 
     # -- the reflector's callbacks --------------------------------------------------------
 
@@ -189,6 +209,12 @@ class SharedEventWatch:
             held.append((kind, event))
 
     def _replace(self, items: list[EventSnapshot]) -> None:
+        if not items:
+            # A watch (re)started unlisted begins with an empty replace. Passed on, it
+            # would empty the followers' stores, and the watch's repeats of what they
+            # had would come back as news. Nothing is lost by not passing it: an Event
+            # gone from a list has expired, which is not news for a build either.
+            return
         by_pod: dict[str, list[EventSnapshot]] = {}
         for event in items:
             if event.pod_uid:
@@ -198,3 +224,15 @@ class SharedEventWatch:
         self._held.clear()
         for pod_uid, events in by_pod.items():
             self._held[pod_uid] = [("ADDED", event) for event in events[:_HELD_PER_POD]]
+
+
+def _older(created_at: str | None, since: str | None) -> bool:
+    """Whether a pod created at ``created_at`` is older than where the running watch
+    started (``since``; None: the watch listed, so it has everything)."""
+    if since is None:
+        return False
+    if created_at is None:
+        return True  # unknown: list, to be sure
+    if created_at.isdigit() and since.isdigit():
+        return int(created_at) < int(since)
+    return created_at != since
