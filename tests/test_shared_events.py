@@ -107,16 +107,24 @@ async def test_a_relist_gives_each_follower_its_own_pods_events(cluster: FakeClu
         watch.close()
 
 
+def _events_watches(cluster: FakeCluster) -> int:
+    return sum(1 for r in cluster.requests if (r.verb, r.resource) == ("watch", "events"))
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["expected", "unannounced"])
 async def test_a_pod_created_earlier_but_followed_later_gets_its_events(
-    cluster: FakeCluster,
+    cluster: FakeCluster, announced: bool
 ) -> None:
-    # Creates run concurrently: the pod followed first may be the newer one. The watch
-    # then starts again from the older pod's creation.
+    # Creates run concurrently: the pod followed first may be the newer one. A build
+    # announces its create (expect) so that the watch starts early enough; without
+    # that, the watch is started again from the older pod's creation.
     watch = SharedEventWatch(cluster, "ci")
     older: list[str] = []
     newer: list[str] = []
     async with anyio.create_task_group() as tg:
         watch.open(tg)
+        seen = (await cluster.list("pods", "ci"))["metadata"]["resourceVersion"]
+        expected = watch.expect(seen) if announced else None
         older_uid, older_rv = await _create(cluster, "created-first")
         with anyio.fail_after(10):
             while "Started" not in await _listed_reasons(cluster, older_uid):
@@ -127,9 +135,32 @@ async def test_a_pod_created_earlier_but_followed_later_gets_its_events(
         )
         await _until(lambda: "Started" in newer)
         watch.follow(
-            older_uid, created_at=older_rv, replace=lambda items: None, apply=_collect(older)
+            older_uid,
+            created_at=older_rv,
+            replace=lambda items: None,
+            apply=_collect(older),
+            expected=expected,
         )
         await _until(lambda: "Started" in older)
         assert older == await _listed_reasons(cluster, older_uid)
+        assert _events_watches(cluster) == (1 if announced else 2)
+        tg.cancel_scope.cancel()
+        watch.close()
+
+
+async def test_the_watch_stops_when_no_pod_is_followed_or_expected(cluster: FakeCluster) -> None:
+    watch = SharedEventWatch(cluster, "ci")
+    async with anyio.create_task_group() as tg:
+        watch.open(tg)
+        uid, rv = await _create(cluster, "idle-after")
+        following = watch.follow(uid, created_at=rv, replace=lambda items: None, apply=_collect([]))
+        await _until(lambda: cluster.open_watches == 1)
+        pending = watch.expect(rv)
+        following.close()
+        await anyio.sleep(0.1)
+        assert cluster.open_watches == 1  # a create is on its way
+        assert pending is not None
+        pending.cancel()
+        await _until(lambda: cluster.open_watches == 0)
         tg.cancel_scope.cancel()
         watch.close()

@@ -44,7 +44,7 @@ from buildruntime.errors import (
 from buildruntime.events import BuildEvent
 from buildruntime.informer.fanout import PodFanout
 from buildruntime.informer.informer import Informer
-from buildruntime.informer.shared_events import SharedEventWatch
+from buildruntime.informer.shared_events import ExpectedPod, SharedEventWatch
 from buildruntime.informer.snapshots import PodSnapshot
 from buildruntime.informer.topic import Topic
 from buildruntime.labels import build_selector
@@ -212,6 +212,21 @@ class BuildController:
         for manifest in self._secret_manifests():
             name = manifest["metadata"]["name"]
             await self._send(None, f"create the Secret {name}", self._create_secret_once(manifest))
+        shared = self._shared_events
+        # The shared events watch must start no later than this pod's creation, whichever
+        # build's pod it starts with (see SharedEventWatch.expect).
+        expected = shared.expect(self.informer.pod_reflector.resource_version) if shared else None
+        try:
+            await self._create_pod_and_follow(expected)
+        finally:
+            if expected is not None:
+                expected.cancel()
+        await self._wait_scheduled()
+        await self._wait_placeholders()
+        with anyio.move_on_after(self.settings.api_timeout):
+            await self.informer.wait_synced()
+
+    async def _create_pod_and_follow(self, expected: ExpectedPod | None) -> None:
         created = await self._send(None, "create the pod", self._create_once())
         uid = (created.get("metadata") or {}).get("uid", "")
         self.fanout.bind(uid)
@@ -232,13 +247,11 @@ class BuildController:
         # watch starts there, with no list (see Reflector's empty_at).
         created_at = (created.get("metadata") or {}).get("resourceVersion") or None
         if self._shared_events is not None:
-            self.informer.follow_events(self._shared_events, uid, created_at=created_at)
+            self.informer.follow_events(
+                self._shared_events, uid, created_at=created_at, expected=expected
+            )
         else:
             self.informer.watch_events(self._events_selector(uid), empty_at=created_at)
-        await self._wait_scheduled()
-        await self._wait_placeholders()
-        with anyio.move_on_after(self.settings.api_timeout):
-            await self.informer.wait_synced()
 
     async def _wait_listed(self) -> None:
         with anyio.move_on_after(self.settings.api_timeout):

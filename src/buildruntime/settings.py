@@ -71,10 +71,9 @@ class RuntimeSettings:
     skew when a Lease is judged from its renewTime (see :mod:`buildruntime.reaper`)."""
     reap_interval: float | None = 30.0
     """How often the runtime reaps dead workers' Leases; None: only once, at start."""
-    shared_event_watch: bool = False
+    shared_event_watch: bool = True
     """One watch of the namespace's pod Events for all the runtime's builds, split by pod
-    uid (True), or one watch per build, of its own pod's Events (False, the default until
-    the shared watch has run the whole integration suite on a real cluster). Events are not
+    uid (True), or one watch per build, of its own pod's Events (False). Events are not
     in the API server's watch cache, so each events watch costs the API server a decode
     of every Event of the namespace: one watch per build makes that cost grow with the
     square of the concurrent builds (bench/RESULTS.md). Both need the same permissions

@@ -24,7 +24,7 @@ from buildruntime.informer.reflector import (
     ReflectorSettings,
     WatchObserver,
 )
-from buildruntime.informer.shared_events import EventFollowing, SharedEventWatch
+from buildruntime.informer.shared_events import EventFollowing, ExpectedPod, SharedEventWatch
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta, Store
 
@@ -96,7 +96,12 @@ class Informer:
         self._start_events(field_selector, empty_at)
 
     def follow_events(
-        self, shared: SharedEventWatch, pod_uid: str, *, created_at: str | None
+        self,
+        shared: SharedEventWatch,
+        pod_uid: str,
+        *,
+        created_at: str | None,
+        expected: ExpectedPod | None = None,
     ) -> None:
         """Take the Events of pod ``pod_uid`` from ``shared`` (once; the informer runs)
         instead of a watch of the informer's own. ``created_at``: the pod's creation
@@ -105,7 +110,11 @@ class Informer:
         assert self.event_reflector is None, "events are already watched"
         assert self._following is None, "events are already followed"
         self._following = shared.follow(
-            pod_uid, created_at=created_at, replace=self._replace_events, apply=self._apply_event
+            pod_uid,
+            created_at=created_at,
+            replace=self._replace_events,
+            apply=self._apply_event,
+            expected=expected,
         )
 
     def _start_events(self, field_selector: str, empty_at: str | None = None) -> None:

@@ -11,11 +11,14 @@ Kubernetes behaviour handled here:
 - No Event can name a pod before the pod exists: the watch starts, with no list, at the
   creation resourceVersion of the pod that is followed first (``created_at``), as a
   build's own events watch does (see :class:`~buildruntime.informer.reflector.Reflector`'s
-  ``empty_at``). Creates run concurrently, so a pod created earlier can be followed later:
-  the watch is then started again from that pod's older creation. What comes twice is
-  dropped by each build's store, which keeps an Event only if it is newer. The watch stops
-  when no pod is followed (nothing is left open between builds) and starts again, still
-  unlisted, with the next.
+  ``empty_at``). Creates run concurrently, so a pod created earlier can be followed
+  later: a build announces its create before sending it (:meth:`SharedEventWatch.expect`,
+  with a resourceVersion it has seen, which is older than its pod), and the watch starts
+  at the oldest of those, so that every pod created meanwhile is covered. Should a pod
+  still turn out older than the watch's start, the watch is started again from there;
+  what comes twice is dropped by each build's store, which keeps an Event only if it is
+  newer. The watch stops when no pod is followed or expected (nothing is left open
+  between builds) and starts again, still unlisted, with the next.
 - An Event can reach the watch before the call that created its pod has returned (the
   scheduler's ``Scheduled`` races the create response under load): Events of a pod uid
   nobody follows are held for ``hold`` seconds, and a build that follows the uid
@@ -79,6 +82,22 @@ class EventFollowing:
         self._watch.unfollow(self._pod_uid)
 
 
+class ExpectedPod:
+    """A pod whose create is on its way: the watch must start no later than ``since``."""
+
+    __slots__ = ("_watch", "since")
+
+    def __init__(self, watch: SharedEventWatch, since: str) -> None:
+        self._watch = watch
+        self.since = since
+
+    def cancel(self) -> None:
+        """The create failed, or the pod is followed: stop holding the start back. Safe
+        to call more than once."""
+        self._watch._expected.discard(self)
+        self._watch._stop_if_idle()
+
+
 class SharedEventWatch:
     """The namespace's pod Events, routed to the builds that follow their pod's uid.
 
@@ -107,6 +126,7 @@ class SharedEventWatch:
         """The resourceVersion the running watch started from (None: it listed)."""
         self.reflector: Reflector[EventSnapshot] | None = None
         self._followers: dict[str, _Follower] = {}
+        self._expected: set[ExpectedPod] = set()
         self._held: TTLCache[str, list[tuple[str, EventSnapshot]]] = TTLCache(
             maxsize=max_held, ttl=hold
         )
@@ -122,6 +142,21 @@ class SharedEventWatch:
         self._stop()
         self._task_group = None
         self._followers.clear()
+        self._expected.clear()
+
+    def expect(self, since: str | None) -> ExpectedPod | None:
+        """Announce a pod create about to be sent; ``since``: a resourceVersion seen
+        before it (the build's pod reflector's). None when ``since`` says nothing (the
+        watch is then started again should the pod be older than it)."""
+        if not since or since == "0":
+            return None
+        expected = ExpectedPod(self, since)
+        self._expected.add(expected)
+        return expected
+
+    def _stop_if_idle(self) -> None:
+        if not self._followers and not self._expected:
+            self._stop()
 
     def _stop(self) -> None:
         if self._scope is not None:
@@ -139,13 +174,16 @@ class SharedEventWatch:
         created_at: str | None,
         replace: ReplaceEvents,
         apply: ApplyEvent,
+        expected: ExpectedPod | None = None,
     ) -> EventFollowing:
         """Route the Events of pod ``pod_uid`` to ``replace``/``apply``, those already
-        held first. ``created_at``: the pod's creation resourceVersion, where the watch
-        starts if this is its first pod (None: it lists first)."""
+        held first. ``created_at``: the pod's creation resourceVersion (None: unknown,
+        the watch lists); ``expected``: what :meth:`expect` gave before its create."""
         assert pod_uid not in self._followers, "this pod's Events are already followed"
+        if expected is not None:
+            self._expected.discard(expected)
         if self.reflector is None or _older(created_at, self._since):
-            self._start(created_at)
+            self._start(_oldest([created_at, *(e.since for e in self._expected)]))
         self._followers[pod_uid] = _Follower(replace, apply)
         for kind, event in self._held.pop(pod_uid, ()):
             apply(kind, event)
@@ -153,8 +191,8 @@ class SharedEventWatch:
         return EventFollowing(self, pod_uid, self._synced)
 
     def unfollow(self, pod_uid: str) -> None:
-        if self._followers.pop(pod_uid, None) is not None and not self._followers:
-            self._stop()
+        if self._followers.pop(pod_uid, None) is not None:
+            self._stop_if_idle()
 
     def _start(self, created_at: str | None) -> None:
         """(Re)start the watch from ``created_at``; a restart keeps what is held (the
@@ -236,3 +274,14 @@ def _older(created_at: str | None, since: str | None) -> bool:
     if created_at.isdigit() and since.isdigit():
         return int(created_at) < int(since)
     return created_at != since
+
+
+def _oldest(versions: list[str | None]) -> str | None:
+    """The oldest of these resourceVersions (None if any is unknown: then list). They
+    compare as etcd revisions; should one not be a number, the first is taken."""
+    if any(version is None for version in versions):
+        return None
+    known = [version for version in versions if version is not None]
+    if all(version.isdigit() for version in known):
+        return min(known, key=int)
+    return known[0]
