@@ -230,6 +230,17 @@ class BuildController:
         created = await self._send(None, "create the pod", self._create_once())
         uid = (created.get("metadata") or {}).get("uid", "")
         self.fanout.bind(uid)
+        # Events name the pod's uid, so none exists before its creation: the events
+        # watch starts there, with no list (see Reflector's empty_at). Followed at once,
+        # before anything else is awaited: a shared watch holds the Events of a pod
+        # nobody follows only for a while.
+        created_at = (created.get("metadata") or {}).get("resourceVersion") or None
+        if self._shared_events is not None:
+            self.informer.follow_events(
+                self._shared_events, uid, created_at=created_at, expected=expected
+            )
+        else:
+            self.informer.watch_events(self._events_selector(uid), empty_at=created_at)
         for name in self._secrets_created:
             # From now on the Secret goes with the pod, whoever deletes it: the garbage
             # collector does not need this worker to be alive.
@@ -243,15 +254,6 @@ class BuildController:
                     owned_by_pod(self.spec.pod_name, uid),
                 ),
             )
-        # Events name the pod's uid, so none exists before its creation: the events
-        # watch starts there, with no list (see Reflector's empty_at).
-        created_at = (created.get("metadata") or {}).get("resourceVersion") or None
-        if self._shared_events is not None:
-            self.informer.follow_events(
-                self._shared_events, uid, created_at=created_at, expected=expected
-            )
-        else:
-            self.informer.watch_events(self._events_selector(uid), empty_at=created_at)
 
     async def _wait_listed(self) -> None:
         with anyio.move_on_after(self.settings.api_timeout):

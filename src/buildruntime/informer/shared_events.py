@@ -94,8 +94,7 @@ class ExpectedPod:
     def cancel(self) -> None:
         """The create failed, or the pod is followed: stop holding the start back. Safe
         to call more than once."""
-        self._watch._expected.discard(self)
-        self._watch._stop_if_idle()
+        self._watch.withdraw(self)
 
 
 class SharedEventWatch:
@@ -153,6 +152,12 @@ class SharedEventWatch:
         expected = ExpectedPod(self, since)
         self._expected.add(expected)
         return expected
+
+    def withdraw(self, expected: ExpectedPod) -> None:
+        """``expected`` no longer holds the watch's start back (see
+        :meth:`ExpectedPod.cancel`)."""
+        self._expected.discard(expected)
+        self._stop_if_idle()
 
     def _stop_if_idle(self) -> None:
         if not self._followers and not self._expected:
