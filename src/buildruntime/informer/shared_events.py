@@ -119,7 +119,8 @@ class SharedEventWatch:
         self._settings = settings
         self._observer = observer
         self._task_group: TaskGroup | None = None
-        self._scope: anyio.CancelScope | None = None
+        self._stopping: anyio.Event | None = None
+        """Set to stop the running watch."""
         self._synced: anyio.Event | None = None
         self._since: str | None = None
         """The resourceVersion the running watch started from (None: it listed)."""
@@ -164,9 +165,12 @@ class SharedEventWatch:
             self._stop()
 
     def _stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-        self._scope = None
+        # Told, not cancelled from here: this runs as a build's tasks are being
+        # cancelled, and a cancellation raised now would carry that build's (and its
+        # frames') along in its context until the watch's task next ran.
+        if self._stopping is not None:
+            self._stopping.set()
+        self._stopping = None
         self._synced = None
         self._since = None
         self.reflector = None
@@ -203,8 +207,8 @@ class SharedEventWatch:
         """(Re)start the watch from ``created_at``; a restart keeps what is held (the
         new watch delivers it again, and stores drop the repeats)."""
         assert self._task_group is not None, "the shared events watch is not open"
-        if self._scope is not None:
-            self._scope.cancel()
+        if self._stopping is not None:
+            self._stopping.set()
         if self._synced is None:
             self._synced = anyio.Event()
         self._since = created_at
@@ -221,19 +225,19 @@ class SharedEventWatch:
             observer=self._observer,
         )
         # Made here, on the event loop (the runtime is built outside one), not in the
-        # task: a close() before the task has started must still stop it.
-        self._scope = anyio.CancelScope()
-        self._task_group.start_soon(self._run, self.reflector, self._scope, self._synced)
+        # task: a stop before the task has started must still stop it.
+        self._stopping = anyio.Event()
+        self._task_group.start_soon(self._run, self.reflector, self._stopping, self._synced)
 
     @staticmethod
     async def _run(
-        reflector: Reflector[EventSnapshot], scope: anyio.CancelScope, synced: anyio.Event
+        reflector: Reflector[EventSnapshot], stopping: anyio.Event, synced: anyio.Event
     ) -> None:
-        with scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(reflector.run)
-                await reflector.synced.wait()
-                synced.set()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reflector.run)
+            tg.start_soon(_mark_synced, reflector, synced)
+            await stopping.wait()
+            tg.cancel_scope.cancel()
 
     # -- the reflector's callbacks --------------------------------------------------------
 
@@ -290,3 +294,8 @@ def _oldest(versions: list[str | None]) -> str | None:
     if all(version.isdigit() for version in known):
         return min(known, key=int)
     return known[0]
+
+
+async def _mark_synced(reflector: Reflector[EventSnapshot], synced: anyio.Event) -> None:
+    await reflector.synced.wait()
+    synced.set()
