@@ -46,6 +46,7 @@ from buildruntime.informer.reflector import (
     WatchObserver,
 )
 from buildruntime.informer.snapshots import EventSnapshot
+from buildruntime.informer.store import is_newer
 
 ReplaceEvents = Callable[[list[EventSnapshot]], None]
 ApplyEvent = Callable[[str, EventSnapshot], None]
@@ -280,9 +281,7 @@ def _older(created_at: str | None, since: str | None) -> bool:
         return False
     if created_at is None:
         return True  # unknown: list, to be sure
-    if created_at.isdigit() and since.isdigit():
-        return int(created_at) < int(since)
-    return created_at != since
+    return is_newer(since, created_at)
 
 
 def _oldest(versions: list[str | None]) -> str | None:

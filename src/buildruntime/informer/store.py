@@ -29,7 +29,7 @@ class Delta(Generic[S]):
     new: S | None
 
 
-def _newer(candidate: str, current: str) -> bool:
+def is_newer(candidate: str, current: str) -> bool:
     """Whether resourceVersion ``candidate`` is newer than ``current``.
 
     resourceVersions are opaque in theory, but every API server issues etcd revisions,
@@ -59,7 +59,7 @@ class Store:
             del self.pods[new.name]
             return Delta(old, None)
         if old is not None and old.uid == new.uid:
-            if not _newer(new.resource_version, old.resource_version):
+            if not is_newer(new.resource_version, old.resource_version):
                 return None
             new = share_unchanged(old, new)
         self.pods[new.name] = new
@@ -92,7 +92,7 @@ class Store:
             # Events expire (TTL, one hour by default); that is not news for a build.
             self.events.pop(new.uid, None)
             return None
-        if old is not None and not _newer(new.resource_version, old.resource_version):
+        if old is not None and not is_newer(new.resource_version, old.resource_version):
             return None
         self.events[new.uid] = new
         return Delta(old, new)
