@@ -93,26 +93,53 @@ async def test_a_hundred_such_steps_at_the_same_time_lose_none(target: Target) -
         for b in range(BUILDS)
     ]
     outputs: dict[tuple[str, str], tuple[list[bytes], list[bytes] | None, int | None]] = {}
+    # Where each build and step is: should the run not finish in time, the failure says
+    # which are stuck where, and what the runtime's cache says of their steps.
+    progress: dict[str, str] = {}
+    builds: dict[str, Build] = {}
     started = time.monotonic()
 
     async def one_step(rt: Runtime, build: Build, step: str) -> None:
+        progress[f"{build.build_id}/{step}"] = "running"
         outputs[build.build_id, step] = await _step_output(rt, target, build, step)
+        progress[f"{build.build_id}/{step}"] = "done"
 
     async def one_build(rt: Runtime, spec: BuildSpec) -> None:
+        progress[spec.build_id] = "setting up"
         build = await rt.setup_build(spec)
+        builds[spec.build_id] = build
+        progress[spec.build_id] = "assembling"
         await rt.assemble_build(build)
+        progress[spec.build_id] = "steps"
         try:
             async with anyio.create_task_group() as steps_group:
                 for step in steps:
                     steps_group.start_soon(one_step, rt, build, step)
         finally:
+            progress[spec.build_id] = "removing"
             await rt.remove_build(build)
+            progress[spec.build_id] = "done"
+
+    async def stuck(rt: Runtime) -> str:
+        report = []
+        for key, where in progress.items():
+            if where == "done":
+                continue
+            build_id, _, step = key.partition("/")
+            if step and build_id in builds:
+                state = await rt.inspect_container(builds[build_id], step)
+                where += f" (cache: {state})"
+            report.append(f"{key}: {where}")
+        return "; ".join(report)
 
     async with target.runtime() as rt:
-        with anyio.fail_after(600):
-            async with anyio.create_task_group() as builds_group:
-                for spec in specs:
-                    builds_group.start_soon(one_build, rt, spec)
+        try:
+            with anyio.fail_after(600):
+                async with anyio.create_task_group() as builds_group:
+                    for spec in specs:
+                        builds_group.start_soon(one_build, rt, spec)
+        except TimeoutError:
+            pytest.fail(f"not finished in 600 s: {await stuck(rt)}")
     elapsed = time.monotonic() - started
 
     expected = _numbers(LINES_PER_CONCURRENT_STEP)
