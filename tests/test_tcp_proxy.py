@@ -28,6 +28,8 @@ class _Server:
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
+        self.sent = 0
+        """Bytes of ``big`` handed to the kernel so far (all connections)."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -42,7 +44,10 @@ class _Server:
         with contextlib.suppress(ConnectionError), conn, conn.makefile("rb") as reader:
             command = reader.readline().strip()
             if command == b"big":
-                conn.sendall(_payload(BIG))
+                payload = memoryview(_payload(BIG))
+                for start in range(0, BIG, 65536):
+                    conn.sendall(payload[start : start + 65536])
+                    self.sent += len(payload[start : start + 65536])
             elif command == b"echo":
                 conn.sendall(reader.readline())
 
@@ -51,13 +56,27 @@ class _Server:
 
 
 @pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    server = _Server()
-    try:
-        with TcpProxy("127.0.0.1", server.port) as relay:
-            yield relay
-    finally:
-        server.close()
+def server() -> Iterator[_Server]:
+    serving = _Server()
+    yield serving
+    serving.close()
+
+
+@pytest.fixture
+def proxy(server: _Server) -> Iterator[TcpProxy]:
+    with TcpProxy("127.0.0.1", server.port) as relay:
+        yield relay
+
+
+def _until_held_back(server: _Server) -> None:
+    """Wait until the server can send no more: every buffer on the way is full."""
+    deadline = time.monotonic() + 10
+    last = -1
+    while server.sent != last:
+        assert time.monotonic() < deadline, "the server never stopped sending"
+        last = server.sent
+        time.sleep(0.3)
+    assert 0 < server.sent < BIG
 
 
 def _connect(proxy: TcpProxy) -> socket.socket:
@@ -71,10 +90,10 @@ def _read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_a_connection_nobody_reads_holds_back_no_other(proxy: TcpProxy) -> None:
+def test_a_connection_nobody_reads_holds_back_no_other(proxy: TcpProxy, server: _Server) -> None:
     unread = _connect(proxy)
     unread.sendall(b"big\n")
-    time.sleep(0.5)  # the server's data fills every buffer on the way to `unread`
+    _until_held_back(server)  # the server's data fills every buffer on the way to `unread`
     other = _connect(proxy)
     other.settimeout(5)
     other.sendall(b"echo\nhello\n")
