@@ -19,7 +19,10 @@ time (measured first, in the same run); requests by verb (both runtimes go throu
 same counting wrapper); step latency p50/p99 (``run_container`` → ``wait_container``
 returning) and assemble latency p50/p99. "runtime CPU" is apiserver + etcd CPU above
 idle minus the kubelet-only run's: what the runtime's own reads, watches and log
-streams cost the control plane.
+streams cost the control plane. That is a difference of two runs on a shared machine,
+which moves by tens of ms per build from one run to the next: ``--repeat N`` measures
+each concurrency N times (each round starting with another runtime) and adds a table of
+the medians, each round's runs minus that round's kubelet-only run.
 
 The breakdown reads the apiserver's ``/metrics`` before and after each run: server time
 by verb and resource (``apiserver_request_duration_seconds_sum``), watch events sent by
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -117,6 +121,8 @@ class Run:
     runtime: str
     builds: int
     steps: int
+    round: int = 0
+    """Which repetition of this concurrency (``--repeat``)."""
     wall: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
@@ -230,6 +236,7 @@ async def idle_rate(seconds: float) -> dict[str, float]:
 
 HEADERS = [
     "builds × steps",
+    "round",
     "runtime",
     "wall s",
     "apiserver CPU s",
@@ -247,17 +254,28 @@ HEADERS = [
 ]
 
 
+def _plane(run: Run, idle: dict[str, float]) -> float:
+    """apiserver + etcd CPU seconds above the idle rate."""
+    return sum(run.cpu[n] - idle[n] * run.wall for n in COMPONENTS[:2])
+
+
+def runtime_cpu(run: Run, runs: list[Run], idle: dict[str, float]) -> float | None:
+    """The run's control-plane CPU above idle minus that of the kubelet-only run of the
+    same concurrency and round: what the runtime's own requests cost."""
+    if run.runtime == "kubelet only":
+        return None
+    for base in runs:
+        if (base.runtime, base.builds, base.round) == ("kubelet only", run.builds, run.round):
+            return _plane(run, idle) - _plane(base, idle)
+    return None
+
+
 def rows_of(runs: list[Run], idle: dict[str, float]) -> list[list[object]]:
     rows: list[list[object]] = []
-    alone = {r.builds: r for r in runs if r.runtime == "kubelet only"}
     for run in runs:
         above = {name: run.cpu[name] - idle[name] * run.wall for name in COMPONENTS}
-        plane = above["kube-apiserver"] + above["etcd"]
-        base = alone.get(run.builds)
-        own: float | str = ""
-        if base is not None and run.runtime != "kubelet only":
-            base_plane = sum(base.cpu[n] - idle[n] * base.wall for n in COMPONENTS[:2])
-            own = plane - base_plane
+        mine = runtime_cpu(run, runs, idle)
+        own: float | str = "" if mine is None else mine
         verbs = ", ".join(
             f"{verb} {run.requests[verb]}"
             for verb in ("create", "list", "watch", "get", "patch", "log", "delete")
@@ -266,6 +284,7 @@ def rows_of(runs: list[Run], idle: dict[str, float]) -> list[list[object]]:
         rows.append(
             [
                 f"{run.builds} × {run.steps}",
+                run.round + 1,
                 run.runtime,
                 run.wall,
                 above["kube-apiserver"],
@@ -285,10 +304,72 @@ def rows_of(runs: list[Run], idle: dict[str, float]) -> list[list[object]]:
     return rows
 
 
+SUMMARY_HEADERS = [
+    "builds × steps",
+    "rounds",
+    "runtime CPU ms/build, median (min–max): buildruntime",
+    "events watch per build",
+    "baseline",
+    "buildruntime / baseline",
+    "step p50 s, median: buildruntime / baseline",
+]
+
+
+def summary(runs: list[Run], idle: dict[str, float]) -> str:
+    """Per concurrency, the medians over the rounds: one round's difference of two runs
+    moves by tens of ms per build on a shared machine, the median of several less."""
+
+    def per_build(which: str, builds: int) -> list[float]:
+        values = [
+            runtime_cpu(run, runs, idle)
+            for run in runs
+            if (run.runtime, run.builds) == (which, builds)
+        ]
+        return sorted(v * 1000 / builds for v in values if v is not None)
+
+    def p50s(which: str, builds: int) -> list[float]:
+        return [
+            _common.percentile(run.step_latency, 50)
+            for run in runs
+            if (run.runtime, run.builds) == (which, builds)
+        ]
+
+    def shown(values: list[float]) -> str:
+        if not values:
+            return ""
+        middle = statistics.median(values)
+        return (
+            f"{middle:.0f}"
+            if len(values) == 1
+            else f"{middle:.0f} ({values[0]:.0f}–{values[-1]:.0f})"
+        )
+
+    rows: list[list[object]] = []
+    for builds in sorted({run.builds for run in runs}):
+        ours, per, base = (per_build(w, builds) for w in ("buildruntime", PER_BUILD, "baseline"))
+        ratio = ""
+        if ours and base and statistics.median(base) > 0:
+            ratio = f"{statistics.median(ours) / statistics.median(base):.2f}"
+        rows.append(
+            [
+                f"{builds} × {runs[0].steps}",
+                len(ours),
+                shown(ours),
+                shown(per),
+                shown(base),
+                ratio,
+                f"{statistics.median(p50s('buildruntime', builds)):.2f} / "
+                f"{statistics.median(p50s('baseline', builds)):.2f}",
+            ]
+        )
+    return _common.table(SUMMARY_HEADERS, rows)
+
+
 def breakdown(runs: list[Run], top: int) -> str:
-    """Per run, the largest server-side costs from /metrics (seconds, or events)."""
+    """Per run of the first round, the largest server-side costs from /metrics (seconds,
+    or events)."""
     out: list[list[object]] = []
-    for run in runs:
+    for run in (run for run in runs if run.round == 0):
         for family, label in (
             ("apiserver_request_duration_seconds_sum", "server s"),
             ("apiserver_watch_events_total", "watch events"),
@@ -311,7 +392,7 @@ def breakdown(runs: list[Run], top: int) -> str:
     return _common.table(["builds × steps", "runtime", "what", "largest"], out)
 
 
-async def main_async(args: argparse.Namespace, kubeconfig: str) -> tuple[str, str, str]:
+async def main_async(args: argparse.Namespace, kubeconfig: str) -> tuple[str, str, str, str]:
     from kubernetes import config
 
     api: Any = config.new_client_from_config(config_file=kubeconfig)
@@ -323,24 +404,35 @@ async def main_async(args: argparse.Namespace, kubeconfig: str) -> tuple[str, st
     )
     print(idle_line, flush=True)
     runs: list[Run] = []
+    runtimes = ["buildruntime", PER_BUILD, "baseline"]
     for builds in [int(b) for b in args.builds.split(",")]:
-        measured: list[Run] = []
-        for which in ("buildruntime", PER_BUILD, "baseline"):
-            run = await measure(kubeconfig, api, which, builds, args.steps, (0.0, 0.0))
-            measured.append(run)
-            print(_common.table(HEADERS, rows_of([run], idle)).splitlines()[-1], flush=True)
-        # The writes alone, paced like the slower of the two runtimes.
-        slow = max(measured, key=lambda r: _common.percentile(r.step_latency, 50))
-        pace = (
-            _common.percentile(slow.assemble_latency, 50),
-            _common.percentile(slow.step_latency, 50),
-        )
-        alone = await measure(kubeconfig, api, "kubelet only", builds, args.steps, pace)
-        measured.append(alone)
-        print(_common.table(HEADERS, rows_of([alone], idle)).splitlines()[-1], flush=True)
-        runs += measured
+        for round_ in range(args.repeat):
+            measured: list[Run] = []
+            # Each round starts with another runtime: whatever drifts during a round
+            # (etcd's size, the node's caches) favours none of them.
+            for which in runtimes[round_ % 3 :] + runtimes[: round_ % 3]:
+                run = await measure(kubeconfig, api, which, builds, args.steps, (0.0, 0.0))
+                run.round = round_
+                measured.append(run)
+                print(_common.table(HEADERS, rows_of([run], idle)).splitlines()[-1], flush=True)
+            # The writes alone, paced like the slowest of the runtimes.
+            slow = max(measured, key=lambda r: _common.percentile(r.step_latency, 50))
+            pace = (
+                _common.percentile(slow.assemble_latency, 50),
+                _common.percentile(slow.step_latency, 50),
+            )
+            alone = await measure(kubeconfig, api, "kubelet only", builds, args.steps, pace)
+            alone.round = round_
+            measured.append(alone)
+            print(_common.table(HEADERS, rows_of([alone], idle)).splitlines()[-1], flush=True)
+            runs += measured
     api.close()
-    return idle_line, _common.table(HEADERS, rows_of(runs, idle)), breakdown(runs, args.top)
+    return (
+        idle_line,
+        _common.table(HEADERS, rows_of(runs, idle)),
+        summary(runs, idle),
+        breakdown(runs, args.top),
+    )
 
 
 def main() -> None:
@@ -349,13 +441,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="echo steps per build")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
     parser.add_argument("--top", type=int, default=4, help="breakdown entries per family")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds per concurrency (medians are shown)"
+    )
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     kubeconfig = _common.require_kubeconfig("cluster")
     assert kubeconfig is not None
-    idle_line, result, detail = anyio.run(main_async, args, kubeconfig)
+    idle_line, result, medians, detail = anyio.run(main_async, args, kubeconfig)
     print()
     print(result)
+    print()
+    print(medians)
     print()
     print(detail)
     if not args.no_record:
@@ -363,7 +460,8 @@ def main() -> None:
             "server_cost.py",
             "Control-plane cost of concurrent builds on the local cluster (CPU above the "
             "idle rate; 'runtime CPU' = apiserver + etcd above idle minus the kubelet-only "
-            f"run's).\n\n{idle_line}\n\n{result}\n\nFrom the apiserver's /metrics:\n\n"
+            f"run's of the same round).\n\n{idle_line}\n\n{result}\n\nMedians over the rounds:\n\n"
+            f"{medians}\n\nFrom the apiserver's /metrics:\n\n"
             f"{detail}\n",
         )
 
