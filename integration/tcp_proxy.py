@@ -217,5 +217,5 @@ class TcpProxy:
     def _reset_all(self) -> None:
         for sock in list(self._pairs):
             if sock in self._pairs:
+                self.cuts += 1  # counted first: the reset is seen the moment it is sent
                 self._close_pair(sock, reset=True)
-                self.cuts += 1
