@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -47,12 +48,21 @@ def _missing(lines: list[bytes] | None, count: int) -> str:
 
 
 async def _step_output(
-    rt: Runtime, target: Target, build: Build, step: str
+    rt: Runtime,
+    target: Target,
+    build: Build,
+    step: str,
+    mark: Callable[[str], None] = lambda call: None,
 ) -> tuple[list[bytes], list[bytes] | None, int | None]:
-    """The step's lines through tail_container and in the node's file, and its exit."""
+    """The step's lines through tail_container and in the node's file, and its exit;
+    ``mark`` is told each call before it is made."""
+    mark("run_container")
     await rt.run_container(build, step)
+    mark("tail_container")
     tailed = [line async for line in rt.tail_container(build, step)]
+    mark("wait_container")
     result = await rt.wait_container(build, step)
+    mark("reading the node's log file")
     node = await target.node_log(build.pod_name, step)
     return tailed, node, result.exit_code
 
@@ -100,9 +110,11 @@ async def test_a_hundred_such_steps_at_the_same_time_lose_none(target: Target) -
     started = time.monotonic()
 
     async def one_step(rt: Runtime, build: Build, step: str) -> None:
-        progress[f"{build.build_id}/{step}"] = "running"
-        outputs[build.build_id, step] = await _step_output(rt, target, build, step)
-        progress[f"{build.build_id}/{step}"] = "done"
+        key = f"{build.build_id}/{step}"
+        outputs[build.build_id, step] = await _step_output(
+            rt, target, build, step, mark=lambda call: progress.__setitem__(key, call)
+        )
+        progress[key] = "done"
 
     async def one_build(rt: Runtime, spec: BuildSpec) -> None:
         progress[spec.build_id] = "setting up"
@@ -127,8 +139,10 @@ async def test_a_hundred_such_steps_at_the_same_time_lose_none(target: Target) -
                 continue
             build_id, _, step = key.partition("/")
             if step and build_id in builds:
-                state = await rt.inspect_container(builds[build_id], step)
-                where += f" (cache: {state})"
+                try:
+                    where += f" (cache: {await rt.inspect_container(builds[build_id], step)})"
+                except Exception as error:  # a report of what is stuck must not fail
+                    where += f" (cache: {error!r})"
             report.append(f"{key}: {where}")
         return "; ".join(report)
 
