@@ -254,9 +254,15 @@ HEADERS = [
 ]
 
 
+def above_idle(run: Run, idle: dict[str, float]) -> dict[str, float]:
+    """Each component's CPU seconds during the run above its idle rate."""
+    return {name: run.cpu[name] - idle[name] * run.wall for name in COMPONENTS}
+
+
 def _plane(run: Run, idle: dict[str, float]) -> float:
     """apiserver + etcd CPU seconds above the idle rate."""
-    return sum(run.cpu[n] - idle[n] * run.wall for n in COMPONENTS[:2])
+    above = above_idle(run, idle)
+    return above["kube-apiserver"] + above["etcd"]
 
 
 def runtime_cpu(run: Run, runs: list[Run], idle: dict[str, float]) -> float | None:
@@ -273,7 +279,7 @@ def runtime_cpu(run: Run, runs: list[Run], idle: dict[str, float]) -> float | No
 def rows_of(runs: list[Run], idle: dict[str, float]) -> list[list[object]]:
     rows: list[list[object]] = []
     for run in runs:
-        above = {name: run.cpu[name] - idle[name] * run.wall for name in COMPONENTS}
+        above = above_idle(run, idle)
         mine = runtime_cpu(run, runs, idle)
         own: float | str = "" if mine is None else mine
         verbs = ", ".join(
@@ -319,20 +325,15 @@ def summary(runs: list[Run], idle: dict[str, float]) -> str:
     """Per concurrency, the medians over the rounds: one round's difference of two runs
     moves by tens of ms per build on a shared machine, the median of several less."""
 
+    def rounds_of(which: str, builds: int) -> list[Run]:
+        return [run for run in runs if (run.runtime, run.builds) == (which, builds)]
+
     def per_build(which: str, builds: int) -> list[float]:
-        values = [
-            runtime_cpu(run, runs, idle)
-            for run in runs
-            if (run.runtime, run.builds) == (which, builds)
-        ]
+        values = [runtime_cpu(run, runs, idle) for run in rounds_of(which, builds)]
         return sorted(v * 1000 / builds for v in values if v is not None)
 
     def p50s(which: str, builds: int) -> list[float]:
-        return [
-            _common.percentile(run.step_latency, 50)
-            for run in runs
-            if (run.runtime, run.builds) == (which, builds)
-        ]
+        return [_common.percentile(run.step_latency, 50) for run in rounds_of(which, builds)]
 
     def shown(values: list[float]) -> str:
         if not values:
