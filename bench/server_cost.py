@@ -5,19 +5,23 @@ For each concurrency B (builds at once, S ``echo`` steps each, driven as a CI ex
 does: assemble, then per step run → tail → wait, then remove), three runs one after the
 other in fresh namespaces:
 
-- ``buildruntime``: one Runtime, B builds at once, its one events watch shared by them
-  (the default);
-- ``buildruntime, events watch per build``: the same with ``shared_event_watch=False``;
+- ``buildruntime``: one Runtime, B builds at once, its one pods watch and its one
+  events watch shared by them (the defaults);
+- ``buildruntime, pod watch per build``: the same with ``shared_pod_watch=False``;
+- ``buildruntime, events watch per build`` (only with ``--runtimes``): the same with
+  ``shared_event_watch=False`` as well, the runtime as it was before either was shared;
 - ``baseline``: ``bench/baseline_runtime.py`` (per-step watches, GETs, log retries);
 - ``kubelet only``: the same pods created, their step images patched in one after the
   other at the pace the runtimes ran them, and deleted, with no watch and no log read:
   what the kubelet's own status writes and the writes every runtime must make cost.
 
-Figures per run: wall time; CPU seconds of kube-apiserver, etcd and the kubelet from
-``/proc/<pid>/stat`` (utime + stime) minus what the idle control plane burns in the same
-time (measured first, in the same run); requests by verb (both runtimes go through the
-same counting wrapper); step latency p50/p99 (``run_container`` → ``wait_container``
-returning) and assemble latency p50/p99. "runtime CPU" is apiserver + etcd CPU above
+Figures per run, each taken from the first call until the run's pods are gone (every
+runtime's pods terminate inside its own window): wall time; CPU seconds of
+kube-apiserver, etcd and the kubelet from ``/proc/<pid>/stat`` (utime + stime) minus
+what the idle control plane burns in the same time (measured first, in the same run);
+requests by verb (both runtimes go through the same counting wrapper); step latency
+p50/p99 (``run_container`` → ``wait_container`` returning) and assemble latency
+p50/p99. "runtime CPU" is apiserver + etcd CPU above
 idle minus the kubelet-only run's: what the runtime's own reads, watches and log
 streams cost the control plane. That is a difference of two runs on a shared machine,
 which moves by tens of ms per build from one run to the next: ``--repeat N`` measures
@@ -57,7 +61,20 @@ from buildruntime import BuildSpec, Runtime, StepSpec
 from buildruntime.spec import render_pod
 
 COMPONENTS = ("kube-apiserver", "etcd", "kubelet")
-PER_BUILD = "buildruntime, events watch per build"
+RUNTIMES: dict[str, dict[str, bool]] = {
+    "buildruntime": {},
+    "buildruntime, pod watch per build": {"shared_pod_watch": False},
+    "buildruntime, events watch per build": {
+        "shared_pod_watch": False,
+        "shared_event_watch": False,
+    },
+    "baseline": {},
+}
+"""The runtimes a run can compare, with the buildruntime settings each stands for."""
+CHOICES = dict(
+    zip(("shared", "pods-per-build", "events-per-build", "baseline"), RUNTIMES, strict=True)
+)
+"""``--runtimes`` names for them."""
 PIDS = Path(os.environ.get("BUILDRUNTIME_CLUSTER_RUN", "/run/buildruntime-cluster")) / "pids"
 TICKS = os.sysconf("SC_CLK_TCK")
 METRIC_FAMILIES = (
@@ -185,10 +202,7 @@ async def measure(
         try:
             if which.startswith("buildruntime"):
                 async with Runtime(
-                    counting,
-                    ns.name,
-                    pause_image=_common.LOCAL_PAUSE_IMAGE,
-                    shared_event_watch=which == "buildruntime",
+                    counting, ns.name, pause_image=_common.LOCAL_PAUSE_IMAGE, **RUNTIMES[which]
                 ) as runtime:
                     await _all(specs, lambda s: drive(runtime, s, run))
             elif which == "baseline":
@@ -200,14 +214,17 @@ async def measure(
                 )
         finally:
             await cluster.aclose()
+        # The run ends when its pods are gone, for every runtime: a pod's termination
+        # (the kubelet's last status writes, its final delete, the garbage collector)
+        # is work every runtime causes, and buildruntime's remove_build waits for it
+        # where the baseline's and the kubelet-only run's deletes return at once.
+        await _pods_gone(api, ns.name)
         run.wall = time.perf_counter() - started
         after = cpu_seconds()
         run.cpu = {name: after[name] - cpu_before[name] for name in COMPONENTS}
         run.metrics = scrape(api)
         run.metrics.subtract(metrics_before)
         run.requests = counting.counts()
-        # Let the namespace's pods go before the next run's clock starts.
-        await _pods_gone(api, ns.name)
     return run
 
 
@@ -221,7 +238,7 @@ async def _pods_gone(api: Any, namespace: str) -> None:
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    with anyio.move_on_after(120):
+    with anyio.fail_after(120):
         while (await anyio.to_thread.run_sync(core.list_namespaced_pod, namespace)).items:
             await anyio.sleep(0.5)
 
@@ -310,17 +327,6 @@ def rows_of(runs: list[Run], idle: dict[str, float]) -> list[list[object]]:
     return rows
 
 
-SUMMARY_HEADERS = [
-    "builds × steps",
-    "rounds",
-    "runtime CPU ms/build, median (min–max): buildruntime",
-    "events watch per build",
-    "baseline",
-    "buildruntime / baseline",
-    "step p50 s, median: buildruntime / baseline",
-]
-
-
 def summary(runs: list[Run], idle: dict[str, float]) -> str:
     """Per concurrency, the medians over the rounds: one round's difference of two runs
     moves by tens of ms per build on a shared machine, the median of several less."""
@@ -345,9 +351,10 @@ def summary(runs: list[Run], idle: dict[str, float]) -> str:
             else f"{middle:.0f} ({values[0]:.0f}–{values[-1]:.0f})"
         )
 
+    compared = [which for which in RUNTIMES if any(run.runtime == which for run in runs)]
     rows: list[list[object]] = []
     for builds in sorted({run.builds for run in runs}):
-        ours, per, base = (per_build(w, builds) for w in ("buildruntime", PER_BUILD, "baseline"))
+        ours, base = per_build("buildruntime", builds), per_build("baseline", builds)
         ratio = ""
         if ours and base and statistics.median(base) > 0:
             ratio = f"{statistics.median(ours) / statistics.median(base):.2f}"
@@ -355,15 +362,20 @@ def summary(runs: list[Run], idle: dict[str, float]) -> str:
             [
                 f"{builds} × {runs[0].steps}",
                 len(ours),
-                shown(ours),
-                shown(per),
-                shown(base),
+                *(shown(per_build(which, builds)) for which in compared),
                 ratio,
                 f"{statistics.median(p50s('buildruntime', builds)):.2f} / "
                 f"{statistics.median(p50s('baseline', builds)):.2f}",
             ]
         )
-    return _common.table(SUMMARY_HEADERS, rows)
+    headers = [
+        "builds × steps",
+        "rounds",
+        *(f"runtime CPU ms/build, median (min–max): {which}" for which in compared),
+        "buildruntime / baseline",
+        "step p50 s, median: buildruntime / baseline",
+    ]
+    return _common.table(headers, rows)
 
 
 def breakdown(runs: list[Run], top: int) -> str:
@@ -405,13 +417,14 @@ async def main_async(args: argparse.Namespace, kubeconfig: str) -> tuple[str, st
     )
     print(idle_line, flush=True)
     runs: list[Run] = []
-    runtimes = ["buildruntime", PER_BUILD, "baseline"]
+    runtimes = [CHOICES[name] for name in args.runtimes.split(",")]
     for builds in [int(b) for b in args.builds.split(",")]:
         for round_ in range(args.repeat):
             measured: list[Run] = []
             # Each round starts with another runtime: whatever drifts during a round
             # (etcd's size, the node's caches) favours none of them.
-            for which in runtimes[round_ % 3 :] + runtimes[: round_ % 3]:
+            first = round_ % len(runtimes)
+            for which in runtimes[first:] + runtimes[:first]:
                 run = await measure(kubeconfig, api, which, builds, args.steps, (0.0, 0.0))
                 run.round = round_
                 measured.append(run)
@@ -445,8 +458,16 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds per concurrency (medians are shown)"
     )
+    parser.add_argument(
+        "--runtimes",
+        default="shared,pods-per-build,baseline",
+        help=f"comma-separated, of: {', '.join(CHOICES)}",
+    )
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    unknown = set(args.runtimes.split(",")) - set(CHOICES)
+    if unknown:
+        parser.error(f"--runtimes: {', '.join(sorted(unknown))} not among {', '.join(CHOICES)}")
     kubeconfig = _common.require_kubeconfig("cluster")
     assert kubeconfig is not None
     idle_line, result, medians, detail = anyio.run(main_async, args, kubeconfig)

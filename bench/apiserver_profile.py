@@ -1,0 +1,210 @@
+"""Where kube-apiserver's CPU goes while builds run, per runtime: its own CPU profile,
+taken from its pprof endpoint over each run, summed by what the time was spent on.
+
+``server_cost.py`` measures each runtime's cost as a difference of two runs' ``/proc``
+totals, which moves by tens of ms per build from one run to the next. A profile says
+*what* the time was spent on, so the part a runtime causes (its lists, watches, log
+streams, the TLS handshakes of its connections) can be read apart from the part every
+runtime causes alike (the kubelet's status writes, pod creation and deletion).
+
+For one concurrency B, the runs of ``server_cost.py`` (buildruntime, buildruntime with a
+pod watch per build, the per-step baseline, the kubelet-only writes paced like the
+slowest of them), one after the other in fresh namespaces; during each, a CPU profile
+of ``--seconds`` seconds from ``/debug/pprof/profile`` (the apiserver must run with
+``--profiling=true``, as the local cluster's does). Each sample is put in the first
+category (in the table's order) one of its stack frames matches, so no second is
+counted twice; the rest is "other".
+
+    KUBECONFIG=/var/lib/buildruntime-cluster/admin.kubeconfig \\
+        .venv/bin/python bench/apiserver_profile.py --builds 30 --seconds 25
+
+Needs ``go`` (``go tool pprof`` reads the profiles; ``GO`` or ``/usr/local/go/bin/go``).
+The profiles are kept in ``bench/profiles/apiserver-<runtime>-<B>.pb.gz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import _common
+import anyio
+from server_cost import measure
+
+GO = os.environ.get("GO", "/usr/local/go/bin/go")
+PER_BUILD = "buildruntime, pod watch per build"
+COMPARED = ("buildruntime", PER_BUILD, "baseline")
+
+CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
+    ("TLS handshakes", re.compile(r"crypto/tls\.\(\*Conn\)\.(serverHandshake|handshakeContext)")),
+    (
+        "pod log requests (to the kubelet and back)",
+        re.compile(r"rest\.\(\*LogREST\)|proxy\.\(\*LocationStreamer\)"),
+    ),
+    (
+        "serving watches (encoding, writing)",
+        re.compile(r"handlers\.serveWatch|handlers\.\(\*WatchServer\)|\(\*cachingObject\)"),
+    ),
+    (
+        "watch cache: dispatching events to watchers",
+        re.compile(r"cacher\.\(\*Cacher\)\.(dispatch|processEvent)|\(\*cacheWatcher\)"),
+    ),
+    ("etcd watches (Events are not cached)", re.compile(r"etcd3\.\(\*watchChan\)")),
+    ("LIST requests", re.compile(r"handlers\.ListResource|\)\.GetList\b")),
+    ("GET requests", re.compile(r"handlers\.GetResource|registry\.\(\*Store\)\.Get\b")),
+    (
+        "POST (create) requests",
+        re.compile(r"handlers\.(createHandler|CreateResource)|registry\.\(\*Store\)\.[cC]reate"),
+    ),
+    (
+        "PATCH / PUT requests",
+        re.compile(r"handlers\.(PatchResource|UpdateResource)|handlers\.\(\*patcher\)|\.Update\b"),
+    ),
+    ("DELETE requests", re.compile(r"handlers\.DeleteResource|registry\.\(\*Store\)\.Delete")),
+    (
+        "request filters (authn, authz, flow control, audit)",
+        re.compile(r"DefaultBuildHandlerChain|net/http\.\(\*conn\)\.serve"),
+    ),
+    ("TLS reads and writes", re.compile(r"crypto/tls\.\(\*Conn\)\.(Read|Write)")),
+    ("HTTP/2 (the kubelet's and controllers' connections)", re.compile(r"http2")),
+    ("etcd client (gRPC)", re.compile(r"go\.etcd\.io/etcd/client|google\.golang\.org/grpc")),
+    ("Go garbage collector", re.compile(r"runtime\.gcBgMarkWorker|runtime\.bgsweep")),
+]
+OTHER = "other (the apiserver's own controllers, the Go runtime)"
+_SAMPLE_HEADER = re.compile(r"^\s+(\d+)\s+(\d+):")
+
+
+def fetch_profile(seconds: int, out: Path) -> subprocess.Popen[bytes]:
+    """Start taking a CPU profile of ``seconds`` seconds into ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [_common.kubectl_path(), "get", "--raw", f"/debug/pprof/profile?seconds={seconds}"],
+        stdout=out.open("wb"),
+        stderr=subprocess.PIPE,
+    )
+
+
+def categorize(profile: Path) -> defaultdict[str, float]:
+    """CPU seconds by category: each sample of ``go tool pprof -raw`` goes to the first
+    category one of its frames matches."""
+    raw = subprocess.run(
+        [GO, "tool", "pprof", "-raw", str(profile)], capture_output=True, text=True, check=True
+    ).stdout
+    seconds: defaultdict[str, float] = defaultdict(float)
+    # -raw prints "Samples:" then one block per sample: a line "<count> <nanoseconds>:
+    # <location ids>", then one line per location; then "Locations" maps ids to frames.
+    samples_part, _, locations_part = raw.partition("\nLocations\n")
+    frames: dict[str, str] = {}
+    current = ""
+    for line in locations_part.splitlines():
+        head = re.match(r"^\s*(\d+):", line)
+        if head:
+            current = head.group(1)
+            frames[current] = line
+        elif current:
+            frames[current] += line
+    category_of_location: dict[str, str | None] = {}
+    for location, text in frames.items():
+        category_of_location[location] = next(
+            (name for name, pattern in CATEGORIES if pattern.search(text)), None
+        )
+    order = {name: i for i, (name, _) in enumerate(CATEGORIES)}
+    for line in samples_part.splitlines():
+        match = _SAMPLE_HEADER.match(line)
+        if not match:
+            continue
+        nanoseconds = int(match.group(2))
+        ids = line.split(":", 1)[1].split()
+        found = [c for i in ids if (c := category_of_location.get(i)) is not None]
+        name = min(found, key=order.__getitem__) if found else OTHER
+        seconds[name] += nanoseconds / 1e9
+    return seconds
+
+
+async def profiled(
+    kubeconfig: str, api: Any, which: str, builds: int, steps: int, seconds: int, pace: Any
+) -> tuple[Any, defaultdict[str, float]]:
+    path = _common.PROFILES_DIR / f"apiserver-{which.replace(' ', '-')}-{builds}.pb.gz"
+    taking = fetch_profile(seconds, path)
+    run = await measure(kubeconfig, api, which, builds, steps, pace)
+    _, error = await anyio.to_thread.run_sync(taking.communicate)
+    if taking.returncode != 0:
+        sys.exit(f"could not take the profile: {error.decode().strip()} (is --profiling=true set?)")
+    return run, categorize(path)
+
+
+async def main_async(args: argparse.Namespace, kubeconfig: str) -> str:
+    from kubernetes import config
+
+    api: Any = config.new_client_from_config(config_file=kubeconfig)
+    results: dict[str, defaultdict[str, float]] = {}
+    runs = {}
+    for which in COMPARED:
+        runs[which], results[which] = await profiled(
+            kubeconfig, api, which, args.builds, args.steps, args.seconds, (0.0, 0.0)
+        )
+        print(f"{which}: {sum(results[which].values()):.2f} s profiled", flush=True)
+    slow = max(runs.values(), key=lambda r: _common.percentile(r.step_latency, 50))
+    pace = (
+        _common.percentile(slow.assemble_latency, 50),
+        _common.percentile(slow.step_latency, 50),
+    )
+    runs["kubelet only"], results["kubelet only"] = await profiled(
+        kubeconfig, api, "kubelet only", args.builds, args.steps, args.seconds, pace
+    )
+    api.close()
+    rows: list[list[object]] = []
+    for name in [n for n, _ in CATEGORIES] + [OTHER, "all"]:
+
+        def value(which: str, name: str = name) -> float:
+            counted = results[which]
+            return sum(counted.values()) if name == "all" else counted[name]
+
+        ms = 1000 / args.builds
+        rows.append(
+            [
+                name,
+                *(value(which) for which in (*COMPARED, "kubelet only")),
+                *((value(which) - value("kubelet only")) * ms for which in COMPARED),
+            ]
+        )
+    headers = [
+        f"apiserver CPU s, {args.builds} builds × {args.steps}, first {args.seconds} s",
+        *COMPARED,
+        "kubelet only",
+        *(f"{which} − kubelet only, ms/build" for which in COMPARED),
+    ]
+    walls = ", ".join(f"{w} {r.wall:.1f} s" for w, r in runs.items())
+    return f"Runs (wall, until the pods are gone): {walls}.\n\n" + _common.table(headers, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--builds", type=int, default=30, help="concurrent builds")
+    parser.add_argument("--steps", type=int, default=3, help="echo steps per build")
+    parser.add_argument("--seconds", type=int, default=25, help="profile length per run")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    kubeconfig = _common.require_kubeconfig("cluster")
+    assert kubeconfig is not None
+    if not Path(GO).exists():
+        sys.exit(f"{GO} not found: set GO to a go binary (go tool pprof reads the profiles)")
+    result = anyio.run(main_async, args, kubeconfig)
+    print()
+    print(result)
+    if not args.no_record:
+        _common.append_results(
+            "apiserver_profile.py",
+            "kube-apiserver CPU by what it was spent on, from its CPU profile over each run "
+            "(each sample counted once, in the first category that matches).\n\n" + result,
+        )
+
+
+if __name__ == "__main__":
+    main()
