@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from buildruntime import BuildSpec, Runtime
+from buildruntime import Build, BuildSpec, Runtime
 from buildruntime.cluster.port import Resource
 from buildruntime.errors import BuildRuntimeError, PodGoneError
 from buildruntime.testing import FakeCluster
@@ -172,7 +172,8 @@ async def test_a_build_whose_watch_fails_unexpectedly_says_so_and_spares_the_oth
 ) -> None:
     broken = BuildSpec(build_id="broken", steps=[step("a", "echo a")])
     healthy = BuildSpec(build_id="healthy", steps=[step("a", "echo fine")])
-    async with Runtime(_BugInOneWatch(cluster, "broken"), namespace="ci") as rt:  # type: ignore[arg-type]
+    port = _BugInOneWatch(cluster, "broken")
+    async with Runtime(port, namespace="ci", shared_pod_watch=False) as rt:  # type: ignore[arg-type]
         build = await rt.setup_build(broken)
         with pytest.raises(BuildRuntimeError) as caught:
             await rt.assemble_build(build)
@@ -186,5 +187,51 @@ async def test_a_build_whose_watch_fails_unexpectedly_says_so_and_spares_the_oth
         await rt.remove_build(build)
         # Another build of the same runtime runs to the end, untouched.
         outcome = await run_build(rt, healthy)
+        assert outcome.outcome() == {"a": ([b"fine"], 0)}
+    assert cluster.open_watches == cluster.open_log_streams == 0
+
+
+class _BugInTheFirstPodsWatch(ClusterWrapper):
+    """A port whose first pods watch fails with an error no retry can fix."""
+
+    def __init__(self, inner: FakeCluster) -> None:
+        super().__init__(inner)
+        self.broke = False
+
+    def watch(self, resource: Resource, namespace: str, **kwargs: Any) -> Any:
+        if resource == "pods" and not self.broke:
+            self.broke = True
+            raise RuntimeError("the watch is broken")
+        return super().watch(resource, namespace, **kwargs)
+
+
+async def test_a_shared_pods_watch_that_fails_unexpectedly_fails_its_builds_not_the_runtime(
+    cluster: FakeCluster,
+) -> None:
+    # Every build following the runtime's one pods watch loses its pod with it: each
+    # says why. The runtime goes on, and its next build starts the watch afresh.
+    specs = [BuildSpec(build_id=f"broken-{i}", steps=[step("a", "echo a")]) for i in range(2)]
+    port = _BugInTheFirstPodsWatch(cluster)
+    async with Runtime(port, namespace="ci") as rt:  # type: ignore[arg-type]
+        builds = [await rt.setup_build(spec) for spec in specs]
+        errors: list[BaseException] = []
+
+        async def assemble(build: Build) -> None:
+            with pytest.raises(BuildRuntimeError) as caught:
+                await rt.assemble_build(build)
+            errors.append(caught.value)
+
+        async with anyio.create_task_group() as tg:
+            for build in builds:
+                tg.start_soon(assemble, build)
+        assert port.broke
+        assert sorted(str(error) for error in errors) == [
+            f"build {spec.build_id}: the build's watches stopped on an unexpected error: "
+            "the watch is broken (RuntimeError)"
+            for spec in specs
+        ]
+        for build in builds:
+            await rt.remove_build(build)
+        outcome = await run_build(rt, BuildSpec(build_id="after", steps=[step("a", "echo fine")]))
         assert outcome.outcome() == {"a": ([b"fine"], 0)}
     assert cluster.open_watches == cluster.open_log_streams == 0

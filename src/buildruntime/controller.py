@@ -45,6 +45,7 @@ from buildruntime.events import BuildEvent
 from buildruntime.informer.fanout import PodFanout
 from buildruntime.informer.informer import Informer
 from buildruntime.informer.shared_events import ExpectedPod, SharedEventWatch
+from buildruntime.informer.shared_pods import SharedPodWatch
 from buildruntime.informer.snapshots import PodSnapshot
 from buildruntime.informer.topic import Topic
 from buildruntime.labels import build_selector
@@ -93,6 +94,7 @@ class BuildController:
         runtime_events: Topic[BuildEvent],
         adopted: bool = False,
         shared_events: SharedEventWatch | None = None,
+        shared_pods: SharedPodWatch | None = None,
     ) -> None:
         self.telemetry = BuildTelemetry(
             instruments_for(settings.tracer_provider, settings.meter_provider), spec, namespace
@@ -133,6 +135,9 @@ class BuildController:
             on_event=self.fanout.on_event,
             settings=settings.reflector,
             observer=self.telemetry,
+            # An adopted pod carries its first worker's label, which the shared watch
+            # does not select.
+            shared_pods=(shared_pods, spec.pod_name) if shared_pods and not adopted else None,
         )
         self.steps = {name: StepRecord() for name in steps}
         mask = self.masker.lines if self.masker else None

@@ -38,8 +38,9 @@ from buildruntime.errors import (
 )
 from buildruntime.events import BuildEvent
 from buildruntime.informer.shared_events import SharedEventWatch
+from buildruntime.informer.shared_pods import SharedPodWatch
 from buildruntime.informer.topic import Topic
-from buildruntime.labels import WORKER
+from buildruntime.labels import WORKER, managed_selector
 from buildruntime.names import dns1123_label_problem
 from buildruntime.reaper import Reaper
 from buildruntime.results import StepResult
@@ -89,14 +90,23 @@ class Runtime:
         self._lease_tasks: anyio.CancelScope | None = None
         self._released = False
         """Some builds were released for another worker (``release_builds``)."""
+        resolved = self.settings
+        instruments = instruments_for(resolved.tracer_provider, resolved.meter_provider)
         self._shared_events: SharedEventWatch | None = None
-        if self.settings.shared_event_watch:
-            resolved = self.settings
-            instruments = instruments_for(resolved.tracer_provider, resolved.meter_provider)
+        if resolved.shared_event_watch:
             self._shared_events = SharedEventWatch(
                 MeteredCluster(cluster, instruments.requests),
                 namespace,
-                settings=self.settings.reflector,
+                settings=resolved.reflector,
+                observer=WatchTelemetry(instruments),
+            )
+        self._shared_pods: SharedPodWatch | None = None
+        if resolved.shared_pod_watch:
+            self._shared_pods = SharedPodWatch(
+                MeteredCluster(cluster, instruments.requests),
+                namespace,
+                f"{managed_selector()},{WORKER}={resolved.worker_id}",
+                settings=resolved.reflector,
                 observer=WatchTelemetry(instruments),
             )
 
@@ -167,10 +177,13 @@ class Runtime:
                 if closer is not None:
                     stack.push_async_callback(closer)
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            for shared in (self._shared_events, self._shared_pods):
+                if shared is not None:
+                    shared.open(self._task_group)
+                    stack.callback(shared.close)
+            # Pushed after the shared watches' close, so it runs before it: the builds
+            # still present are removed while their watches still see the deletions.
             stack.push_async_callback(self._shutdown)
-            if self._shared_events is not None:
-                self._shared_events.open(self._task_group)
-                stack.callback(self._shared_events.close)
             await self.lease.acquire()
             # Made here, not in the task: an exit that comes before the task has started
             # must still be able to stop it.
@@ -279,6 +292,7 @@ class Runtime:
             self.settings,
             runtime_events=self._events,
             shared_events=self._shared_events,
+            shared_pods=self._shared_pods,
         )
         self._builds[spec.build_id] = controller
         self._mine.add(controller)

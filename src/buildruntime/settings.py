@@ -79,6 +79,13 @@ class RuntimeSettings:
     square of the concurrent builds (bench/RESULTS.md). Both need the same permissions
     (``list`` and ``watch`` on ``events``); a build adopted with ``attach_build`` always
     has a watch of its own, as it must list its pod's past Events."""
+    shared_pod_watch: bool = True
+    """One watch of the pods labelled with this runtime's ``worker_id`` for all its
+    builds, split by pod name (True), or one pod watch per build (False). A watch per
+    build costs the API server a list, a watch and a connection for every build
+    (bench/RESULTS.md). Both need the same permissions (``list`` and ``watch`` on
+    ``pods``); a build adopted with ``attach_build`` always has a watch of its own, as
+    its pod carries another worker's label."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.pause_image, str):
@@ -112,10 +119,10 @@ class RuntimeSettings:
                 f"{self.lease_renew_interval!r}: the Lease would lapse between renewals",
             )
         check_worker_id(self.worker_id)
-        if not isinstance(self.shared_event_watch, bool):
-            raise SpecError(
-                "shared_event_watch", f"must be True or False, not {self.shared_event_watch!r}"
-            )
+        for name in ("shared_event_watch", "shared_pod_watch"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise SpecError(name, f"must be True or False, not {value!r}")
         _require_positive("resync_period", self.reflector.resync_period)
         limit = self.log_memory_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -166,6 +173,7 @@ class RuntimeOptions(TypedDict, total=False):
     reap_grace: float
     reap_interval: float | None
     shared_event_watch: bool
+    shared_pod_watch: bool
 
 
 def resolve(settings: RuntimeSettings | None, options: RuntimeOptions) -> RuntimeSettings:

@@ -1,9 +1,11 @@
 """The informer: a pods reflector and an events reflector feeding one store, whose deltas
 go to handlers (client-go's ``SharedIndexInformer``: reflector + store + handlers).
 
-A build has one over its own pod (by its build-id label) and, once the pod exists, the
-Events about exactly that pod (by uid): from a watch of its own, or from its share of the
-runtime's one watch of the namespace's pod Events (:mod:`.shared_events`). The namespace
+A build has one over its own pod, from a watch of its own (by its build-id label) or from
+its share of the runtime's one watch of its pods (by name, :mod:`.shared_pods`), and, once
+the pod exists, the Events about exactly that pod (by uid): from a watch of its own, or
+from its share of the runtime's one watch of the namespace's pod Events
+(:mod:`.shared_events`). The namespace
 monitor has one over every pod the runtime labelled and the namespace's pod Events. The
 store is the cache; handlers are called with each difference in the order the reflectors
 applied them, and must not block.
@@ -25,6 +27,7 @@ from buildruntime.informer.reflector import (
     WatchObserver,
 )
 from buildruntime.informer.shared_events import EventFollowing, ExpectedPod, SharedEventWatch
+from buildruntime.informer.shared_pods import PodFollowing, SharedPodWatch
 from buildruntime.informer.snapshots import EventSnapshot, PodSnapshot
 from buildruntime.informer.store import Delta, Store
 
@@ -47,7 +50,11 @@ class Informer:
         settings: ReflectorSettings | None = None,
         event_fields: str | None = None,
         observer: WatchObserver = UNOBSERVED,
+        shared_pods: tuple[SharedPodWatch, str] | None = None,
     ) -> None:
+        """``shared_pods``: a runtime's shared pods watch and the name of the pod to take
+        from it, instead of a reflector of the informer's own (``pod_labels`` is then
+        not used)."""
         self.cluster = cluster
         self.namespace = namespace
         self.store = Store()
@@ -55,17 +62,21 @@ class Informer:
         self._on_event = on_event
         self._settings = settings
         self._observer = observer
-        self.pod_reflector = Reflector(
-            cluster,
-            "pods",
-            namespace,
-            label_selector=pod_labels,
-            decoder=POD_SNAPSHOTS,
-            replace=self._replace_pods,
-            apply=self._apply_pod,
-            settings=settings,
-            observer=observer,
-        )
+        self._shared_pods = shared_pods
+        self._pod_following: PodFollowing | None = None
+        self._own_pod_reflector: Reflector[PodSnapshot] | None = None
+        if shared_pods is None:
+            self._own_pod_reflector = Reflector(
+                cluster,
+                "pods",
+                namespace,
+                label_selector=pod_labels,
+                decoder=POD_SNAPSHOTS,
+                replace=self._replace_pods,
+                apply=self._apply_pod,
+                settings=settings,
+                observer=observer,
+            )
         self.event_reflector: Reflector[EventSnapshot] | None = None
         """The informer's own events reflector, if it has one (not when it follows a
         shared watch)."""
@@ -73,20 +84,40 @@ class Informer:
         self._event_fields = event_fields
         self._task_group: TaskGroup | None = None
 
+    @property
+    def pod_reflector(self) -> Reflector[PodSnapshot]:
+        """The reflector that lists and watches the informer's pods: its own, or the
+        shared watch's from when :meth:`run` has started following it."""
+        if self._own_pod_reflector is not None:
+            return self._own_pod_reflector
+        assert self._pod_following is not None, "the informer has not started"
+        return self._pod_following.reflector
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the reflectors until cancelled."""
+        """Run the reflectors (or follow the shared pods watch) until cancelled."""
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
-                tg.start_soon(self.pod_reflector.run)
+                if self._shared_pods is not None:
+                    shared, pod_name = self._shared_pods
+                    self._pod_following = shared.follow(
+                        pod_name, replace=self._replace_pods, apply=self._apply_pod
+                    )
+                else:
+                    tg.start_soon(self.pod_reflector.run)
                 if self._event_fields is not None:
                     self._start_events(self._event_fields)
                 task_status.started()
+                if self._pod_following is not None:
+                    # The shared watch's bug is this build's too: it fails with it.
+                    raise await self._pod_following.failure()
                 await anyio.sleep_forever()
         finally:
             self._task_group = None
             if self._following is not None:
                 self._following.close()
+            if self._pod_following is not None:
+                self._pod_following.close()
 
     def watch_events(self, field_selector: str, *, empty_at: str | None = None) -> None:
         """Start the events reflector with ``field_selector`` (once; the informer runs).
