@@ -19,7 +19,8 @@ counted twice; the rest is "other".
         .venv/bin/python bench/apiserver_profile.py --builds 30 --seconds 25
 
 Needs ``go`` (``go tool pprof`` reads the profiles; ``GO`` or ``/usr/local/go/bin/go``).
-The profiles are kept in ``bench/profiles/apiserver-<runtime>-<B>.pb.gz``.
+The profiles are kept in ``bench/.cache/apiserver-<runtime>-<B>.pb.gz``
+(``go tool pprof -top`` reads them).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def categorize(profile: Path) -> defaultdict[str, float]:
 async def profiled(
     kubeconfig: str, api: Any, which: str, builds: int, steps: int, seconds: int, pace: Any
 ) -> tuple[Any, defaultdict[str, float]]:
-    path = _common.PROFILES_DIR / f"apiserver-{which.replace(' ', '-')}-{builds}.pb.gz"
+    slug = re.sub(r"[^a-z0-9]+", "-", which)
+    path = _common.CACHE_DIR / f"apiserver-{slug}-{builds}.pb.gz"
     taking = fetch_profile(seconds, path)
     run = await measure(kubeconfig, api, which, builds, steps, pace)
     _, error = await anyio.to_thread.run_sync(taking.communicate)
