@@ -133,8 +133,9 @@ class SharedPodWatch:
 
     def follow(self, name: str, *, replace: ReplacePods, apply: ApplyPod) -> PodFollowing:
         """Route the pod called ``name`` to ``replace``/``apply``: from the watch's list
-        if it has not listed yet, at once (with what it has of the pod) if it has."""
-        assert name not in self._followers, "this pod is already followed"
+        if it has not listed yet, at once (with what it has of the pod) if it has. A
+        name already followed goes to the new follower (the runtime lets a build id be
+        set up again only once its earlier build is gone)."""
         if self.reflector is None:
             self._start()
         assert self.reflector is not None

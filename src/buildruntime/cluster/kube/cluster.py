@@ -46,9 +46,10 @@ class KubeCluster:
     Settings:
 
     - ``stream_threads`` (512): tokens of this cluster's own thread limiter; every
-      blocking call and every waiting stream read takes one. A build holds three
-      while a step runs (two watches and a log stream), so the default serves about
-      150 concurrent builds; idle threads cost only their stack reservation.
+      blocking call and every waiting stream read takes one. A build holds one or
+      three while a step runs (its log stream, and its two watches unless it shares
+      the runtime's), so the default serves at least 150 concurrent builds; idle
+      threads cost only their stack reservation.
     - ``request_timeout`` (30 s): total time for a unary call (list, create, patch,
       delete), and the connect timeout of streams.
     - ``watch_read_timeout`` (70 s): a watch that delivers no byte for this long is
