@@ -5,10 +5,9 @@ A build has one over its own pod, from a watch of its own (by its build-id label
 its share of the runtime's one watch of its pods (by name, :mod:`.shared_pods`), and, once
 the pod exists, the Events about exactly that pod (by uid): from a watch of its own, or
 from its share of the runtime's one watch of the namespace's pod Events
-(:mod:`.shared_events`). The namespace
-monitor has one over every pod the runtime labelled and the namespace's pod Events. The
-store is the cache; handlers are called with each difference in the order the reflectors
-applied them, and must not block.
+(:mod:`.shared_events`). The namespace monitor has one over every pod the runtime
+labelled and the namespace's pod Events. The store is the cache; handlers are called
+with each difference in the order the reflectors applied them, and must not block.
 """
 
 from __future__ import annotations
