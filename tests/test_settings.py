@@ -39,6 +39,7 @@ def test_the_resync_period_has_one_home() -> None:
         ({"placeholder_image": "not an image"}, "placeholder_image"),
         ({"placeholder_image": 3}, "placeholder_image"),
         ({"shared_event_watch": "yes"}, "shared_event_watch"),
+        ({"shared_pod_watch": 1}, "shared_pod_watch"),
         ({"delete_timout": 3}, "delete_timout"),
     ],
 )
