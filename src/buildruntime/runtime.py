@@ -4,13 +4,12 @@
 runtime's one watch of its pods, or a watch of the build's own, see ``shared_pod_watch``),
 creates the pod, follows its Events (through the runtime's one events watch of the
 namespace, or a watch of the build's own, see ``shared_event_watch``) and waits until it
-can run steps; from then on the step APIs read the build's view of the informer cache, and the
-only requests they cause are one patch per step (the image swap; one more for a step
-stopped at its timeout) and one log stream per step (started in the background when the
-step starts). ``remove_build``
-deletes the pod once every capture has drained. Each build is driven by its own
-:class:`~buildruntime.controller.BuildController`; the methods here check the call and
-hand it on.
+can run steps; from then on the step APIs read the build's view of the informer cache,
+and the only requests they cause are one patch per step (the image swap; one more for a
+step stopped at its timeout) and one log stream per step (started in the background when
+the step starts). ``remove_build`` deletes the pod once every capture has drained. Each
+build is driven by its own :class:`~buildruntime.controller.BuildController`; the methods
+here check the call and hand it on.
 """
 
 from __future__ import annotations
