@@ -32,6 +32,7 @@ Kubernetes behaviour handled here:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import anyio
 from anyio.abc import TaskGroup
@@ -47,6 +48,7 @@ from buildruntime.informer.reflector import (
 )
 from buildruntime.informer.snapshots import EventSnapshot
 from buildruntime.informer.store import is_newer
+from buildruntime.informer.watch_task import WatchTask
 
 ReplaceEvents = Callable[[list[EventSnapshot]], None]
 ApplyEvent = Callable[[str, EventSnapshot], None]
@@ -119,9 +121,7 @@ class SharedEventWatch:
         self._namespace = namespace
         self._settings = settings
         self._observer = observer
-        self._task_group: TaskGroup | None = None
-        self._stopping: anyio.Event | None = None
-        """Set to stop the running watch."""
+        self._task = WatchTask("shared events watch")
         self._synced: anyio.Event | None = None
         self._since: str | None = None
         """The resourceVersion the running watch started from (None: it listed)."""
@@ -135,13 +135,13 @@ class SharedEventWatch:
 
     def open(self, task_group: TaskGroup) -> None:
         """Where the watch will run once a build follows a pod."""
-        self._task_group = task_group
+        self._task.open(task_group)
 
     def close(self) -> None:
         """Stop the watch and forget the task group: a later :meth:`open` starts
         afresh."""
         self._stop()
-        self._task_group = None
+        self._task.close()
         self._followers.clear()
         self._expected.clear()
 
@@ -166,12 +166,7 @@ class SharedEventWatch:
             self._stop()
 
     def _stop(self) -> None:
-        # Told, not cancelled from here: this runs as a build's tasks are being
-        # cancelled, and a cancellation raised now would carry that build's (and its
-        # frames') along in its context until the watch's task next ran.
-        if self._stopping is not None:
-            self._stopping.set()
-        self._stopping = None
+        self._task.stop()
         self._synced = None
         self._since = None
         self.reflector = None
@@ -207,13 +202,10 @@ class SharedEventWatch:
     def _start(self, created_at: str | None) -> None:
         """(Re)start the watch from ``created_at``; a restart keeps what is held (the
         new watch delivers it again, and stores drop the repeats)."""
-        assert self._task_group is not None, "the shared events watch is not open"
-        if self._stopping is not None:
-            self._stopping.set()
         if self._synced is None:
             self._synced = anyio.Event()
         self._since = created_at
-        self.reflector = Reflector(
+        self.reflector = reflector = Reflector(
             self._cluster,
             "events",
             self._namespace,
@@ -225,20 +217,7 @@ class SharedEventWatch:
             empty_at=created_at,
             observer=self._observer,
         )
-        # Made here, on the event loop (the runtime is built outside one), not in the
-        # task: a stop before the task has started must still stop it.
-        self._stopping = anyio.Event()
-        self._task_group.start_soon(self._run, self.reflector, self._stopping, self._synced)
-
-    @staticmethod
-    async def _run(
-        reflector: Reflector[EventSnapshot], stopping: anyio.Event, synced: anyio.Event
-    ) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(reflector.run)
-            tg.start_soon(_mark_synced, reflector, synced)
-            await stopping.wait()
-            tg.cancel_scope.cancel()
+        self._task.start(partial(_run, reflector, self._synced))
 
     # -- the reflector's callbacks --------------------------------------------------------
 
@@ -295,6 +274,10 @@ def _oldest(versions: list[str | None]) -> str | None:
     return known[0]
 
 
-async def _mark_synced(reflector: Reflector[EventSnapshot], synced: anyio.Event) -> None:
-    await reflector.synced.wait()
-    synced.set()
+async def _run(reflector: Reflector[EventSnapshot], synced: anyio.Event) -> None:
+    """The watch, and ``synced`` set once it has started (its own event is made anew by
+    each restart; ``synced`` lasts as long as the builds' share of the watch)."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reflector.run)
+        await reflector.synced.wait()
+        synced.set()

@@ -40,6 +40,7 @@ from buildruntime.informer.reflector import (
     WatchObserver,
 )
 from buildruntime.informer.snapshots import PodSnapshot
+from buildruntime.informer.watch_task import WatchTask
 
 ReplacePods = Callable[[list[PodSnapshot]], None]
 ApplyPod = Callable[[str, PodSnapshot], None]
@@ -108,9 +109,7 @@ class SharedPodWatch:
         self._label_selector = label_selector
         self._settings = settings
         self._observer = observer
-        self._task_group: TaskGroup | None = None
-        self._stopping: anyio.Event | None = None
-        """Set to stop the running watch."""
+        self._task = WatchTask("shared pods watch")
         self.reflector: Reflector[PodSnapshot] | None = None
         self._followers: dict[str, _Follower] = {}
         self._pods: dict[str, PodSnapshot] = {}
@@ -122,13 +121,13 @@ class SharedPodWatch:
 
     def open(self, task_group: TaskGroup) -> None:
         """Where the watch will run once a build follows a pod."""
-        self._task_group = task_group
+        self._task.open(task_group)
 
     def close(self) -> None:
         """Stop the watch and forget the task group: a later :meth:`open` starts
         afresh."""
         self._stop()
-        self._task_group = None
+        self._task.close()
         self._followers.clear()
 
     def follow(self, name: str, *, replace: ReplacePods, apply: ApplyPod) -> PodFollowing:
@@ -155,7 +154,6 @@ class SharedPodWatch:
             self._stop()
 
     def _start(self) -> None:
-        assert self._task_group is not None, "the shared pods watch is not open"
         self._generation += 1
         reflector = Reflector(
             self._cluster,
@@ -171,34 +169,21 @@ class SharedPodWatch:
         self.reflector = reflector
         self._pods = {}
         self._listed = False
-        # Made here, on the event loop, not in the task: a stop before the task has
-        # started must still stop it.
-        self._stopping = anyio.Event()
-        self._task_group.start_soon(self._run, reflector, self._stopping, self._generation)
+        self._task.start(partial(self._run, reflector, self._generation))
 
     def _stop(self) -> None:
-        # Told, not cancelled from here: this runs as a build's tasks are being
-        # cancelled, and a cancellation raised now would carry that build's along.
-        if self._stopping is not None:
-            self._stopping.set()
-        self._stopping = None
+        self._task.stop()
         self.reflector = None
         self._pods = {}
         self._listed = False
 
-    async def _run(
-        self, reflector: Reflector[PodSnapshot], stopping: anyio.Event, generation: int
-    ) -> None:
+    async def _run(self, reflector: Reflector[PodSnapshot], generation: int) -> None:
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(reflector.run)
-                await stopping.wait()
-                tg.cancel_scope.cancel()
+            await reflector.run()
         except Exception as error:
             # The reflector retries every fault of the cluster; what reaches here is a
             # bug. It fails the builds that follow (each says so), not the runtime: the
-            # next build starts a watch afresh. (The error comes in the task group's
-            # exception group; each build's controller names what is inside.)
+            # next build starts a watch afresh.
             if generation != self._generation:
                 return
             followers = list(self._followers.values())
