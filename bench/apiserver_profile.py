@@ -36,7 +36,7 @@ from typing import Any
 
 import _common
 import anyio
-from server_cost import measure
+from server_cost import measure, slowest_pace
 
 GO = os.environ.get("GO", "/usr/local/go/bin/go")
 PER_BUILD = "buildruntime, pod watch per build"
@@ -152,11 +152,7 @@ async def main_async(args: argparse.Namespace, kubeconfig: str) -> str:
             kubeconfig, api, which, args.builds, args.steps, args.seconds, (0.0, 0.0)
         )
         print(f"{which}: {sum(results[which].values()):.2f} s profiled", flush=True)
-    slow = max(runs.values(), key=lambda r: _common.percentile(r.step_latency, 50))
-    pace = (
-        _common.percentile(slow.assemble_latency, 50),
-        _common.percentile(slow.step_latency, 50),
-    )
+    pace = slowest_pace(list(runs.values()))
     runs["kubelet only"], results["kubelet only"] = await profiled(
         kubeconfig, api, "kubelet only", args.builds, args.steps, args.seconds, pace
     )

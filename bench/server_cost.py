@@ -2,8 +2,8 @@
 per-step runtime, on the local cluster (integration/cluster/up).
 
 For each concurrency B (builds at once, S ``echo`` steps each, driven as a CI executor
-does: assemble, then per step run → tail → wait, then remove), three runs one after the
-other in fresh namespaces:
+does: assemble, then per step run → tail → wait, then remove), one run of each runtime
+(``--runtimes``) and a kubelet-only run, one after the other in fresh namespaces:
 
 - ``buildruntime``: one Runtime, B builds at once, its one pods watch and its one
   events watch shared by them (the defaults);
@@ -21,12 +21,12 @@ kube-apiserver, etcd and the kubelet from ``/proc/<pid>/stat`` (utime + stime) m
 what the idle control plane burns in the same time (measured first, in the same run);
 requests by verb (both runtimes go through the same counting wrapper); step latency
 p50/p99 (``run_container`` → ``wait_container`` returning) and assemble latency
-p50/p99. "runtime CPU" is apiserver + etcd CPU above
-idle minus the kubelet-only run's: what the runtime's own reads, watches and log
-streams cost the control plane. That is a difference of two runs on a shared machine,
-which moves by tens of ms per build from one run to the next: ``--repeat N`` measures
-each concurrency N times (each round starting with another runtime) and adds a table of
-the medians, each round's runs minus that round's kubelet-only run.
+p50/p99. "runtime CPU" is apiserver + etcd CPU above idle minus the kubelet-only run's:
+what the runtime's own reads, watches and log streams cost the control plane. That is a
+difference of two runs on a shared machine, which moves by tens of ms per build from one
+run to the next: ``--repeat N`` measures each concurrency N times (each round starting
+with another runtime) and adds a table of the medians, each round's runs minus that
+round's kubelet-only run.
 
 The breakdown reads the apiserver's ``/metrics`` before and after each run: server time
 by verb and resource (``apiserver_request_duration_seconds_sum``), watch events sent by
@@ -226,6 +226,15 @@ async def measure(
         run.metrics.subtract(metrics_before)
         run.requests = counting.counts()
     return run
+
+
+def slowest_pace(runs: list[Run]) -> tuple[float, float]:
+    """The kubelet-only run's pace: the assemble and step p50 of the slowest runtime."""
+    slow = max(runs, key=lambda r: _common.percentile(r.step_latency, 50))
+    return (
+        _common.percentile(slow.assemble_latency, 50),
+        _common.percentile(slow.step_latency, 50),
+    )
 
 
 async def _all(specs: list[BuildSpec], one: Callable[[BuildSpec], Awaitable[None]]) -> None:
@@ -429,13 +438,9 @@ async def main_async(args: argparse.Namespace, kubeconfig: str) -> tuple[str, st
                 run.round = round_
                 measured.append(run)
                 print(_common.table(HEADERS, rows_of([run], idle)).splitlines()[-1], flush=True)
-            # The writes alone, paced like the slowest of the runtimes.
-            slow = max(measured, key=lambda r: _common.percentile(r.step_latency, 50))
-            pace = (
-                _common.percentile(slow.assemble_latency, 50),
-                _common.percentile(slow.step_latency, 50),
+            alone = await measure(
+                kubeconfig, api, "kubelet only", builds, args.steps, slowest_pace(measured)
             )
-            alone = await measure(kubeconfig, api, "kubelet only", builds, args.steps, pace)
             alone.round = round_
             measured.append(alone)
             print(_common.table(HEADERS, rows_of([alone], idle)).splitlines()[-1], flush=True)
