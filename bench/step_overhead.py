@@ -22,8 +22,16 @@ The difference between the step's exit and the kubelet's ``ContainerDied`` is th
 kubelet noticing the exit: with the generic PLEG that is its relist (every second);
 with the EventedPLEG it is the CRI container event.
 
+``--builds N`` runs N such builds at the same time (each its own pod, steps one after the
+other within a build), and ``--tail`` reads each step's log as an executor does (between
+``run_container`` and ``wait_container``), so that the stages of a step under
+concurrency can be compared between the runtime's modes (``--pod-watch shared`` or
+``per-build``).
+
     KUBECONFIG=/var/lib/buildruntime-cluster/admin.kubeconfig \\
         .venv/bin/python bench/step_overhead.py --steps 20
+    KUBECONFIG=... .venv/bin/python bench/step_overhead.py --builds 10 --steps 5 --tail \\
+        --pod-watch per-build
 """
 
 from __future__ import annotations
@@ -88,10 +96,14 @@ class Step:
     """The moments of one step, epoch seconds."""
 
     name: str
+    pod: str = ""
+    called: float = 0.0
+    """``run_container`` called."""
     patch_sent: float = 0.0
     patch_answered: float = 0.0
     cache_running: float | None = None
     cache_terminated: float | None = None
+    tail_ended: float | None = None
     waited: float = 0.0
     watch_terminated: float | None = None
     container_ids: list[str] = field(default_factory=list)
@@ -100,7 +112,7 @@ class Step:
 class WatchObserver(threading.Thread):
     """A raw pod watch on the namespace in a thread of its own: when each step's
     terminated status (step image, not the placeholder) arrives, and every container id
-    a step has had (the placeholder's first, then the step's)."""
+    a step has had (the placeholder's first, then the step's); keyed by pod and step."""
 
     def __init__(self, kubeconfig: str, namespace: str, placeholder: str, clock: Clock) -> None:
         super().__init__(daemon=True)
@@ -108,9 +120,8 @@ class WatchObserver(threading.Thread):
         self.namespace = namespace
         self.placeholder = placeholder
         self.clock = clock
-        self.terminated: dict[str, float] = {}
-        self.ids: dict[str, list[str]] = {}
-        self.pod_uid = ""
+        self.terminated: dict[tuple[str, str], float] = {}
+        self.ids: dict[tuple[str, str], list[str]] = {}
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self._response: Any = None
@@ -136,9 +147,9 @@ class WatchObserver(threading.Thread):
             self.ready.set()
 
     def _observe(self, pod: dict[str, Any], now: float) -> None:
-        self.pod_uid = (pod.get("metadata") or {}).get("uid", self.pod_uid)
+        pod_name = (pod.get("metadata") or {}).get("name", "")
         for status in (pod.get("status") or {}).get("containerStatuses") or ():
-            name = status["name"]
+            name = (pod_name, status["name"])
             ids = self.ids.setdefault(name, [])
             for state in (status.get("lastState") or {}, status.get("state") or {}):
                 cid = (state.get("terminated") or {}).get("containerID", "")
@@ -171,67 +182,108 @@ class Clock:
         return time.perf_counter() + self.offset
 
 
+@dataclass
+class Options:
+    """What to run."""
+
+    steps: int
+    builds: int = 1
+    warm_up: int = 1
+    """Each build's first steps, run but not reported."""
+    tail: bool = False
+    pod_watch: str = "shared"
+    pause: float = 0.3
+    """Seconds between a step's end and the next step's patch (0 under concurrency, as an
+    executor does)."""
+
+
 async def run_steps(
-    kubeconfig: str, namespace: str, count: int, clock: Clock
-) -> tuple[list[Step], WatchObserver, str]:
+    kubeconfig: str, namespace: str, options: Options, clock: Clock
+) -> tuple[list[Step], WatchObserver]:
+    """``options.builds`` builds at once, each running its steps one after the other;
+    returns the measured steps of all builds (each build's first step warms up and is
+    not reported)."""
     observer = WatchObserver(kubeconfig, namespace, _common.LOCAL_PAUSE_IMAGE, clock)
     observer.start()
     await anyio.to_thread.run_sync(observer.ready.wait)
     if observer.error is not None:
         raise observer.error
     cluster = _common.kube_cluster(kubeconfig)
-    steps = [Step(f"s{i}") for i in range(count + 1)]  # s0 warms up, not reported
-    current: list[Step] = []
+    current: dict[str, Step] = {}
+    """The step each pod's next patch is for."""
     inner_patch: Callable[..., Any] = cluster.patch_pod
 
-    async def timed_patch(*args: Any, **kwargs: Any) -> Any:
-        current[0].patch_sent = clock.now()
-        answer = await inner_patch(*args, **kwargs)
-        current[0].patch_answered = clock.now()
+    async def timed_patch(namespace: str, name: str, patch: Any) -> Any:
+        step = current[name]
+        step.patch_sent = clock.now()
+        answer = await inner_patch(namespace, name, patch)
+        step.patch_answered = clock.now()
         return answer
 
     cluster.patch_pod = timed_patch
-    spec = BuildSpec(
-        build_id="overhead",
-        steps=[StepSpec(name=s.name, image="busybox", commands=["echo done"]) for s in steps],
-    )
+    measured: list[Step] = []
     try:
         async with Runtime(
-            cluster, namespace, pause_image=_common.LOCAL_PAUSE_IMAGE, reflector=ReflectorSettings()
+            cluster,
+            namespace,
+            pause_image=_common.LOCAL_PAUSE_IMAGE,
+            reflector=ReflectorSettings(),
+            shared_pod_watch=options.pod_watch == "shared",
         ) as rt:
-            build: Build = await rt.setup_build(spec)
-            await rt.assemble_build(build)
-            view: Any = rt._controller(build).view  # the runtime's cache, per step
 
-            async def follow(step: Step) -> None:
-                async for state in view.states[step.name].follow(from_latest=True):
-                    container = state.step_container
-                    if container is None:
-                        continue
-                    if container.phase in ("running", "terminated") and not step.cache_running:
-                        step.cache_running = clock.now()
-                    if container.phase == "terminated":
-                        step.cache_terminated = clock.now()
-                        return
+            async def one_build(index: int) -> None:
+                spec = BuildSpec(
+                    build_id=f"overhead-{index}",
+                    steps=[
+                        StepSpec(name=f"s{i}", image="busybox", commands=["echo done"])
+                        for i in range(options.warm_up + options.steps)
+                    ],
+                )
+                steps = [Step(each.name, pod=spec.pod_name) for each in spec.steps]
+                build: Build = await rt.setup_build(spec)
+                await rt.assemble_build(build)
+                view: Any = rt._controller(build).view  # the runtime's cache, per step
 
-            for step in steps:
-                current[:] = [step]
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(follow, step)
-                    await rt.run_container(build, step.name)
-                    result = await rt.wait_container(build, step.name)
-                    step.waited = clock.now()
-                    assert result.exit_code == 0, result
-                await anyio.sleep(0.3)  # the next patch well apart from this step's tail
-            await rt.remove_build(build)
-            pod_name = build.pod_name
+                async def follow(step: Step) -> None:
+                    async for state in view.states[step.name].follow(from_latest=True):
+                        container = state.step_container
+                        if container is None:
+                            continue
+                        if container.phase in ("running", "terminated") and not step.cache_running:
+                            step.cache_running = clock.now()
+                        if container.phase == "terminated":
+                            step.cache_terminated = clock.now()
+                            return
+
+                for step in steps:
+                    current[spec.pod_name] = step
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(follow, step)
+                        step.called = clock.now()
+                        await rt.run_container(build, step.name)
+                        if options.tail:
+                            lines = [line async for line in rt.tail_container(build, step.name)]
+                            step.tail_ended = clock.now()
+                            assert lines == [b"done"], lines
+                        result = await rt.wait_container(build, step.name)
+                        step.waited = clock.now()
+                        assert result.exit_code == 0, result
+                    if options.pause:
+                        await anyio.sleep(options.pause)  # the next patch apart from the tail
+                await rt.remove_build(build)
+                measured.extend(steps[options.warm_up :])
+
+            async with anyio.create_task_group() as tg:
+                for index in range(options.builds):
+                    tg.start_soon(one_build, index)
     finally:
         observer.stop()
         await cluster.aclose()
-    for step in steps:
-        step.watch_terminated = observer.terminated.get(step.name)
-        step.container_ids = [cid.partition("://")[2] for cid in observer.ids.get(step.name, [])]
-    return steps[1:], observer, pod_name
+    for step in measured:
+        key = (step.pod, step.name)
+        step.watch_terminated = observer.terminated.get(key)
+        step.container_ids = [cid.partition("://")[2] for cid in observer.ids.get(key, [])]
+    return measured, observer
 
 
 # -- the node side ---------------------------------------------------------------------------
@@ -263,6 +315,9 @@ def containerd_time(line: str) -> float | None:
     return datetime.fromisoformat(whole + "+00:00").timestamp() + float("0." + (fraction or "0"))
 
 
+_SANDBOX = re.compile(r'CreateContainer within sandbox \\"([0-9a-f]+)\\"')
+
+
 def first(lines: list[tuple[float, str]], after: float, *needles: str) -> float | None:
     for at, line in lines:
         if at >= after and all(n in line for n in needles):
@@ -271,21 +326,27 @@ def first(lines: list[tuple[float, str]], after: float, *needles: str) -> float 
 
 
 def node_side(
-    steps: list[Step], namespace: str, pod: str, kubelet_from: int, containerd_from: int
-) -> dict[str, dict[str, float | None]]:
+    steps: list[Step], namespace: str, kubelet_from: int, containerd_from: int
+) -> dict[tuple[str, str], dict[str, float | None]]:
     year = datetime.now(UTC).year
-    kubelet = [
+    kubelet_lines = [
         (t, line)
         for line in read_from(LOGS / "kubelet.log", kubelet_from)
-        if (t := klog_time(line, year)) is not None and f"{namespace}/{pod}" in line
+        if (t := klog_time(line, year)) is not None
     ]
+    kubelet_of: dict[str, list[tuple[float, str]]] = {}
+    for step in steps:
+        if step.pod not in kubelet_of:
+            needle = f"{namespace}/{step.pod}"
+            kubelet_of[step.pod] = [(t, line) for t, line in kubelet_lines if needle in line]
     ctrd = [
         (t, line)
         for line in read_from(LOGS / "containerd.log", containerd_from)
         if (t := containerd_time(line)) is not None
     ]
-    out: dict[str, dict[str, float | None]] = {}
+    out: dict[tuple[str, str], dict[str, float | None]] = {}
     for step in steps:
+        kubelet = kubelet_of[step.pod]
         t0 = step.patch_sent
         row: dict[str, float | None] = {}
         placeholder_id, step_id = [*step.container_ids, "", ""][:2]
@@ -296,8 +357,14 @@ def node_side(
         row["containerd: placeholder exited"] = first(
             ctrd, t0, "received container exit event", f'container_id:\\"{placeholder_id}\\"'
         )
+        # The request line names the sandbox and the container's name, not the pod: the
+        # sandbox is read from the reply line, which names the new container's id.
+        reply = next(
+            (line for _, line in ctrd if "returns container id" in line and step_id in line), ""
+        )
+        sandbox = m.group(1) if (m := _SANDBOX.search(reply)) else "?"
         row["containerd: step CreateContainer request"] = first(
-            ctrd, t0, "CreateContainer within sandbox", f'name:\\"{step.name}\\" attempt:1"'
+            ctrd, t0, f'sandbox \\"{sandbox}\\" for container name:\\"{step.name}\\" attempt:1"'
         )
         row["containerd: step created"] = first(ctrd, t0, "returns container id", step_id)
         row["containerd: step StartContainer request"] = first(
@@ -314,23 +381,28 @@ def node_side(
         row["kubelet: status patch after the exit"] = (
             first(kubelet, died, "Patch status for pod") if died is not None else None
         )
-        out[step.name] = row
+        out[(step.pod, step.name)] = row
     return out
 
 
 # -- report ----------------------------------------------------------------------------------
 
 
-def breakdown(steps: list[Step], node: dict[str, dict[str, float | None]]) -> list[list[object]]:
+Node = dict[tuple[str, str], dict[str, float | None]]
+"""The node side's moments, by pod and step."""
+
+
+def breakdown(steps: list[Step], node: Node) -> list[list[object]]:
     names = list(next(iter(node.values())).keys())
     rows: list[list[object]] = []
     series: dict[str, list[float]] = {}
     for step in steps:
         moments: dict[str, float | None] = {
             "client: patch answered": step.patch_answered,
-            **node[step.name],
+            **node[(step.pod, step.name)],
             "client: status on an independent watch": step.watch_terminated,
             "client: status in the runtime's cache": step.cache_terminated,
+            "client: log stream ended (--tail)": step.tail_ended,
             "client: wait_container returned": step.waited,
         }
         for name, at in moments.items():
@@ -338,6 +410,7 @@ def breakdown(steps: list[Step], node: dict[str, dict[str, float | None]]) -> li
                 series.setdefault(name, []).append((at - step.patch_sent) * 1000)
     order = ["client: patch answered", *names]
     order += ["client: status on an independent watch", "client: status in the runtime's cache"]
+    order += ["client: log stream ended (--tail)"]
     order += ["client: wait_container returned"]
     for name in order:
         values = series.get(name, [])
@@ -352,7 +425,7 @@ def breakdown(steps: list[Step], node: dict[str, dict[str, float | None]]) -> li
     return rows
 
 
-def spans(steps: list[Step], node: dict[str, dict[str, float | None]]) -> list[list[object]]:
+def spans(steps: list[Step], node: Node) -> list[list[object]]:
     """The intervals that say who spends the time, per step then summarized."""
 
     def span(
@@ -371,9 +444,14 @@ def spans(steps: list[Step], node: dict[str, dict[str, float | None]]) -> list[l
         ]
 
     def n(key: str) -> Callable[[Step], float | None]:
-        return lambda step: node[step.name][key]
+        return lambda step: node[(step.pod, step.name)][key]
 
     return [
+        span(
+            "buildruntime: run_container called → patch sent",
+            lambda s: s.called,
+            lambda s: s.patch_sent,
+        ),
         span(
             "patch → kubelet sees the update (API server + watch)",
             lambda s: s.patch_sent,
@@ -420,11 +498,21 @@ def spans(steps: list[Step], node: dict[str, dict[str, float | None]]) -> list[l
             lambda s: s.cache_terminated,
         ),
         span(
-            "buildruntime: runtime's cache → wait_container returns",
+            "buildruntime: runtime's cache → log stream ended (--tail)",
             lambda s: s.cache_terminated,
+            lambda s: s.tail_ended,
+        ),
+        span(
+            "buildruntime: runtime's cache (or log stream's end) → wait_container returns",
+            lambda s: max(s.cache_terminated or 0.0, s.tail_ended or 0.0) or None,
             lambda s: s.waited,
         ),
         span("total: patch → wait_container returns", lambda s: s.patch_sent, lambda s: s.waited),
+        span(
+            "total: run_container called → wait_container returns",
+            lambda s: s.called,
+            lambda s: s.waited,
+        ),
     ]
 
 
@@ -435,9 +523,23 @@ def pleg_mode() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20, help="steps measured (one build)")
+    parser.add_argument("--steps", type=int, default=20, help="steps measured per build")
+    parser.add_argument("--builds", type=int, default=1, help="builds at the same time")
+    parser.add_argument("--tail", action="store_true", help="read each step's log")
+    parser.add_argument(
+        "--warm-up", type=int, default=1, help="each build's first steps, not reported"
+    )
+    parser.add_argument("--pod-watch", choices=("shared", "per-build"), default="shared")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    options = Options(
+        steps=args.steps,
+        builds=args.builds,
+        tail=args.tail,
+        warm_up=args.warm_up,
+        pod_watch=args.pod_watch,
+        pause=0.3 if args.builds == 1 else 0.0,
+    )
     kubeconfig = _common.require_kubeconfig("cluster")
     assert kubeconfig is not None
     clock = Clock()
@@ -447,21 +549,27 @@ def main() -> None:
     set_kubelet_verbosity(max(before, KUBELET_VERBOSITY))
     try:
         with _common.fresh_namespace(kubeconfig, "bench-ovh") as ns:
-            steps, _, pod = anyio.run(run_steps, kubeconfig, ns.name, args.steps, clock)
+            steps, _ = anyio.run(run_steps, kubeconfig, ns.name, options, clock)
     finally:
         set_kubelet_verbosity(before)
     time.sleep(0.5)  # the last log lines flushed
-    node = node_side(steps, ns.name, pod, kubelet_from, containerd_from)
+    node = node_side(steps, ns.name, kubelet_from, containerd_from)
     mode = pleg_mode()
     headers = ["milestone (ms after the patch was sent)", "n", "p50", "p90"]
     first_table = _common.table(headers, breakdown(steps, node))
     second_table = _common.table(["interval", "n", "p50 ms", "p90 ms"], spans(steps, node))
-    print(f"kubelet: {mode}\n\n{first_table}\n\n{second_table}")
+    what = (
+        f"{args.steps} `echo` steps of one build, one after the other"
+        if args.builds == 1
+        else f"{args.builds} builds at once, {args.steps} `echo` steps each"
+    )
+    what += f" (after {args.warm_up} not reported)"
+    what += f"; logs read: {'yes' if args.tail else 'no'}; pods watch: {args.pod_watch}"
+    print(f"kubelet: {mode}; {what}\n\n{first_table}\n\n{second_table}")
     if not args.no_record:
         _common.append_results(
             f"step_overhead.py ({mode})",
-            f"{args.steps} `echo` steps of one build, one after the other; kubelet {mode}.\n\n"
-            f"{first_table}\n\n{second_table}\n",
+            f"{what}; kubelet {mode}.\n\n{first_table}\n\n{second_table}\n",
         )
 
 
