@@ -91,13 +91,12 @@ def fetch_profile(seconds: int, out: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def categorize(profile: Path) -> defaultdict[str, float]:
-    """CPU seconds by category: each sample of ``go tool pprof -raw`` goes to the first
-    category one of its frames matches."""
+def samples(profile: Path) -> list[tuple[float, list[str]]]:
+    """Each sample of the profile: its CPU seconds and its stack's frames (as
+    ``go tool pprof -raw`` prints them)."""
     raw = subprocess.run(
         [GO, "tool", "pprof", "-raw", str(profile)], capture_output=True, text=True, check=True
     ).stdout
-    seconds: defaultdict[str, float] = defaultdict(float)
     # -raw prints "Samples:" then one block per sample: a line "<count> <nanoseconds>:
     # <location ids>", then one line per location; then "Locations" maps ids to frames.
     samples_part, _, locations_part = raw.partition("\nLocations\n")
@@ -110,21 +109,31 @@ def categorize(profile: Path) -> defaultdict[str, float]:
             frames[current] = line
         elif current:
             frames[current] += line
-    category_of_location: dict[str, str | None] = {}
-    for location, text in frames.items():
-        category_of_location[location] = next(
-            (name for name, pattern in CATEGORIES if pattern.search(text)), None
-        )
-    order = {name: i for i, (name, _) in enumerate(CATEGORIES)}
+    out: list[tuple[float, list[str]]] = []
     for line in samples_part.splitlines():
         match = _SAMPLE_HEADER.match(line)
-        if not match:
-            continue
-        nanoseconds = int(match.group(2))
-        ids = line.split(":", 1)[1].split()
-        found = [c for i in ids if (c := category_of_location.get(i)) is not None]
-        name = min(found, key=order.__getitem__) if found else OTHER
-        seconds[name] += nanoseconds / 1e9
+        if match:
+            ids = line.split(":", 1)[1].split()
+            out.append((int(match.group(2)) / 1e9, [frames[i] for i in ids if i in frames]))
+    return out
+
+
+def categorize(profile: Path) -> defaultdict[str, float]:
+    """CPU seconds by category: each sample goes to the first category one of its
+    frames matches."""
+    seconds: defaultdict[str, float] = defaultdict(float)
+    order = {name: i for i, (name, _) in enumerate(CATEGORIES)}
+    category_of: dict[str, str | None] = {}
+    for spent, stack in samples(profile):
+        found = []
+        for frame in stack:
+            if frame not in category_of:
+                category_of[frame] = next(
+                    (name for name, pattern in CATEGORIES if pattern.search(frame)), None
+                )
+            if (category := category_of[frame]) is not None:
+                found.append(category)
+        seconds[min(found, key=order.__getitem__) if found else OTHER] += spent
     return seconds
 
 
