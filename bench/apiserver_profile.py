@@ -81,6 +81,12 @@ OTHER = "other (the apiserver's own controllers, the Go runtime)"
 _SAMPLE_HEADER = re.compile(r"^\s+(\d+)\s+(\d+):")
 
 
+def require_go() -> None:
+    """Exit with a message unless ``go`` (whose ``tool pprof`` reads the profiles) is there."""
+    if not Path(GO).exists():
+        sys.exit(f"{GO} not found: set GO to a go binary (go tool pprof reads the profiles)")
+
+
 def fetch_profile(seconds: int, out: Path) -> subprocess.Popen[bytes]:
     """Start taking a CPU profile of ``seconds`` seconds into ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,8 +206,7 @@ def main() -> None:
     args = parser.parse_args()
     kubeconfig = _common.require_kubeconfig("cluster")
     assert kubeconfig is not None
-    if not Path(GO).exists():
-        sys.exit(f"{GO} not found: set GO to a go binary (go tool pprof reads the profiles)")
+    require_go()
     result = anyio.run(main_async, args, kubeconfig)
     print()
     print(result)

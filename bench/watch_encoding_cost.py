@@ -40,7 +40,7 @@ from typing import Any
 import _common
 import anyio
 import yaml
-from apiserver_profile import CATEGORIES, GO, categorize, fetch_profile, samples
+from apiserver_profile import CATEGORIES, categorize, fetch_profile, require_go, samples
 from server_cost import measure
 
 from buildruntime.labels import managed_selector
@@ -232,8 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     kubeconfig = _common.require_kubeconfig("cluster")
     assert kubeconfig is not None
-    if not Path(GO).exists():
-        sys.exit(f"{GO} not found: set GO to a go binary (go tool pprof reads the profiles)")
+    require_go()
     result = anyio.run(main_async, args, kubeconfig)
     print()
     print(result)
