@@ -201,8 +201,8 @@ async def run_steps(
     kubeconfig: str, namespace: str, options: Options, clock: Clock
 ) -> tuple[list[Step], WatchObserver]:
     """``options.builds`` builds at once, each running its steps one after the other;
-    returns the measured steps of all builds (each build's first step warms up and is
-    not reported)."""
+    returns the measured steps of all builds (each build's first ``options.warm_up``
+    steps are run but not reported)."""
     observer = WatchObserver(kubeconfig, namespace, _common.LOCAL_PAUSE_IMAGE, clock)
     observer.start()
     await anyio.to_thread.run_sync(observer.ready.wait)
