@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,11 @@ def fetch_profile(seconds: int, out: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def samples(profile: Path) -> list[tuple[float, list[str]]]:
+Sample = tuple[float, list[str]]
+"""One sample of a CPU profile: its CPU seconds and its stack's frames."""
+
+
+def samples(profile: Path) -> list[Sample]:
     """Each sample of the profile: its CPU seconds and its stack's frames (as
     ``go tool pprof -raw`` prints them)."""
     raw = subprocess.run(
@@ -115,7 +120,7 @@ def samples(profile: Path) -> list[tuple[float, list[str]]]:
             frames[current] = line
         elif current:
             frames[current] += line
-    out: list[tuple[float, list[str]]] = []
+    out: list[Sample] = []
     for line in samples_part.splitlines():
         match = _SAMPLE_HEADER.match(line)
         if match:
@@ -124,13 +129,13 @@ def samples(profile: Path) -> list[tuple[float, list[str]]]:
     return out
 
 
-def categorize(profile: Path) -> defaultdict[str, float]:
+def categorize(sampled: list[Sample]) -> defaultdict[str, float]:
     """CPU seconds by category: each sample goes to the first category one of its
     frames matches."""
     seconds: defaultdict[str, float] = defaultdict(float)
     order = {name: i for i, (name, _) in enumerate(CATEGORIES)}
     category_of: dict[str, str | None] = {}
-    for spent, stack in samples(profile):
+    for spent, stack in sampled:
         found = []
         for frame in stack:
             if frame not in category_of:
@@ -153,7 +158,7 @@ async def profiled(
     _, error = await anyio.to_thread.run_sync(taking.communicate)
     if taking.returncode != 0:
         sys.exit(f"could not take the profile: {error.decode().strip()} (is --profiling=true set?)")
-    return run, categorize(path)
+    return run, categorize(samples(path))
 
 
 async def main_async(args: argparse.Namespace, kubeconfig: str) -> str:
@@ -198,13 +203,15 @@ async def main_async(args: argparse.Namespace, kubeconfig: str) -> str:
     return f"Runs (wall, until the pods are gone): {walls}.\n\n" + _common.table(headers, rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--builds", type=int, default=30, help="concurrent builds")
-    parser.add_argument("--steps", type=int, default=3, help="echo steps per build")
-    parser.add_argument("--seconds", type=int, default=25, help="profile length per run")
-    parser.add_argument("--no-record", action="store_true")
-    args = parser.parse_args()
+def run_and_record(
+    main_async: Callable[[argparse.Namespace, str], Awaitable[str]],
+    args: argparse.Namespace,
+    title: str,
+    preface: str,
+) -> None:
+    """A profile script's run: on the local cluster, with ``go`` (see :func:`require_go`);
+    prints the result and, unless ``--no-record``, appends it to RESULTS.md after
+    ``preface``."""
     kubeconfig = _common.require_kubeconfig("cluster")
     assert kubeconfig is not None
     require_go()
@@ -212,11 +219,22 @@ def main() -> None:
     print()
     print(result)
     if not args.no_record:
-        _common.append_results(
-            "apiserver_profile.py",
-            "kube-apiserver CPU by what it was spent on, from its CPU profile over each run "
-            "(each sample counted once, in the first category that matches).\n\n" + result,
-        )
+        _common.append_results(title, f"{preface}\n\n{result}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--builds", type=int, default=30, help="concurrent builds")
+    parser.add_argument("--steps", type=int, default=3, help="echo steps per build")
+    parser.add_argument("--seconds", type=int, default=25, help="profile length per run")
+    parser.add_argument("--no-record", action="store_true")
+    run_and_record(
+        main_async,
+        parser.parse_args(),
+        "apiserver_profile.py",
+        "kube-apiserver CPU by what it was spent on, from its CPU profile over each run "
+        "(each sample counted once, in the first category that matches).",
+    )
 
 
 if __name__ == "__main__":

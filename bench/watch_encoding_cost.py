@@ -41,7 +41,14 @@ from typing import Any
 import _common
 import anyio
 import yaml
-from apiserver_profile import CATEGORIES, categorize, fetch_profile, require_go, samples
+from apiserver_profile import (
+    CATEGORIES,
+    Sample,
+    categorize,
+    fetch_profile,
+    run_and_record,
+    samples,
+)
 from server_cost import measure
 
 from buildruntime.labels import managed_selector
@@ -64,10 +71,10 @@ DETAIL: dict[str, re.Pattern[str]] = {
 went to, whichever watcher (the kubelet's and the controllers' included) it was for."""
 
 
-def detail(profile: Path) -> dict[str, float]:
+def detail(sampled: list[Sample]) -> dict[str, float]:
     """CPU seconds of the samples under the watch encoder that match each DETAIL row."""
     out = dict.fromkeys(DETAIL, 0.0)
-    for spent, stack in samples(profile):
+    for spent, stack in sampled:
         if not any(_SERVING.search(frame) for frame in stack):
             continue
         for name, pattern in DETAIL.items():
@@ -183,7 +190,8 @@ async def one_run(
         sys.exit(f"could not take the profile: {error.decode().strip()} (is --profiling=true set?)")
     if watcher is not None and watcher.error is not None:
         raise watcher.error
-    return Profiled(categorize(path), detail(path)), watcher
+    sampled = samples(path)  # go tool pprof, once per profile
+    return Profiled(categorize(sampled), detail(sampled)), watcher
 
 
 async def main_async(args: argparse.Namespace, kubeconfig: str) -> str:
@@ -246,20 +254,13 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=3.0, help="s between patches")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of the three runs")
     parser.add_argument("--no-record", action="store_true")
-    args = parser.parse_args()
-    kubeconfig = _common.require_kubeconfig("cluster")
-    assert kubeconfig is not None
-    require_go()
-    result = anyio.run(main_async, args, kubeconfig)
-    print()
-    print(result)
-    if not args.no_record:
-        _common.append_results(
-            "watch_encoding_cost.py",
-            "The apiserver's CPU with one watcher of the builds' pods beside the "
-            "kubelet-only writes, by the format the watcher asks for (its CPU profile, "
-            "by category).\n\n" + result + "\n",
-        )
+    run_and_record(
+        main_async,
+        parser.parse_args(),
+        "watch_encoding_cost.py",
+        "The apiserver's CPU with one watcher of the builds' pods beside the kubelet-only "
+        "writes, by the format the watcher asks for (its CPU profile, by category).",
+    )
 
 
 if __name__ == "__main__":
